@@ -1,0 +1,124 @@
+//! The crate's top-level error. Each layer has its own error type
+//! (e.g. [`WalError`](crate::wal::WalError)) that converts into this one.
+
+use std::path::PathBuf;
+
+use crate::wal::WalError;
+
+/// Every error the public API returns.
+///
+/// Match on the variant when you need to react to a specific failure, or use
+/// [`is_transient`](Self::is_transient) (retry later: backpressure) and
+/// [`is_corruption`](Self::is_corruption) (bytes on disk are damaged).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncrementalCheckpointError {
+    /// An I/O operation failed outside the write-ahead log.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write-ahead log failed or is damaged.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A file or checkpoint that was asked for does not exist.
+    #[error("not found: {path}")]
+    NotFound {
+        /// What was looked for.
+        path: PathBuf,
+    },
+    /// Bytes read from disk are not a valid instance of their format.
+    #[error("corruption in {file} at byte {offset}: {reason}")]
+    Corruption {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage within the file.
+        offset: u64,
+        /// What is wrong there.
+        reason: &'static str,
+    },
+    /// A stored checksum does not match the bytes it covers.
+    #[error("CRC mismatch in {file} at byte {offset}: stored {expected:#010x}, computed {actual:#010x}")]
+    CrcMismatch {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the checksummed region within the file.
+        offset: u64,
+        /// The checksum stored in the file.
+        expected: u32,
+        /// The checksum of the bytes as read.
+        actual: u32,
+    },
+    /// Recovery could not produce a consistent state.
+    #[error("recovery failed: {reason}")]
+    Recovery {
+        /// Why.
+        reason: String,
+    },
+    /// Backpressure: the changelog ring is full because Ring 1 has not
+    /// drained it yet. Nothing was applied; retry after Ring 1 catches up.
+    #[error("changelog buffer full in epoch {epoch}: Ring 1 has not drained it yet")]
+    BufferOverflow {
+        /// The open epoch the rejected update belonged to.
+        epoch: u64,
+    },
+    /// Backpressure or exhaustion: the state arena reached its configured
+    /// size limit. Nothing was applied. Transient when Ring 1 has not yet
+    /// drained the records that hold space; permanent when live data alone
+    /// fills the limit.
+    #[error("state arena full: {live_bytes} live bytes, {limit_bytes} byte limit")]
+    ArenaFull {
+        /// Bytes of live records (latest value of every key).
+        live_bytes: u64,
+        /// The configured arena limit.
+        limit_bytes: u64,
+        /// Whether waiting for Ring 1 can free space.
+        transient: bool,
+    },
+    /// A key or value is larger than the arena can hold in one record.
+    #[error("record too large: key {key_len} + value {value_len} bytes, at most {max} per record")]
+    RecordTooLarge {
+        /// Key length in bytes.
+        key_len: usize,
+        /// Value length in bytes.
+        value_len: usize,
+        /// The largest record the configured arena accepts.
+        max: usize,
+    },
+    /// The configuration is invalid; nothing was opened.
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The offending setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl IncrementalCheckpointError {
+    /// Whether retrying the same call later can succeed (backpressure).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::BufferOverflow { .. } => true,
+            Self::ArenaFull { transient, .. } => *transient,
+            Self::Wal(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether the error reports damaged bytes on disk.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Corruption { .. } | Self::CrcMismatch { .. } => true,
+            Self::Wal(e) => e.is_corruption(),
+            _ => false,
+        }
+    }
+}
+
+/// Shorthand used throughout the crate.
+pub(crate) type Result<T, E = IncrementalCheckpointError> = std::result::Result<T, E>;

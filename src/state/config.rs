@@ -1,0 +1,77 @@
+//! Ring 0 configuration.
+
+use super::arena::{ArenaBacking, ArenaConfig};
+
+/// Sizes and backing of Ring 0: the changelog ring, the arena and the index.
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`changelog_capacity`](Self::with_changelog_capacity) | 65,536 entries (2 MiB) |
+/// | [`arena_segment_size`](Self::with_arena_segment_size) | 4 MiB; also the largest record (key + value + 16 bytes) |
+/// | [`arena_max_bytes`](Self::with_arena_max_bytes) | 64 GiB of address space (only touched pages cost memory) |
+/// | [`arena_backing`](Self::with_arena_backing) | anonymous memory |
+/// | [`expected_keys`](Self::with_expected_keys) | 1,024 |
+///
+/// Invalid values are reported when the writer is built.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub(crate) changelog_capacity: usize,
+    pub(crate) arena: ArenaConfig,
+    pub(crate) expected_keys: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            changelog_capacity: 1 << 16,
+            arena: ArenaConfig {
+                segment_size: 4 << 20,
+                max_bytes: 64 << 30,
+                backing: ArenaBacking::Anonymous,
+            },
+            expected_keys: 1024,
+        }
+    }
+}
+
+impl StateConfig {
+    /// The defaults above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries the changelog ring holds (rounded up to a power of two).
+    /// A full ring makes updates return
+    /// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow).
+    pub fn with_changelog_capacity(mut self, entries: usize) -> Self {
+        self.changelog_capacity = entries;
+        self
+    }
+
+    /// Size of one arena segment: a power of two from 4 KiB to 1 GiB. A
+    /// record (key + value + 16 bytes of header, padded to 8) must fit in one.
+    pub fn with_arena_segment_size(mut self, bytes: usize) -> Self {
+        self.arena.segment_size = bytes;
+        self
+    }
+
+    /// Upper bound on arena memory; updates that would exceed it return
+    /// [`ArenaFull`](crate::incremental::IncrementalCheckpointError::ArenaFull).
+    pub fn with_arena_max_bytes(mut self, bytes: u64) -> Self {
+        self.arena.max_bytes = bytes;
+        self
+    }
+
+    /// Anonymous memory (default) or scratch files for state larger than RAM.
+    pub fn with_arena_backing(mut self, backing: ArenaBacking) -> Self {
+        self.arena.backing = backing;
+        self
+    }
+
+    /// Keys the index makes room for up front, so that puts allocate nothing
+    /// until the state grows past it.
+    pub fn with_expected_keys(mut self, keys: usize) -> Self {
+        self.expected_keys = keys;
+        self
+    }
+}

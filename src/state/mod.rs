@@ -1,0 +1,28 @@
+//! Ring 0's state: a key-value store over memory-mapped arena segments, and
+//! the writer that ties it to the changelog.
+//!
+//! # Ownership
+//!
+//! [`StateWriter`] lives on the thread that processes events. It owns the
+//! store (index and arena bookkeeping) and the changelog producer, and is
+//! the only code that writes arena memory. [`StateDrain`] (Ring 1, usually a
+//! tokio task) owns the changelog consumer and a read-only view of the arena
+//! mappings: for each drained entry it reads the key and value straight from
+//! the arena record the entry names, and only then releases the entry, which
+//! is what allows Ring 0 to recycle that memory.
+//!
+//! # Drop
+//!
+//! Dropping the writer wakes the drain, which can still drain every entry
+//! pushed before; the arena mappings are unmapped when both halves are gone.
+
+mod arena;
+mod config;
+mod drain;
+mod store;
+mod writer;
+
+pub use arena::ArenaBacking;
+pub use config::StateConfig;
+pub use drain::{Change, StateDrain};
+pub use writer::{StateWriter, StateWriterStats};

@@ -1,0 +1,316 @@
+//! [`StateWriter`]: Ring 0, the single producer of state updates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::config::StateConfig;
+use super::drain::StateDrain;
+use super::store::{Progress, StateStore, Written};
+use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
+use crate::error::{IncrementalCheckpointError, Result};
+use crate::wal::commit::{commit_payload_len, encode_commit_payload};
+
+/// The Ring 0 handle: synchronous, allocation-free updates of the keyed
+/// state, each recorded in the changelog for Ring 1.
+///
+/// There is exactly one writer per state (it is `Send`, not `Clone`); keep it
+/// on the thread or task that processes events. Reads ([`get`](Self::get))
+/// see every update made through it, immediately.
+///
+/// Updates between two [`commit_epoch`](Self::commit_epoch) calls form one
+/// epoch: recovery returns all of an epoch or none of it.
+///
+/// # Backpressure
+///
+/// Updates never block. When Ring 1 has fallen behind by a whole changelog
+/// ring, an update returns
+/// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) and changes
+/// nothing; retry it once Ring 1 has caught up (the error
+/// [`is_transient`](IncrementalCheckpointError::is_transient)).
+///
+/// # Allocation
+///
+/// After warm-up (the index has room for the keys, the arena has mapped the
+/// segments it cycles through, every source name has been seen once), puts,
+/// deletes, gets and commits allocate nothing and make no system call,
+/// except that a commit may wake the Ring 1 task.
+pub struct StateWriter {
+    store: StateStore,
+    producer: ChangelogProducer,
+    epoch: u64,
+    sources: HashMap<Box<str>, u64, foldhash::fast::RandomState>,
+    watermark: Option<i64>,
+    commit_scratch: Vec<u8>,
+    doorbell: Arc<Notify>,
+    /// Ring the doorbell whenever this many entries were pushed since the
+    /// last commit, so a long epoch does not fill the ring unseen.
+    doorbell_every: u64,
+}
+
+impl Progress for ChangelogProducer {
+    #[inline]
+    fn pushed(&self) -> u64 {
+        ChangelogProducer::pushed(self)
+    }
+    #[inline]
+    fn released_cached(&self) -> u64 {
+        ChangelogProducer::released_cached(self)
+    }
+    #[inline]
+    fn released_now(&mut self) -> u64 {
+        ChangelogProducer::released_now(self)
+    }
+}
+
+impl StateWriter {
+    /// Builds Ring 0 on its own, with no durability: the returned
+    /// [`StateDrain`] hands you every update and commit, and you decide
+    /// where they go. For durable state, use
+    /// [`IncrementalCheckpointManager::open`](crate::incremental::IncrementalCheckpointManager::open),
+    /// which builds the writer and runs Ring 1 on it.
+    ///
+    /// The first open epoch is 1.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) for an
+    /// invalid setting; [`Io`](IncrementalCheckpointError::Io) when the
+    /// first arena segment cannot be mapped.
+    pub fn standalone(config: StateConfig) -> Result<(StateWriter, StateDrain)> {
+        Self::with_first_epoch(config, 1)
+    }
+
+    pub(crate) fn with_first_epoch(config: StateConfig, epoch: u64) -> Result<(StateWriter, StateDrain)> {
+        if config.changelog_capacity < 2 || config.changelog_capacity > 1 << 30 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "changelog_capacity",
+                reason: format!("{} is not between 2 and 2^30 entries", config.changelog_capacity),
+            });
+        }
+        let store = StateStore::new(&config.arena, config.expected_keys)?;
+        let (producer, consumer) = StateChangelogBuffer::with_capacity(config.changelog_capacity).split();
+        let doorbell = Arc::new(Notify::new());
+        let drain = StateDrain::new(consumer, store.reader(), Arc::clone(&doorbell));
+        let doorbell_every = (producer.capacity() as u64 / 4).max(1);
+        let writer = StateWriter {
+            store,
+            producer,
+            epoch,
+            sources: HashMap::default(),
+            watermark: None,
+            commit_scratch: Vec::new(),
+            doorbell,
+            doorbell_every,
+        };
+        Ok((writer, drain))
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error.
+    /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) when the
+    /// changelog is full (backpressure);
+    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) at the arena's
+    /// size limit; [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge)
+    /// when key and value do not fit in one arena segment.
+    #[inline]
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.reserve_slot()?;
+        let Written { offset, key_hash } = self.store.put(key, value, &mut self.producer)?;
+        self.push(StateChangelogEntry::new(
+            self.epoch,
+            key_hash,
+            offset,
+            value.len() as u32,
+            StateOp::Put,
+        ));
+        Ok(())
+    }
+
+    /// The current value of `key`.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.store.get(key)
+    }
+
+    /// Removes `key`; returns whether it was present (deleting an absent key
+    /// changes and logs nothing).
+    ///
+    /// # Errors
+    ///
+    /// As for [`put`](Self::put); nothing is changed on error.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.reserve_slot()?;
+        match self.store.delete(key, &mut self.producer)? {
+            Some(Written { offset, key_hash }) => {
+                self.push(StateChangelogEntry::new(
+                    self.epoch,
+                    key_hash,
+                    offset,
+                    0,
+                    StateOp::Delete,
+                ));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Records how far `source` has been consumed; committed with the epoch
+    /// and returned by recovery, so a restarted pipeline resumes from it.
+    ///
+    /// Allocates only the first time a source name is seen.
+    pub fn set_source_offset(&mut self, source: &str, offset: u64) {
+        match self.sources.get_mut(source) {
+            Some(slot) => *slot = offset,
+            None => {
+                self.sources.insert(source.into(), offset);
+            }
+        }
+    }
+
+    /// The offset last set for `source`, or recovered for it.
+    pub fn source_offset(&self, source: &str) -> Option<u64> {
+        self.sources.get(source).copied()
+    }
+
+    /// Records the event-time watermark, committed with the epoch.
+    pub fn set_watermark(&mut self, watermark: i64) {
+        self.watermark = Some(watermark);
+    }
+
+    /// The watermark last set or recovered.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// The open epoch: the one updates are going into now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Closes the open epoch with the current source offsets and watermark,
+    /// and returns its number; later updates go to the next epoch.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error (the epoch stays open).
+    /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) and
+    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) as for
+    /// [`put`](Self::put); [`Wal`](IncrementalCheckpointError::Wal) when a
+    /// source name is longer than 65,535 bytes.
+    pub fn commit_epoch(&mut self) -> Result<u64> {
+        self.reserve_slot()?;
+        let sources = || self.sources.iter().map(|(name, offset)| (&**name, *offset));
+        let len = commit_payload_len(sources())?;
+        self.commit_scratch.resize(len, 0);
+        encode_commit_payload(&mut self.commit_scratch, self.epoch, self.watermark, sources())?;
+        let offset = self
+            .store
+            .commit_record(&self.commit_scratch, &mut self.producer)?;
+        self.push(StateChangelogEntry::new(
+            self.epoch,
+            0,
+            offset,
+            0,
+            StateOp::Commit,
+        ));
+        self.doorbell.notify_one();
+        let closed = self.epoch;
+        self.epoch += 1;
+        Ok(closed)
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Whether the state holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.store.len() == 0
+    }
+
+    /// Every live key and value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.store.iter()
+    }
+
+    /// Memory and changelog figures, cheap to read.
+    pub fn stats(&mut self) -> StateWriterStats {
+        let arena = self.store.arena();
+        StateWriterStats {
+            keys: self.store.len() as u64,
+            arena_mapped_bytes: arena.mapped_bytes(),
+            arena_live_bytes: arena.live_bytes(),
+            arena_dead_bytes: arena.dead_bytes(),
+            changelog_pushed: self.producer.pushed(),
+            changelog_pending: self.producer.len() as u64,
+            changelog_overflows: self.producer.overflow_count(),
+        }
+    }
+
+    #[inline]
+    fn reserve_slot(&mut self) -> Result<()> {
+        if self.producer.has_room() {
+            return Ok(());
+        }
+        self.producer.count_overflow();
+        self.doorbell.notify_one();
+        Err(IncrementalCheckpointError::BufferOverflow { epoch: self.epoch })
+    }
+
+    #[inline]
+    fn push(&mut self, entry: StateChangelogEntry) {
+        // `reserve_slot` saw room and only this producer fills slots, so the
+        // push cannot fail; a failure would mean the state and its log
+        // diverged, which must not pass silently.
+        self.producer
+            .push(entry)
+            .expect("changelog slot reserved before the update");
+        if self.producer.pushed().is_multiple_of(self.doorbell_every) {
+            self.doorbell.notify_one();
+        }
+    }
+}
+
+impl Drop for StateWriter {
+    fn drop(&mut self) {
+        // Let Ring 1 see the end promptly.
+        self.doorbell.notify_one();
+    }
+}
+
+impl std::fmt::Debug for StateWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateWriter")
+            .field("epoch", &self.epoch)
+            .field("keys", &self.store.len())
+            .field("watermark", &self.watermark)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ring 0 figures from [`StateWriter::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StateWriterStats {
+    /// Live keys.
+    pub keys: u64,
+    /// Arena memory mapped (the resident ceiling).
+    pub arena_mapped_bytes: u64,
+    /// Arena bytes holding the latest version of a key.
+    pub arena_live_bytes: u64,
+    /// Arena bytes in use that compaction or recycling will reclaim.
+    pub arena_dead_bytes: u64,
+    /// Changelog entries pushed.
+    pub changelog_pushed: u64,
+    /// Changelog entries not yet released by Ring 1.
+    pub changelog_pending: u64,
+    /// Updates refused because the changelog was full.
+    pub changelog_overflows: u64,
+}

@@ -1,0 +1,323 @@
+//! The write-ahead log: segmented files of CRC-framed records (put, delete,
+//! epoch commit), a synchronous writer with group commit, and a reader that
+//! replays complete epochs. The byte layout is specified in
+//! `docs/format.md`.
+//!
+//! # Files
+//!
+//! * `format.rs`: segment names, segment header, record frame (where WAL
+//!   records are framed).
+//! * `batch.rs`: [`WalBatch`], records encoded ahead of writing.
+//! * `writer.rs`: [`WalWriter`], preallocation, rotation, sync, poisoning.
+//! * `reader.rs`: [`replay`], recovery modes, torn-tail detection.
+//! * `commit.rs`: the epoch-commit payload codec.
+//!
+//! # Lifecycle and ownership
+//!
+//! One WAL directory has one writer, owned by Ring 1. At start Ring 1 calls
+//! [`replay`] (which only reads), applies what it returns, and opens the
+//! [`WalWriter`] at the returned resume position; opening repairs a torn
+//! tail before anything new is written. Ring 1 then encodes batches
+//! ([`WalBatch`], two of them for double buffering) and, from
+//! `spawn_blocking`, calls [`WalWriter::write_batch`] and
+//! [`WalWriter::sync`]; when `sync` returns `Ok`, everything written before
+//! it is durable. Whether to sync after every batch is Ring 1's choice
+//! ([`WalSyncMode`]). The first I/O error poisons the writer for good;
+//! Ring 1 must report it to every waiter and never acknowledge anything
+//! after it. On clean shutdown Ring 1 calls [`WalWriter::close`], which
+//! syncs.
+
+// Ring 1 and recovery call this module after the merge; until then only its
+// tests do. Remove once it is wired in.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod batch;
+pub(crate) mod commit;
+mod format;
+mod reader;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
+pub(crate) use batch::WalBatch;
+#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
+pub(crate) use reader::{
+    ApplyError, CorruptionReport, ReplayOp, ReplayReport, ResumePosition, TornTail, replay,
+};
+#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
+pub(crate) use writer::{SpareJob, SpareSegment, WalConfig, WalWriter};
+
+/// Errors of the write-ahead log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// A file operation failed. From the writer, this poisons it.
+    #[error("WAL I/O error: {op} {path}: {source}")]
+    Io {
+        /// The operation (`write`, `fdatasync`, `rename`, ...).
+        op: &'static str,
+        /// The file or directory it was on.
+        path: PathBuf,
+        /// The operating system's error (ENOSPC for a full disk).
+        #[source]
+        source: io::Error,
+    },
+    /// An earlier I/O error poisoned the writer: nothing more is written or
+    /// synced through it, because after a failed `fsync` the kernel may have
+    /// dropped the dirty pages and a retry could report false success.
+    #[error("WAL writer poisoned by an earlier {op} error ({kind}, os error {raw_os_error:?})")]
+    Poisoned {
+        /// The operation that first failed.
+        op: &'static str,
+        /// Its error kind.
+        kind: io::ErrorKind,
+        /// Its OS error code, if any (5 = EIO, 28 = ENOSPC on Linux).
+        raw_os_error: Option<i32>,
+    },
+    /// Bytes in a segment are not a valid record where one must be.
+    #[error("WAL corruption in {file} at byte {offset}: {reason}")]
+    Corruption {
+        /// The damaged segment.
+        file: PathBuf,
+        /// Byte offset of the damage.
+        offset: u64,
+        /// What is wrong there.
+        reason: &'static str,
+    },
+    /// A torn tail, rejected because the recovery mode is
+    /// `AbsoluteConsistency`.
+    #[error("torn WAL tail in {file} at byte {offset} ({bytes} bytes), rejected by AbsoluteConsistency")]
+    TornTail {
+        /// The newest segment.
+        file: PathBuf,
+        /// Offset of the first damaged byte.
+        offset: u64,
+        /// Bytes from there to the end of the written data.
+        bytes: u64,
+    },
+    /// A gap in segment numbers.
+    #[error("WAL segment {segment:016x} is missing from {dir}")]
+    MissingSegment {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// The first missing segment number.
+        segment: u64,
+    },
+    /// The oldest remaining segment starts in the middle of an epoch that
+    /// recovery needs (it is after `after_epoch`): the segments holding its
+    /// start were removed too early.
+    #[error(
+        "the WAL no longer holds the start of epoch {epoch} (needed after epoch {after_epoch}); \
+         its oldest segment {file} begins mid-epoch"
+    )]
+    EpochStartMissing {
+        /// The oldest segment.
+        file: PathBuf,
+        /// The epoch whose start is missing.
+        epoch: u64,
+        /// The `after_epoch` replay was asked for.
+        after_epoch: u64,
+    },
+    /// A segment written by a format version this build does not read.
+    #[error("WAL segment {file} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The segment.
+        file: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The replay callback failed; replay stopped there.
+    #[error("WAL replay callback failed: {0}")]
+    Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The directory does not match the resume position the writer was
+    /// opened with.
+    #[error("cannot resume the WAL in {dir}: {reason}")]
+    Resume {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Invalid WAL configuration.
+    #[error("invalid WAL configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A source name longer than a commit record can carry.
+    #[error("source name of {len} bytes is longer than the {max} bytes a commit can carry")]
+    SourceNameTooLong {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// More sources than a commit record can carry.
+    #[error("commit payload too large")]
+    CommitTooLarge,
+    /// The buffer given to the commit encoder does not have the length
+    /// `commit_payload_len` returned for the same sources.
+    #[error("commit payload buffer of {len} bytes does not match its sources")]
+    CommitBufferLength {
+        /// The buffer's length.
+        len: usize,
+    },
+    /// A batch whose framing is inconsistent (an internal bug, not disk
+    /// damage); nothing was written.
+    #[error("malformed WAL batch")]
+    InvalidBatch,
+}
+
+impl WalError {
+    /// Whether retrying the same call later can succeed. No WAL error is:
+    /// a failed writer is poisoned, damaged bytes stay damaged.
+    pub(crate) fn is_transient(&self) -> bool {
+        false
+    }
+
+    /// Whether the error reports damaged bytes on disk.
+    pub(crate) fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Self::Corruption { .. }
+                | Self::TornTail { .. }
+                | Self::MissingSegment { .. }
+                | Self::EpochStartMissing { .. }
+        )
+    }
+}
+
+/// Builds the `map_err` closure for a failed file operation.
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
+    move |source| WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// When Ring 1 makes the WAL durable (`fdatasync`), and therefore which
+/// crash an acknowledged epoch survives.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WalSyncMode {
+    /// `fdatasync` before an epoch is acknowledged durable (group commit:
+    /// one sync covers every epoch written since the last). Survives process
+    /// crashes, kernel panics and power loss, given a disk that honours
+    /// flushes.
+    #[default]
+    Always,
+    /// `fdatasync` at most this often. An epoch is acknowledged durable only
+    /// after the sync that covers it, so durability waits take up to the
+    /// interval; records written but not yet synced survive a process crash
+    /// (they are in the page cache) but not a kernel panic or power loss.
+    Interval(Duration),
+    /// Never `fdatasync` (except on close). Survives a process crash while
+    /// the operating system keeps running; a kernel panic or power loss
+    /// loses everything since the last checkpoint. Durability waits never
+    /// return `Ok` in this mode.
+    Never,
+}
+
+/// What replay does with damaged records, modelled on RocksDB's
+/// `WALRecoveryMode`.
+///
+/// A *torn tail* is damage at the end of the newest segment that a crash
+/// during a write can produce: a partial or CRC-failing record, zeros where
+/// a record should be, or stale records, in the last write window (see
+/// `docs/format.md`, "Telling a torn tail from corruption"). Everything else
+/// is *corruption*.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WalRecoveryMode {
+    /// Default. A torn tail is dropped, reported (file, offset, bytes) and
+    /// repaired (zero-filled) when the writer reopens. Corruption anywhere
+    /// else is an error naming file and offset. Survives any crash without
+    /// losing an acknowledged epoch; refuses to guess when the disk damaged
+    /// synced data.
+    #[default]
+    TolerateCorruptedTailRecords,
+    /// Any damage, even a torn tail, is an error. For logs that were closed
+    /// cleanly (or copied) and must be intact; a crash makes recovery fail.
+    AbsoluteConsistency,
+    /// Stop at the first damage anywhere, recover everything before it and
+    /// report where it stopped. Everything after it (later records and later
+    /// segments) is discarded when the writer reopens, so the recovered
+    /// state is a consistent earlier epoch, possibly older than the newest
+    /// acknowledged one.
+    PointInTimeRecovery,
+    /// Skip each damaged region and continue with the next valid record,
+    /// reporting each one. Costs consistency: the updates of a skipped record
+    /// are lost while later epochs are still applied, so the recovered state
+    /// may match no epoch that ever existed. For salvaging data only.
+    SkipAnyCorruptedRecords,
+}
+
+fn wal_size_blocking(dir: &Path) -> io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0u64;
+    for entry in entries {
+        let entry = entry?;
+        let is_segment = entry
+            .file_name()
+            .to_str()
+            .and_then(format::parse_segment_file_name)
+            .is_some();
+        if !is_segment {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(m) if m.is_file() => total = total.saturating_add(m.len()),
+            Ok(_) => {}
+            // Removed between listing and stat (truncation racing with us).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// Total bytes of the WAL segment files in `dir` (their preallocated size,
+/// which is what they occupy on disk). A missing directory has size 0.
+///
+/// Runs the directory listing on tokio's blocking pool.
+///
+/// # Errors
+///
+/// [`IncrementalCheckpointError::Io`](crate::error::IncrementalCheckpointError::Io)
+/// if the directory cannot be listed or a segment's size read, or if the
+/// blocking task panicked or was cancelled.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads. Dropping the future lets the blocking
+/// listing finish in the background and discards its result.
+pub async fn wal_size(dir: impl AsRef<Path>) -> Result<u64, crate::error::IncrementalCheckpointError> {
+    let dir = dir.as_ref().to_path_buf();
+    let path = dir.clone();
+    let joined = tokio::task::spawn_blocking(move || wal_size_blocking(&path)).await;
+    match joined {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(source)) => Err(crate::error::IncrementalCheckpointError::Io { path: dir, source }),
+        Err(join) => Err(crate::error::IncrementalCheckpointError::Io {
+            path: dir,
+            source: io::Error::other(join),
+        }),
+    }
+}

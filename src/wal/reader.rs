@@ -1,0 +1,768 @@
+//! Reading the log back: [`replay`] walks every segment in order, checks
+//! headers, CRCs, sequence numbers and segment continuity, applies complete
+//! epochs, classifies damage as a torn tail or corruption according to the
+//! [`WalRecoveryMode`], and says where the next writer resumes.
+//!
+//! Replay only reads. The repair it decides on (zero-filling a dropped tail,
+//! removing discarded segments) is carried out by
+//! [`WalWriter::open`](super::WalWriter::open) from the returned
+//! [`ResumePosition`].
+
+use std::error::Error as StdError;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::commit::CommitRecord;
+use super::format::{
+    FRAME_HEADER_LEN, Frame, HeaderError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
+    decode_segment_header, end_of_nonzero, parse_frame, parse_segment_file_name, segment_file_name,
+};
+use super::{WalError, WalRecoveryMode, io_err};
+use crate::io::FileSystem;
+
+/// One operation handed to the replay callback.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReplayOp<'a> {
+    /// A put of a complete epoch.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// A delete of a complete epoch.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// The commit that closes the epoch whose puts and deletes precede it.
+    Commit(&'a CommitRecord),
+}
+
+/// Where the next writer appends, and what it must repair first. Produced
+/// by [`replay`]; consumed by [`WalWriter::open`](super::WalWriter::open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResumePosition {
+    /// The segment to append to, or, with `start_new_segment`, the segment
+    /// after which a new one is created (0: none yet).
+    pub(super) segment: u64,
+    /// Byte offset in `segment` after the last record kept.
+    pub(super) offset: u64,
+    pub(super) next_seq: u64,
+    pub(super) next_gen: u32,
+    /// `[offset, zero_until)` holds dropped bytes to zero-fill.
+    pub(super) zero_until: u64,
+    pub(super) start_new_segment: bool,
+    /// Segments numbered above `segment` were discarded by the replay.
+    pub(super) discard_later_segments: bool,
+}
+
+impl ResumePosition {
+    /// The position for a directory without segments.
+    pub(crate) fn fresh() -> Self {
+        Self {
+            segment: 0,
+            offset: 0,
+            next_seq: 1,
+            next_gen: 0,
+            zero_until: 0,
+            start_new_segment: true,
+            discard_later_segments: false,
+        }
+    }
+
+    /// The segment the writer resumes in (or after, if it starts a new one).
+    pub(crate) fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// The byte offset the writer resumes at.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next record sequence number.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// A torn tail that was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TornTail {
+    /// The newest segment.
+    pub(crate) file: PathBuf,
+    /// Offset of the first byte dropped.
+    pub(crate) offset: u64,
+    /// Bytes dropped (up to the last non-zero byte of the segment).
+    pub(crate) bytes_dropped: u64,
+}
+
+/// Damage that a recovery mode skipped or stopped at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CorruptionReport {
+    /// The damaged segment (for a missing segment: the name it should have).
+    pub(crate) file: PathBuf,
+    /// Offset of the damage.
+    pub(crate) offset: u64,
+    /// Bytes skipped or discarded from there in this file.
+    pub(crate) bytes: u64,
+    /// What is wrong.
+    pub(crate) reason: &'static str,
+}
+
+/// What [`replay`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplayReport {
+    /// The last complete epoch in the log (applied or not).
+    pub(crate) last_epoch: Option<u64>,
+    /// Its commit: source offsets and watermark.
+    pub(crate) last_commit: Option<CommitRecord>,
+    /// Epochs handed to the callback (those after `after_epoch`).
+    pub(crate) epochs_applied: u64,
+    /// Puts and deletes handed to the callback.
+    pub(crate) records_replayed: u64,
+    /// Puts and deletes after the last commit: an incomplete epoch, not
+    /// applied, and removed by the next writer.
+    pub(crate) records_discarded: u64,
+    /// Segment files read.
+    pub(crate) segments_read: u64,
+    /// The torn tail dropped, if any.
+    pub(crate) torn_tail: Option<TornTail>,
+    /// Damage skipped under [`WalRecoveryMode::SkipAnyCorruptedRecords`].
+    pub(crate) skipped: Vec<CorruptionReport>,
+    /// Where [`WalRecoveryMode::PointInTimeRecovery`] stopped.
+    pub(crate) stopped_at: Option<CorruptionReport>,
+    /// Where the next writer resumes.
+    pub(crate) resume: ResumePosition,
+}
+
+/// The error type of the replay callback.
+pub(crate) type ApplyError = Box<dyn StdError + Send + Sync>;
+
+#[derive(Debug, Clone, Copy)]
+struct EndPos {
+    segment: u64,
+    offset: u64,
+    next_seq: u64,
+    zero_until: u64,
+    sealed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PendingOp {
+    Put {
+        start: usize,
+        key_len: usize,
+        end: usize,
+    },
+    Delete {
+        start: usize,
+        end: usize,
+    },
+}
+
+enum Flow {
+    NextSegment,
+    Stop,
+}
+
+enum BadAction {
+    Stop,
+    ResumeAt(usize),
+    NextSegment,
+}
+
+/// Sync generations of the valid frames found after a bad spot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gens {
+    None,
+    One(u32),
+    Many,
+}
+
+/// `g` is at or after `last` in wrapping order.
+fn gen_not_before(g: u32, last: u32) -> bool {
+    g.wrapping_sub(last) < 1 << 31
+}
+
+struct Replayer<F> {
+    mode: WalRecoveryMode,
+    after_epoch: u64,
+    apply: F,
+    expect_seq: Option<u64>,
+    last_gen: Option<u32>,
+    end: Option<EndPos>,
+    first_start: Option<EndPos>,
+    last_commit_end: Option<EndPos>,
+    ops_since_commit: u64,
+    discard: bool,
+    /// The oldest segment starts in the middle of an epoch (older segments
+    /// were removed): the records before the first commit are a fragment.
+    head_partial: bool,
+    pending: Vec<u8>,
+    pending_ops: Vec<PendingOp>,
+    report: ReplayReport,
+}
+
+/// Replays the WAL in `dir`: calls `apply` with the puts and deletes of
+/// every complete epoch after `after_epoch`, each followed by its commit.
+/// Puts and deletes after the last commit are not applied (their epoch is
+/// incomplete) and the returned resume position drops them.
+///
+/// Reads one segment at a time; allocations are bounded by the size of the
+/// segment and of the largest epoch. Never panics on bad bytes.
+///
+/// # Errors
+///
+/// Depending on `mode` (see [`WalRecoveryMode`]):
+/// [`WalError::Corruption`] naming file and byte offset,
+/// [`WalError::TornTail`] under `AbsoluteConsistency`,
+/// [`WalError::MissingSegment`] for a gap in segment numbers,
+/// [`WalError::UnsupportedVersion`] for a segment of another format version
+/// (in every mode), [`WalError::EpochStartMissing`] if the oldest segment
+/// starts mid-epoch and that epoch is after `after_epoch` (in every mode),
+/// [`WalError::Io`] if reading fails, and
+/// [`WalError::Apply`] if `apply` fails (replay stops there).
+pub(crate) fn replay<F>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    mode: WalRecoveryMode,
+    after_epoch: u64,
+    apply: F,
+) -> Result<ReplayReport, WalError>
+where
+    F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
+{
+    let segments = list_segments(fs, dir)?;
+    let mut r = Replayer {
+        mode,
+        after_epoch,
+        apply,
+        expect_seq: None,
+        last_gen: None,
+        end: None,
+        first_start: None,
+        last_commit_end: None,
+        ops_since_commit: 0,
+        discard: false,
+        head_partial: false,
+        pending: Vec::new(),
+        pending_ops: Vec::new(),
+        report: ReplayReport {
+            last_epoch: None,
+            last_commit: None,
+            epochs_applied: 0,
+            records_replayed: 0,
+            records_discarded: 0,
+            segments_read: 0,
+            torn_tail: None,
+            skipped: Vec::new(),
+            stopped_at: None,
+            resume: ResumePosition::fresh(),
+        },
+    };
+    let Some(&newest) = segments.last() else {
+        return Ok(r.report);
+    };
+    let mut prev: Option<u64> = None;
+    for &seg in &segments {
+        if let Some(p) = prev
+            && seg != p + 1
+        {
+            let missing = p + 1;
+            let file = dir.join(segment_file_name(missing));
+            match mode {
+                WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                    return Err(WalError::MissingSegment {
+                        dir: dir.to_path_buf(),
+                        segment: missing,
+                    });
+                }
+                WalRecoveryMode::PointInTimeRecovery => {
+                    r.report.stopped_at = Some(CorruptionReport {
+                        file,
+                        offset: 0,
+                        bytes: 0,
+                        reason: "missing segment",
+                    });
+                    r.discard = true;
+                    break;
+                }
+                WalRecoveryMode::SkipAnyCorruptedRecords => {
+                    r.report.skipped.push(CorruptionReport {
+                        file,
+                        offset: 0,
+                        bytes: 0,
+                        reason: "missing segment",
+                    });
+                    r.expect_seq = None;
+                }
+            }
+        }
+        prev = Some(seg);
+        let path = dir.join(segment_file_name(seg));
+        let buf = fs.read(&path).map_err(io_err("read", &path))?;
+        r.report.segments_read += 1;
+        match r.scan_segment(seg, &path, &buf, seg == newest)? {
+            Flow::NextSegment => {}
+            Flow::Stop => break,
+        }
+    }
+    Ok(r.finish(segments[0]))
+}
+
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, WalError> {
+    let names = match fs.list_dir(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    let mut segments: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.to_str().and_then(parse_segment_file_name))
+        .collect();
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Whether `[x, y)` shows a write that never reached the disk: an aligned
+/// sector of zeros, or zeros from `x` to the next sector boundary (the
+/// unwritten rest of a sector shared with the last durable record). A flipped
+/// bit in a written record shows neither, unless the record's first bytes up
+/// to a sector boundary are zero: then the damage is reported as a torn tail
+/// (never silently accepted), the safer of the two possible mistakes.
+fn lost_sector_evidence(buf: &[u8], x: usize, y: usize) -> bool {
+    let y = y.min(buf.len());
+    let boundary = (x / SECTOR + 1) * SECTOR;
+    if boundary <= y && buf[x..boundary].iter().all(|&b| b == 0) {
+        return true;
+    }
+    let mut s = x.div_ceil(SECTOR) * SECTOR;
+    while s + SECTOR <= y {
+        if buf[s..s + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}
+
+/// Valid frames with a sequence number of at least `expect` starting in
+/// `[from, to)`: the first one, and their sync generations.
+fn scan_later(buf: &[u8], from: usize, to: usize, expect: u64) -> (Option<(usize, u64)>, Gens) {
+    let max_seq = expect.saturating_add((buf.len() / FRAME_HEADER_LEN) as u64 + 1);
+    let mut first = None;
+    let mut gens = Gens::None;
+    let mut p = from;
+    while p < to {
+        if let Some(f) = plausible_frame(buf, p, expect, max_seq) {
+            if first.is_none() {
+                first = Some((p, f.seq));
+            }
+            gens = match gens {
+                Gens::None => Gens::One(f.sync_gen),
+                Gens::One(g) if g == f.sync_gen => Gens::One(g),
+                _ => Gens::Many,
+            };
+            p += f.total_len;
+        } else {
+            p += 1;
+        }
+    }
+    (first, gens)
+}
+
+fn plausible_frame(buf: &[u8], p: usize, min_seq: u64, max_seq: u64) -> Option<Frame<'_>> {
+    let h = buf.get(p..)?.get(..FRAME_HEADER_LEN)?;
+    if !(1..=4).contains(&h[8]) {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&h[13..21]);
+    let seq = u64::from_le_bytes(s);
+    if seq < min_seq || seq > max_seq {
+        return None;
+    }
+    parse_frame(buf, p).ok()
+}
+
+fn corruption(path: &Path, offset: usize, reason: &'static str) -> WalError {
+    WalError::Corruption {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    }
+}
+
+impl<F> Replayer<F>
+where
+    F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
+{
+    /// A segment whose header is unusable: an error, or stop before it, or
+    /// skip it whole.
+    fn bad_header(
+        &mut self,
+        path: &Path,
+        offset: usize,
+        len: usize,
+        reason: &'static str,
+    ) -> Result<Flow, WalError> {
+        let report = CorruptionReport {
+            file: path.to_path_buf(),
+            offset: offset as u64,
+            bytes: len.saturating_sub(offset) as u64,
+            reason,
+        };
+        match self.mode {
+            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                Err(corruption(path, offset, reason))
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                self.report.stopped_at = Some(report);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                self.report.skipped.push(report);
+                self.expect_seq = None;
+                // If no later segment is readable, the writer resumes before
+                // this one and must be allowed to replace it.
+                self.discard = true;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
+    fn scan_segment(&mut self, seg: u64, path: &Path, buf: &[u8], is_newest: bool) -> Result<Flow, WalError> {
+        let header = match decode_segment_header(buf) {
+            Ok(h) => h,
+            Err(HeaderError::Version(found)) => {
+                return Err(WalError::UnsupportedVersion {
+                    file: path.to_path_buf(),
+                    found,
+                    supported: super::format::FORMAT_VERSION,
+                });
+            }
+            Err(HeaderError::Invalid(reason)) => {
+                return self.bad_header(path, 0, buf.len(), reason);
+            }
+        };
+        if header.segment != seg {
+            return self.bad_header(
+                path,
+                12,
+                buf.len(),
+                "segment number in the header does not match the file name",
+            );
+        }
+        if let Some(e) = self.expect_seq
+            && header.first_seq != e
+        {
+            let reason = "first sequence number does not continue the previous segment";
+            if self.mode == WalRecoveryMode::SkipAnyCorruptedRecords {
+                self.report.skipped.push(CorruptionReport {
+                    file: path.to_path_buf(),
+                    offset: 20,
+                    bytes: 0,
+                    reason,
+                });
+            } else {
+                return self.bad_header(path, 20, buf.len(), reason);
+            }
+        }
+        let end_nz = end_of_nonzero(buf).max(SEGMENT_HEADER_LEN);
+        let mut expect = header.first_seq;
+        self.expect_seq = Some(expect);
+        let start = EndPos {
+            segment: seg,
+            offset: SEGMENT_HEADER_LEN as u64,
+            next_seq: expect,
+            zero_until: end_nz as u64,
+            sealed: false,
+        };
+        self.end = Some(start);
+        if self.first_start.is_none() {
+            self.first_start = Some(start);
+            self.head_partial = header.first_seq != 1 && !header.starts_at_epoch_boundary;
+        }
+        let mut seg_gen: Option<u32> = None;
+        let mut pos = SEGMENT_HEADER_LEN;
+        loop {
+            let bad: (&'static str, bool) = match parse_frame(buf, pos) {
+                Ok(f) if f.seq == expect && seg_gen.is_none_or(|g| gen_not_before(f.sync_gen, g)) => {
+                    match self.record(path, &f)? {
+                        Ok(()) => {
+                            pos += f.total_len;
+                            expect += 1;
+                            seg_gen = Some(f.sync_gen);
+                            self.last_gen = Some(f.sync_gen);
+                            self.expect_seq = Some(expect);
+                            let sealed = f.rtype == RecordType::Seal;
+                            let here = EndPos {
+                                segment: seg,
+                                offset: pos as u64,
+                                next_seq: expect,
+                                zero_until: end_nz as u64,
+                                sealed,
+                            };
+                            self.end = Some(here);
+                            if f.rtype == RecordType::Commit {
+                                self.last_commit_end = Some(here);
+                            }
+                            if sealed {
+                                return Ok(if is_newest { Flow::Stop } else { Flow::NextSegment });
+                            }
+                            continue;
+                        }
+                        Err(reason) => (reason, true),
+                    }
+                }
+                Ok(f) if f.seq < expect => ("stale record (sequence number from an earlier use)", false),
+                Ok(f) if f.seq > expect => ("sequence number gap", true),
+                Ok(_) => ("sync generation goes backwards", true),
+                Err(e) => (e.reason(), false),
+            };
+            if is_newest && end_nz <= pos {
+                // Nothing but zeros (preallocated space) from here: clean end.
+                return Ok(Flow::Stop);
+            }
+            match self.bad_spot(seg, path, buf, pos, end_nz, is_newest, seg_gen, bad)? {
+                BadAction::Stop => return Ok(Flow::Stop),
+                BadAction::NextSegment => return Ok(Flow::NextSegment),
+                BadAction::ResumeAt(y) => {
+                    pos = y;
+                    expect = self.expect_seq.unwrap_or(expect);
+                    seg_gen = None;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bad_spot(
+        &mut self,
+        seg: u64,
+        path: &Path,
+        buf: &[u8],
+        pos: usize,
+        end_nz: usize,
+        is_newest: bool,
+        seg_gen: Option<u32>,
+        (reason, certain): (&'static str, bool),
+    ) -> Result<BadAction, WalError> {
+        let expect = self.expect_seq.unwrap_or(0);
+        let reason = if !is_newest && end_nz <= pos {
+            "segment ends without its seal record"
+        } else {
+            reason
+        };
+        // Only the newest segment has a tail to classify, and only skipping
+        // needs the next valid record elsewhere.
+        let (first_later, gens) = if is_newest || self.mode == WalRecoveryMode::SkipAnyCorruptedRecords {
+            scan_later(buf, pos + 1, end_nz, expect)
+        } else {
+            (None, Gens::Many)
+        };
+        let tail_like = is_newest
+            && !certain
+            && match gens {
+                Gens::None => true,
+                Gens::One(g) => match seg_gen {
+                    None => true,
+                    Some(last) => {
+                        g == last
+                            || (gen_not_before(g, last)
+                                && lost_sector_evidence(buf, pos, first_later.map_or(end_nz, |(y, _)| y)))
+                    }
+                },
+                Gens::Many => false,
+            };
+        let dropped = end_nz.saturating_sub(pos) as u64;
+        let stop_here = EndPos {
+            segment: seg,
+            offset: pos as u64,
+            next_seq: expect,
+            zero_until: end_nz as u64,
+            sealed: false,
+        };
+        let torn = TornTail {
+            file: path.to_path_buf(),
+            offset: pos as u64,
+            bytes_dropped: dropped,
+        };
+        let report = |bytes: u64| CorruptionReport {
+            file: path.to_path_buf(),
+            offset: pos as u64,
+            bytes,
+            reason,
+        };
+        match self.mode {
+            WalRecoveryMode::AbsoluteConsistency => Err(if tail_like {
+                WalError::TornTail {
+                    file: path.to_path_buf(),
+                    offset: pos as u64,
+                    bytes: dropped,
+                }
+            } else {
+                corruption(path, pos, reason)
+            }),
+            WalRecoveryMode::TolerateCorruptedTailRecords => {
+                if tail_like {
+                    self.report.torn_tail = Some(torn);
+                    self.end = Some(stop_here);
+                    Ok(BadAction::Stop)
+                } else {
+                    Err(corruption(path, pos, reason))
+                }
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                if tail_like {
+                    self.report.torn_tail = Some(torn);
+                } else {
+                    self.report.stopped_at = Some(report(dropped));
+                    self.discard = true;
+                }
+                self.end = Some(stop_here);
+                Ok(BadAction::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                if let Some((y, seq)) = first_later {
+                    self.report.skipped.push(report((y - pos) as u64));
+                    self.expect_seq = Some(seq);
+                    Ok(BadAction::ResumeAt(y))
+                } else if is_newest {
+                    self.report.torn_tail = Some(torn);
+                    self.end = Some(stop_here);
+                    Ok(BadAction::Stop)
+                } else {
+                    self.report.skipped.push(report((buf.len() - pos) as u64));
+                    self.expect_seq = None;
+                    Ok(BadAction::NextSegment)
+                }
+            }
+        }
+    }
+
+    /// Takes in one valid frame. `Ok(Err(reason))`: the CRC holds but the
+    /// content is invalid (corruption, never a torn tail).
+    fn record(&mut self, path: &Path, f: &Frame<'_>) -> Result<Result<(), &'static str>, WalError> {
+        match f.rtype {
+            RecordType::Put => {
+                let Some((key, value)) = decode_put(f.payload) else {
+                    return Ok(Err("malformed put payload"));
+                };
+                let start = self.pending.len();
+                self.pending.extend_from_slice(key);
+                self.pending.extend_from_slice(value);
+                self.pending_ops.push(PendingOp::Put {
+                    start,
+                    key_len: key.len(),
+                    end: self.pending.len(),
+                });
+                self.ops_since_commit += 1;
+            }
+            RecordType::Delete => {
+                let start = self.pending.len();
+                self.pending.extend_from_slice(f.payload);
+                self.pending_ops.push(PendingOp::Delete {
+                    start,
+                    end: self.pending.len(),
+                });
+                self.ops_since_commit += 1;
+            }
+            RecordType::Commit => {
+                let commit = match CommitRecord::decode(f.payload) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e.reason())),
+                };
+                if self.report.last_epoch.is_some_and(|last| commit.epoch <= last) {
+                    return Ok(Err("commit epoch does not increase"));
+                }
+                if std::mem::take(&mut self.head_partial) {
+                    // The start of this epoch was in a removed segment.
+                    if commit.epoch > self.after_epoch {
+                        return Err(WalError::EpochStartMissing {
+                            file: path.to_path_buf(),
+                            epoch: commit.epoch,
+                            after_epoch: self.after_epoch,
+                        });
+                    }
+                } else if commit.epoch > self.after_epoch {
+                    self.flush_epoch(&commit)?;
+                }
+                self.pending.clear();
+                self.pending_ops.clear();
+                self.ops_since_commit = 0;
+                self.report.last_epoch = Some(commit.epoch);
+                self.report.last_commit = Some(commit);
+            }
+            RecordType::Seal => {
+                if !f.payload.is_empty() {
+                    return Ok(Err("seal record with a payload"));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn flush_epoch(&mut self, commit: &CommitRecord) -> Result<(), WalError> {
+        let Self {
+            pending,
+            pending_ops,
+            apply,
+            report,
+            ..
+        } = self;
+        let mut run = || -> Result<(), ApplyError> {
+            for op in pending_ops.iter() {
+                match *op {
+                    PendingOp::Put { start, key_len, end } => apply(ReplayOp::Put {
+                        key: &pending[start..start + key_len],
+                        value: &pending[start + key_len..end],
+                    })?,
+                    PendingOp::Delete { start, end } => apply(ReplayOp::Delete {
+                        key: &pending[start..end],
+                    })?,
+                }
+            }
+            apply(ReplayOp::Commit(commit))?;
+            report.records_replayed += pending_ops.len() as u64;
+            report.epochs_applied += 1;
+            Ok(())
+        };
+        run().map_err(WalError::Apply)
+    }
+
+    fn finish(mut self, first_segment: u64) -> ReplayReport {
+        self.report.records_discarded = self.ops_since_commit;
+        let discard = self.discard || self.ops_since_commit > 0;
+        let at = if self.ops_since_commit > 0 {
+            self.last_commit_end.or(self.first_start)
+        } else {
+            self.end
+        };
+        let next_gen = self.last_gen.map_or(0, |g| g.wrapping_add(1));
+        self.report.resume = match at {
+            Some(e) => ResumePosition {
+                segment: e.segment,
+                offset: e.offset,
+                next_seq: e.next_seq,
+                next_gen,
+                zero_until: e.zero_until,
+                start_new_segment: e.sealed,
+                discard_later_segments: discard,
+            },
+            None => ResumePosition {
+                segment: first_segment.saturating_sub(1),
+                offset: 0,
+                next_seq: self.expect_seq.unwrap_or(1),
+                next_gen,
+                zero_until: 0,
+                start_new_segment: true,
+                discard_later_segments: true,
+            },
+        };
+        self.report
+    }
+}

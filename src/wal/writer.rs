@@ -1,0 +1,554 @@
+//! [`WalWriter`]: appends batches to preallocated segments, rotates them,
+//! syncs them, and poisons itself on the first I/O error.
+//!
+//! # Lifecycle
+//!
+//! Ring 1 owns the single writer of a WAL directory. It calls
+//! [`replay`](super::replay) first and opens the writer at the
+//! [`ResumePosition`] the replay returned (which also repairs a torn tail).
+//! The writer is synchronous; Ring 1 moves it into `spawn_blocking` for each
+//! write and sync. [`close`](WalWriter::close) syncs; dropping the writer
+//! closes its file without syncing, so unsynced records may be lost, exactly
+//! as in a crash.
+//!
+//! # Rotation off the write path
+//!
+//! Starting a segment means writing and syncing `segment_size` zeros. To keep
+//! that out of `write_batch`, Ring 1 asks for a [`SpareJob`] after each
+//! rotation ([`WalWriter::spare_job`]), runs it on another blocking thread,
+//! and hands the result back ([`WalWriter::install_spare`]); the next
+//! rotation then only writes and syncs a 36-byte header. Without a spare the
+//! writer creates the segment itself.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::batch::WalBatch;
+use super::format::{
+    FRAME_HEADER_LEN, RecordType, SEGMENT_HEADER_LEN, SegmentHeader, encode_segment_header,
+    frame_payload_len, is_temp_file_name, parse_segment_file_name, push_frame_header, seal_frame,
+    segment_file_name, spare_file_name, temp_file_name,
+};
+use super::reader::ResumePosition;
+use super::{WalError, io_err};
+use crate::io::{FileSystem, FsFile};
+
+/// Configuration of a [`WalWriter`].
+///
+/// Defaults: `segment_size` = 64 MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalConfig {
+    /// Bytes each segment is preallocated to (zero-filled). A segment is
+    /// sealed and the next one started before a record would cross it; a
+    /// single record larger than a segment gets a segment of its own that
+    /// grows past this size.
+    pub(crate) segment_size: u64,
+}
+
+/// The smallest accepted `segment_size`.
+pub(crate) const MIN_SEGMENT_SIZE: u64 = 256;
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+impl WalConfig {
+    /// The defaults.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the segment size.
+    pub(crate) fn with_segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    fn validate(&self) -> Result<(), WalError> {
+        if self.segment_size < MIN_SEGMENT_SIZE {
+            return Err(WalError::InvalidConfig {
+                field: "segment_size",
+                reason: "must be at least 256 bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of the seal record that ends every non-newest segment.
+const SEAL_LEN: u64 = FRAME_HEADER_LEN as u64;
+
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+fn write_zeros(file: &mut dyn FsFile, mut from: u64, to: u64) -> io::Result<()> {
+    while from < to {
+        let n = usize::try_from(to - from).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+        file.write_all_at(&ZEROS[..n], from)?;
+        from += n as u64;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Poison {
+    op: &'static str,
+    kind: io::ErrorKind,
+    raw_os_error: Option<i32>,
+}
+
+/// The single writer of a WAL directory.
+pub(crate) struct WalWriter {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    config: WalConfig,
+    segment: u64,
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+    /// Where the next byte goes in the current segment.
+    offset: u64,
+    next_seq: u64,
+    sync_gen: u32,
+    /// Bytes written to the current segment since its last `fdatasync`.
+    dirty: bool,
+    buf: Vec<u8>,
+    bytes_written: u64,
+    poisoned: Option<Poison>,
+    /// The next segment, preallocated ahead of need.
+    spare: Option<SpareSegment>,
+    /// The segment a handed-out [`SpareJob`] is preallocating.
+    spare_job_out: Option<u64>,
+    /// The last record written was a commit (or none was written since
+    /// open): recorded in the next segment's header.
+    at_epoch_boundary: bool,
+}
+
+impl fmt::Debug for WalWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalWriter")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("segment", &self.segment)
+            .field("offset", &self.offset)
+            .field("next_seq", &self.next_seq)
+            .field("sync_gen", &self.sync_gen)
+            .field("dirty", &self.dirty)
+            .field("bytes_written", &self.bytes_written)
+            .field("poisoned", &self.poisoned)
+            .field("spare", &self.spare.as_ref().map(|s| s.segment))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates segment `segment` durably: written under a temporary name
+/// (header, then zeros up to `size`), `fdatasync`ed, renamed into place, and
+/// the directory fsynced. A crash at any point leaves either no segment of
+/// that name or a complete, preallocated one.
+fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    header: SegmentHeader,
+    size: u64,
+) -> Result<(PathBuf, Box<dyn FsFile>), WalError> {
+    let segment = header.segment;
+    let tmp = dir.join(temp_file_name(segment));
+    let path = dir.join(segment_file_name(segment));
+    let mut file = fs.create(&tmp).map_err(io_err("create", &tmp))?;
+    let header = encode_segment_header(header);
+    file.write_all_at(&header, 0).map_err(io_err("write", &tmp))?;
+    write_zeros(file.as_mut(), SEGMENT_HEADER_LEN as u64, size).map_err(io_err("write", &tmp))?;
+    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+    fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    Ok((path, file))
+}
+
+/// A segment file preallocated ahead of need (zeros, `fdatasync`ed) under
+/// a temporary name, without a header yet: invisible to readers.
+#[derive(Debug)]
+pub(crate) struct SpareSegment {
+    segment: u64,
+    path: PathBuf,
+    file: Box<dyn FsFile>,
+}
+
+/// The slow part of starting a segment (writing `segment_size` zeros and
+/// syncing them), detached from the writer so that Ring 1 can run it on
+/// another blocking thread while the writer keeps writing and syncing; see
+/// [`WalWriter::spare_job`].
+#[derive(Debug)]
+pub(crate) struct SpareJob {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    segment: u64,
+    size: u64,
+}
+
+impl SpareJob {
+    /// Creates and preallocates the spare segment file.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Io`] if creating, writing or syncing it fails (ENOSPC
+    /// included). The writer is not affected: without a spare it creates
+    /// the next segment itself when it rotates.
+    pub(crate) fn run(self) -> Result<SpareSegment, WalError> {
+        let path = self.dir.join(spare_file_name(self.segment));
+        let mut file = self.fs.create(&path).map_err(io_err("create", &path))?;
+        write_zeros(file.as_mut(), 0, self.size).map_err(io_err("write", &path))?;
+        file.sync_data().map_err(io_err("fdatasync", &path))?;
+        Ok(SpareSegment {
+            segment: self.segment,
+            path,
+            file,
+        })
+    }
+}
+
+/// Turns a spare into segment `segment`: header written and synced, then
+/// renamed into place and the directory synced. Cheap: no zero-filling.
+fn activate_spare(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    spare: SpareSegment,
+    header: SegmentHeader,
+) -> Result<(PathBuf, Box<dyn FsFile>), WalError> {
+    let SpareSegment {
+        path: tmp, mut file, ..
+    } = spare;
+    let path = dir.join(segment_file_name(header.segment));
+    let header = encode_segment_header(header);
+    file.write_all_at(&header, 0).map_err(io_err("write", &tmp))?;
+    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+    fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    Ok((path, file))
+}
+
+impl WalWriter {
+    /// Opens the writer of `dir` at `resume` (from [`replay`](super::replay),
+    /// or [`ResumePosition::fresh`] for a directory without segments).
+    ///
+    /// Repairs what the replay found: removes leftover temporary segments,
+    /// removes the segments after the resume position when the replay
+    /// discarded them (newest first, syncing the directory after each), and
+    /// zero-fills and `fdatasync`s the dropped tail of the resume segment.
+    /// Starts a new segment when the resume segment is sealed.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::InvalidConfig`] for a bad config, [`WalError::Resume`] if
+    /// the directory does not match `resume` (replay again), and
+    /// [`WalError::Io`] if a file operation fails.
+    pub(crate) fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        config: WalConfig,
+        resume: &ResumePosition,
+    ) -> Result<Self, WalError> {
+        config.validate()?;
+        fs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent).map_err(io_err("fsync directory", parent))?;
+        }
+        let mut segments = Vec::new();
+        let mut removed_temp = false;
+        for name in fs.list_dir(dir).map_err(io_err("list", dir))? {
+            let Some(name) = name.to_str() else { continue };
+            if is_temp_file_name(name) {
+                let p = dir.join(name);
+                fs.remove_file(&p).map_err(io_err("remove", &p))?;
+                removed_temp = true;
+            } else if let Some(n) = parse_segment_file_name(name) {
+                segments.push(n);
+            }
+        }
+        if removed_temp {
+            fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        }
+        segments.sort_unstable();
+        let later: Vec<u64> = segments.iter().copied().filter(|&s| s > resume.segment).collect();
+        if !later.is_empty() && !resume.discard_later_segments {
+            return Err(WalError::Resume {
+                dir: dir.to_path_buf(),
+                reason: "segments exist after the resume position; replay the directory first",
+            });
+        }
+        if !resume.start_new_segment && !segments.contains(&resume.segment) {
+            return Err(WalError::Resume {
+                dir: dir.to_path_buf(),
+                reason: "the resume segment does not exist",
+            });
+        }
+        for &s in later.iter().rev() {
+            let p = dir.join(segment_file_name(s));
+            fs.remove_file(&p).map_err(io_err("remove", &p))?;
+            fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        }
+
+        let (segment, path, file, offset) = if resume.start_new_segment {
+            let segment = resume.segment + 1;
+            // Replay resumes at an epoch boundary: it drops records after
+            // the last commit.
+            let header = SegmentHeader {
+                segment,
+                first_seq: resume.next_seq,
+                starts_at_epoch_boundary: true,
+            };
+            let (path, file) = create_segment(fs.as_ref(), dir, header, config.segment_size)?;
+            (segment, path, file, SEGMENT_HEADER_LEN as u64)
+        } else {
+            let path = dir.join(segment_file_name(resume.segment));
+            let mut file = fs.open_write(&path).map_err(io_err("open", &path))?;
+            if resume.zero_until > resume.offset {
+                write_zeros(file.as_mut(), resume.offset, resume.zero_until)
+                    .map_err(io_err("write", &path))?;
+                file.sync_data().map_err(io_err("fdatasync", &path))?;
+            }
+            (resume.segment, path, file, resume.offset)
+        };
+        Ok(Self {
+            fs,
+            dir: dir.to_path_buf(),
+            config,
+            segment,
+            path,
+            file,
+            offset,
+            next_seq: resume.next_seq,
+            sync_gen: resume.next_gen,
+            dirty: false,
+            buf: Vec::new(),
+            bytes_written: 0,
+            poisoned: None,
+            spare: None,
+            spare_job_out: None,
+            at_epoch_boundary: true,
+        })
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        match self.poisoned {
+            Some(p) => Err(WalError::Poisoned {
+                op: p.op,
+                kind: p.kind,
+                raw_os_error: p.raw_os_error,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first failure; every later call reports it.
+    fn poison(&mut self, err: WalError) -> WalError {
+        if self.poisoned.is_none() {
+            let (op, kind, raw_os_error) = match &err {
+                WalError::Io { op, source, .. } => (*op, source.kind(), source.raw_os_error()),
+                _ => ("write", io::ErrorKind::Other, None),
+            };
+            self.poisoned = Some(Poison {
+                op,
+                kind,
+                raw_os_error,
+            });
+        }
+        err
+    }
+
+    /// Writes every record of `batch`, in order, with as few large writes as
+    /// possible: one per segment touched. Assigns sequence numbers. When a
+    /// record would not fit in the current segment (with room left for the
+    /// seal), seals the segment, `fdatasync`s it, and creates the next one
+    /// before continuing. The records are durable only after
+    /// [`sync`](Self::sync).
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Io`] if a write, sync or segment creation fails (ENOSPC
+    /// included); the writer is then poisoned and every later call returns
+    /// [`WalError::Poisoned`]. [`WalError::Poisoned`] if it already was.
+    pub(crate) fn write_batch(&mut self, batch: &WalBatch) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        let frames = batch.frames();
+        self.buf.clear();
+        self.buf.reserve(
+            frames
+                .len()
+                .min(usize::try_from(self.config.segment_size).unwrap_or(usize::MAX)),
+        );
+        let mut pos = 0;
+        while pos < frames.len() {
+            let frame = frame_payload_len(frames, pos)
+                .and_then(|len| frames.get(pos..pos + FRAME_HEADER_LEN + len))
+                .ok_or(WalError::InvalidBatch)?;
+            let used = self.offset + self.buf.len() as u64;
+            if used > SEGMENT_HEADER_LEN as u64
+                && used + frame.len() as u64 + SEAL_LEN > self.config.segment_size
+            {
+                self.rotate()?;
+            }
+            let start = self.buf.len();
+            self.buf.extend_from_slice(frame);
+            seal_frame(&mut self.buf[start..], self.sync_gen, self.next_seq);
+            self.next_seq += 1;
+            self.at_epoch_boundary = frame.get(8) == Some(&(RecordType::Commit as u8));
+            pos += frame.len();
+        }
+        self.flush_buf()
+    }
+
+    fn flush_buf(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all_at(&self.buf, self.offset) {
+            let err = io_err("write", &self.path)(e);
+            return Err(self.poison(err));
+        }
+        self.offset += self.buf.len() as u64;
+        self.bytes_written += self.buf.len() as u64;
+        self.dirty = true;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seals the current segment and makes it durable, then creates the
+    /// next one. The seal must be durable before the next segment exists:
+    /// the reader treats every non-newest segment without a seal as damaged.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let start = self.buf.len();
+        push_frame_header(&mut self.buf, RecordType::Seal, 0);
+        seal_frame(&mut self.buf[start..], self.sync_gen, self.next_seq);
+        self.next_seq += 1;
+        self.flush_buf()?;
+        if let Err(e) = self.file.sync_data() {
+            let err = io_err("fdatasync", &self.path)(e);
+            return Err(self.poison(err));
+        }
+        self.dirty = false;
+        let next = self.segment + 1;
+        let header = SegmentHeader {
+            segment: next,
+            first_seq: self.next_seq,
+            starts_at_epoch_boundary: self.at_epoch_boundary,
+        };
+        let created = match self.spare.take() {
+            Some(spare) if spare.segment == next => {
+                activate_spare(self.fs.as_ref(), &self.dir, spare, header)
+            }
+            // Only a spare for the next segment is ever kept; anything else
+            // is left for the next writer's clean-up.
+            _ => create_segment(self.fs.as_ref(), &self.dir, header, self.config.segment_size),
+        };
+        match created {
+            Ok((path, file)) => {
+                self.segment = next;
+                self.path = path;
+                self.file = file;
+                self.offset = SEGMENT_HEADER_LEN as u64;
+                Ok(())
+            }
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    /// `fdatasync`s what was written since the last sync. Earlier segments
+    /// were already synced when they were sealed, so this is one `fdatasync`
+    /// of the current segment, or nothing if nothing was written.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Io`] if the sync fails: the writer is poisoned (the
+    /// kernel may have dropped the dirty pages, so a retry could falsely
+    /// succeed) and every later call returns [`WalError::Poisoned`].
+    pub(crate) fn sync(&mut self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Err(e) = self.file.sync_data() {
+            let err = io_err("fdatasync", &self.path)(e);
+            return Err(self.poison(err));
+        }
+        self.dirty = false;
+        self.sync_gen = self.sync_gen.wrapping_add(1);
+        Ok(())
+    }
+
+    /// A job that preallocates the next segment, or `None` if it is already
+    /// preallocated, a job for it is out, or the writer is poisoned.
+    ///
+    /// Rotation then costs a seal, two small syncs, a rename and a directory
+    /// sync instead of writing and syncing `segment_size` zeros on the
+    /// write path. Ring 1 runs [`SpareJob::run`] on a blocking thread of its
+    /// own (concurrently with writes and syncs: it touches another file) and
+    /// hands the result to [`install_spare`](Self::install_spare).
+    pub(crate) fn spare_job(&mut self) -> Option<SpareJob> {
+        let next = self.segment + 1;
+        if self.poisoned.is_some()
+            || self.spare.as_ref().is_some_and(|s| s.segment == next)
+            || self.spare_job_out == Some(next)
+        {
+            return None;
+        }
+        self.spare_job_out = Some(next);
+        Some(SpareJob {
+            fs: Arc::clone(&self.fs),
+            dir: self.dir.clone(),
+            segment: next,
+            size: self.config.segment_size,
+        })
+    }
+
+    /// Takes the result of a [`SpareJob`]. A spare that is no longer the
+    /// next segment (the writer rotated without it) is removed.
+    ///
+    /// # Errors
+    ///
+    /// The job's own error, or [`WalError::Io`] if removing a stale spare
+    /// fails. Neither poisons the writer: no log data is involved.
+    pub(crate) fn install_spare(&mut self, spare: Result<SpareSegment, WalError>) -> Result<(), WalError> {
+        self.spare_job_out = None;
+        let spare = spare?;
+        if spare.segment == self.segment + 1 && self.spare.is_none() && self.poisoned.is_none() {
+            self.spare = Some(spare);
+            return Ok(());
+        }
+        let SpareSegment { path, file, .. } = spare;
+        drop(file);
+        self.fs.remove_file(&path).map_err(io_err("remove", &path))
+    }
+
+    /// Syncs and closes the writer.
+    ///
+    /// # Errors
+    ///
+    /// As [`sync`](Self::sync).
+    pub(crate) fn close(mut self) -> Result<(), WalError> {
+        self.sync()
+    }
+
+    /// Bytes of records (framing and seals included) this writer wrote.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// The segment records are currently appended to.
+    pub(crate) fn current_segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// The sequence number the next record gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether an earlier error poisoned the writer.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+}
