@@ -1,1 +1,868 @@
-fn main() {}
+//! Ring 0 benchmark: workload W1 of `DESIGN.md` ("Performance targets").
+//!
+//! W1: 16-byte keys drawn in random order from 200,000 distinct keys,
+//! 100-byte values, a commit every 1,000 puts, and a consumer thread draining
+//! the changelog continuously, as Ring 1 would (it copies every key and value
+//! into a batch buffer, the work a WAL encoder does).
+//!
+//! Two parts:
+//!
+//! 1. Criterion benchmarks `ring0_w1/put`, `ring0_w1/get` and
+//!    `ring0_w1/get_miss`, in steady state: the index and arena are warmed by
+//!    a full pass over the keys before anything is timed, and the consumer
+//!    thread is started outside the timing. `put` times puts only; the
+//!    commit every 1,000 puts happens between timed stretches.
+//! 2. A latency distribution: every one of 1,000,000 W1 puts (then gets) is
+//!    timed on its own, and p50 / p99 / p99.9 / max are printed raw and with
+//!    the timer's own overhead subtracted, beside the DESIGN targets.
+//!
+//! A put refused for backpressure (`BufferOverflow`) is retried, and counted.
+//!
+//! ```text
+//! cargo bench --bench ring0                      # full run, about 30 s
+//! RING0_BENCH_QUICK=1 cargo bench --bench ring0  # CI smoke run, seconds
+//! cargo bench --bench ring0 -- --test            # run everything once, tiny
+//! cargo bench --bench ring0 -- put               # criterion filter; skips the latency part
+//! cargo bench --bench ring0 -- latency           # the latency part only
+//! RING0_BENCH_KEYS=20000 cargo bench --bench ring0  # another number of distinct keys
+//! ```
+
+use std::hint::black_box;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use laminar_storage::incremental::{
+    Change, IncrementalCheckpointError, StateConfig, StateDrain, StateWriter,
+};
+
+const KEY_LEN: usize = 16;
+const VALUE_LEN: usize = 100;
+const COMMIT_EVERY: u32 = 1_000;
+const CHANGELOG_CAPACITY: usize = 1 << 16;
+/// Entries the consumer takes per drain call.
+const DRAIN_BATCH: usize = 4096;
+
+type Key = [u8; KEY_LEN];
+
+// ---------------------------------------------------------------------------
+// Run mode and sizes
+// ---------------------------------------------------------------------------
+
+/// What the command line and environment ask for.
+struct Mode {
+    /// `RING0_BENCH_QUICK=1`, criterion's `--test`, `cargo test --benches`, or `--list`.
+    small: bool,
+    /// Criterion's test mode: run each benchmark once.
+    test: bool,
+    /// Whether a baseline option was given (then criterion's choice stands).
+    baseline_arg: bool,
+    /// Whether the latency part runs (not with `--list`, `--profile-time`,
+    /// or a filter that does not name it).
+    latency: bool,
+}
+
+impl Mode {
+    fn from_env() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        // Same rule as criterion: without `--bench` (as under `cargo test
+        // --benches`) it runs in test mode.
+        let test = has("--test") || !has("--bench");
+        let list = has("--list");
+        let quick = std::env::var("RING0_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let latency = !list
+            && !args.iter().any(|a| a.starts_with("--profile-time"))
+            && filter(&args).is_none_or(|f| "latency".contains(f) || f.contains("latency"));
+        let baseline_arg = args.iter().any(|a| {
+            [
+                "-s",
+                "-b",
+                "--save-baseline",
+                "--baseline",
+                "--baseline-lenient",
+                "--discard-baseline",
+            ]
+            .iter()
+            .any(|opt| a == opt || a.starts_with(&format!("{opt}=")))
+        });
+        Mode {
+            small: quick || test || list,
+            test,
+            baseline_arg,
+            latency,
+        }
+    }
+}
+
+/// Criterion's positional FILTER argument, if any.
+fn filter(args: &[String]) -> Option<&str> {
+    // Criterion options that take a value (as `--opt value`).
+    const WITH_VALUE: &[&str] = &[
+        "-c",
+        "--color",
+        "--colour",
+        "-s",
+        "--save-baseline",
+        "-b",
+        "--baseline",
+        "--baseline-lenient",
+        "--format",
+        "--profile-time",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+    ];
+    let mut skip_next = false;
+    for arg in args {
+        if skip_next {
+            skip_next = false;
+        } else if arg.starts_with('-') {
+            skip_next = WITH_VALUE.contains(&arg.as_str());
+        } else {
+            return Some(arg);
+        }
+    }
+    None
+}
+
+/// How big a run is.
+struct Sizes {
+    distinct_keys: usize,
+    /// Length of the pregenerated key streams (hits and misses).
+    stream_len: usize,
+    /// Operations timed one by one in the latency part.
+    latency_ops: usize,
+    /// Empty timer pairs timed to measure the timer's overhead.
+    timer_pairs: usize,
+    calibration: Duration,
+    warm_up: Duration,
+    measurement: Duration,
+    sample_size: usize,
+    nresamples: usize,
+}
+
+impl Sizes {
+    fn for_mode(mode: &Mode) -> Self {
+        let mut sizes = Self::defaults(mode);
+        // `RING0_BENCH_KEYS=n`: another number of distinct keys, to see how
+        // the figures depend on the working set fitting in cache.
+        if let Some(keys) = std::env::var("RING0_BENCH_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            sizes.distinct_keys = keys;
+        }
+        sizes
+    }
+
+    fn defaults(mode: &Mode) -> Self {
+        if mode.small {
+            Sizes {
+                distinct_keys: 10_000,
+                stream_len: 50_000,
+                latency_ops: if mode.test { 10_000 } else { 50_000 },
+                timer_pairs: 10_000,
+                calibration: Duration::from_millis(20),
+                warm_up: Duration::from_millis(200),
+                measurement: Duration::from_millis(500),
+                sample_size: 10,
+                nresamples: 2_000,
+            }
+        } else {
+            Sizes {
+                distinct_keys: 200_000,
+                stream_len: 1_000_000,
+                latency_ops: 1_000_000,
+                timer_pairs: 1_000_000,
+                calibration: Duration::from_millis(100),
+                warm_up: Duration::from_secs(2),
+                measurement: Duration::from_secs(5),
+                sample_size: 100,
+                nresamples: 100_000,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workload
+// ---------------------------------------------------------------------------
+
+/// SplitMix64: deterministic, so runs compare.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Pregenerated keys, so generating them is not timed.
+struct Workload {
+    /// Every distinct key once (the warm-up pass).
+    keys: Vec<Key>,
+    /// W1's puts and gets: keys drawn uniformly, in random order, from `keys`.
+    stream: Vec<Key>,
+    /// Keys that are never stored (the high bit of the second half is set,
+    /// which no stored key has).
+    misses: Vec<Key>,
+}
+
+impl Workload {
+    fn generate(sizes: &Sizes) -> Self {
+        let mut rng = Rng(0x5eed_0001);
+        let key = |rng: &mut Rng, tag: u64| {
+            let mut k = [0u8; KEY_LEN];
+            k[..8].copy_from_slice(&rng.next().to_le_bytes());
+            k[8..].copy_from_slice(&tag.to_le_bytes());
+            k
+        };
+        let keys: Vec<Key> = (0..sizes.distinct_keys as u64)
+            .map(|i| key(&mut rng, i))
+            .collect();
+        let stream = (0..sizes.stream_len)
+            .map(|_| keys[(rng.next() % keys.len() as u64) as usize])
+            .collect();
+        let misses = (0..sizes.stream_len as u64)
+            .map(|i| key(&mut rng, i | 1 << 63))
+            .collect();
+        Workload { keys, stream, misses }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ring 0 with a draining consumer
+// ---------------------------------------------------------------------------
+
+/// What the consumer thread saw.
+#[derive(Debug, Default)]
+struct ConsumerReport {
+    puts: u64,
+    commits: u64,
+    /// Drain calls that found nothing (the consumer then yields its core).
+    empty_polls: u64,
+    checksum: u64,
+}
+
+/// Ring 1's stand-in: drains continuously, copying each key and value into
+/// a batch buffer as a WAL encoder would, until the writer is dropped.
+fn consume(mut drain: StateDrain) -> ConsumerReport {
+    let mut report = ConsumerReport::default();
+    let mut batch = vec![0u8; 1 << 16];
+    let mut used = 0usize;
+    let mut append = |bytes: &[u8], batch: &mut Vec<u8>| {
+        if used + bytes.len() > batch.len() {
+            used = 0;
+        }
+        batch[used..used + bytes.len()].copy_from_slice(bytes);
+        used += bytes.len();
+    };
+    loop {
+        let abandoned = drain.is_abandoned();
+        let n = drain.drain(DRAIN_BATCH, |change| match change {
+            Change::Put { key, value, .. } => {
+                append(key, &mut batch);
+                append(value, &mut batch);
+                report.puts += 1;
+            }
+            Change::Commit { payload, .. } => {
+                append(payload, &mut batch);
+                report.commits += 1;
+            }
+            _ => {}
+        });
+        if n == 0 {
+            if abandoned {
+                break;
+            }
+            report.empty_polls += 1;
+            thread::yield_now();
+        }
+    }
+    report.checksum = batch.iter().fold(0u64, |h, &b| h.rotate_left(5) ^ u64::from(b));
+    report
+}
+
+/// A warmed-up writer with its consumer thread, driven the W1 way.
+struct Ring0 {
+    writer: StateWriter,
+    consumer: JoinHandle<ConsumerReport>,
+    value: [u8; VALUE_LEN],
+    since_commit: u32,
+    /// Put attempts refused with `BufferOverflow` (each was retried).
+    overflows: u64,
+    /// Commit attempts refused with `BufferOverflow` (each was retried).
+    commit_overflows: u64,
+}
+
+impl Ring0 {
+    /// Builds Ring 0, starts the consumer, and puts every key once.
+    fn warmed(workload: &Workload) -> Self {
+        let config = StateConfig::new()
+            .with_changelog_capacity(CHANGELOG_CAPACITY)
+            .with_expected_keys(workload.keys.len());
+        let (writer, drain) = StateWriter::standalone(config).expect("Ring 0 config");
+        let consumer = thread::Builder::new()
+            .name("ring1-drain".into())
+            .spawn(move || consume(drain))
+            .expect("spawn consumer thread");
+        let mut ring = Ring0 {
+            writer,
+            consumer,
+            value: [0xab; VALUE_LEN],
+            since_commit: 0,
+            overflows: 0,
+            commit_overflows: 0,
+        };
+        for key in &workload.keys {
+            ring.put(key);
+            ring.commit_if_due();
+        }
+        assert_eq!(ring.writer.len(), workload.keys.len());
+        ring
+    }
+
+    /// One put (and its changelog push), retried while the ring is full.
+    #[inline(always)]
+    fn put(&mut self, key: &Key) {
+        if let Err(e) = self.writer.put(key, &self.value) {
+            self.put_retrying(key, e);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn put_retrying(&mut self, key: &Key, first: IncrementalCheckpointError) {
+        let mut error = first;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_retry(&error, deadline);
+            self.overflows += 1;
+            thread::yield_now();
+            match self.writer.put(key, &self.value) {
+                Ok(()) => return,
+                Err(e) => error = e,
+            }
+        }
+    }
+
+    /// Counts a put towards the epoch; `true` when it is time to commit.
+    #[inline(always)]
+    fn count_put(&mut self) -> bool {
+        self.since_commit += 1;
+        self.since_commit == COMMIT_EVERY
+    }
+
+    fn commit_if_due(&mut self) {
+        if self.count_put() {
+            self.commit();
+        }
+    }
+
+    /// Closes the epoch, retried while the ring is full.
+    #[inline(never)]
+    fn commit(&mut self) {
+        self.since_commit = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.writer.commit_epoch() {
+                Ok(_) => return,
+                Err(e) => {
+                    self.check_retry(&e, deadline);
+                    self.commit_overflows += 1;
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Panics unless `error` is backpressure from a consumer that is still
+    /// draining.
+    fn check_retry(&self, error: &IncrementalCheckpointError, deadline: Instant) {
+        assert!(error.is_transient(), "Ring 0 update failed: {error}");
+        assert!(
+            !self.consumer.is_finished() && Instant::now() < deadline,
+            "the consumer thread stopped draining"
+        );
+    }
+
+    /// Drops the writer, waits for the consumer to drain the rest, and
+    /// returns the library's overflow count with the consumer's report.
+    fn finish(self) -> (u64, ConsumerReport) {
+        let Ring0 {
+            mut writer, consumer, ..
+        } = self;
+        let library_overflows = writer.stats().changelog_overflows;
+        drop(writer);
+        let report = consumer.join().expect("consumer thread panicked");
+        (library_overflows, report)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Criterion benchmarks
+// ---------------------------------------------------------------------------
+
+fn criterion_benches(c: &mut Criterion, workload: &Workload) -> (Ring0Totals, ConsumerReport) {
+    let mut ring = Ring0::warmed(workload);
+    let mut group = c.benchmark_group("ring0_w1");
+    group.throughput(Throughput::Elements(1));
+
+    let stream = &workload.stream;
+    let mut next = 0usize;
+    let mut puts = 0u64;
+    group.bench_function("put", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                // Time the puts up to the next commit; commit untimed.
+                let n = left.min(u64::from(COMMIT_EVERY - ring.since_commit));
+                let start = Instant::now();
+                for _ in 0..n {
+                    ring.put(&stream[next]);
+                    next += 1;
+                    if next == stream.len() {
+                        next = 0;
+                    }
+                }
+                timed += start.elapsed();
+                left -= n;
+                puts += n;
+                ring.since_commit += n as u32;
+                if ring.since_commit == COMMIT_EVERY {
+                    ring.commit();
+                }
+            }
+            timed
+        });
+    });
+
+    for (name, keys) in [("get", stream), ("get_miss", &workload.misses)] {
+        let hit = name == "get";
+        let mut next = 0usize;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let writer = &ring.writer;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let found = writer.get(black_box(&keys[next]));
+                    debug_assert_eq!(found.is_some(), hit);
+                    black_box(found);
+                    next += 1;
+                    if next == keys.len() {
+                        next = 0;
+                    }
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+
+    let totals = Ring0Totals {
+        puts,
+        overflows: ring.overflows,
+        commit_overflows: ring.commit_overflows,
+        library_overflows: 0,
+    };
+    let (library_overflows, report) = ring.finish();
+    (
+        Ring0Totals {
+            library_overflows,
+            ..totals
+        },
+        report,
+    )
+}
+
+/// Overflow figures of one Ring 0 run.
+#[derive(Debug, Clone, Copy)]
+struct Ring0Totals {
+    /// Puts made outside the warm-up pass.
+    puts: u64,
+    overflows: u64,
+    commit_overflows: u64,
+    /// The writer's own count (`StateWriterStats::changelog_overflows`),
+    /// warm-up included.
+    library_overflows: u64,
+}
+
+fn print_overflows(what: &str, totals: &Ring0Totals, consumer: &ConsumerReport) {
+    println!(
+        "{what}: {} puts after warm-up; BufferOverflow retries: {} on puts, {} on commits \
+         (writer's own count, warm-up included: {}); consumer drained {} puts and {} commits, \
+         found the ring empty {} times",
+        totals.puts,
+        totals.overflows,
+        totals.commit_overflows,
+        totals.library_overflows,
+        consumer.puts,
+        consumer.commits,
+        consumer.empty_polls,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Latency distribution
+// ---------------------------------------------------------------------------
+
+/// A cycle-accurate timestamp source and the name of its method.
+#[cfg(target_arch = "x86_64")]
+mod clock {
+    use core::arch::x86_64::{__rdtscp, _mm_lfence, _rdtsc};
+
+    pub(crate) const METHOD: &str = "TSC: `lfence; rdtsc; lfence` before, `rdtscp; lfence` after";
+
+    /// Timestamp before the timed code: earlier instructions finish first,
+    /// later ones do not start before it.
+    #[inline(always)]
+    pub(crate) fn start() -> u64 {
+        // SAFETY: `lfence` (SSE2) and `rdtsc` are present on every x86_64
+        // CPU; they only order instructions and read the time-stamp counter.
+        unsafe {
+            _mm_lfence();
+            let t = _rdtsc();
+            _mm_lfence();
+            t
+        }
+    }
+
+    /// Timestamp after the timed code: `rdtscp` waits for it to finish.
+    #[inline(always)]
+    pub(crate) fn stop() -> u64 {
+        let mut aux = 0u32;
+        // SAFETY: `rdtscp` only reads the time-stamp counter and IA32_TSC_AUX
+        // into `aux`, a valid local; `usable` checked that the CPU has it
+        // before anything is timed. `lfence` is baseline SSE2.
+        unsafe {
+            let t = __rdtscp(&mut aux);
+            _mm_lfence();
+            t
+        }
+    }
+
+    /// Whether the TSC runs at a constant rate and the CPU has `rdtscp`.
+    pub(crate) fn usable() -> bool {
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+            let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+            has("constant_tsc") && has("rdtscp")
+        })
+    }
+}
+
+/// Fallback: `Instant` in nanoseconds since a fixed origin.
+#[cfg(not(target_arch = "x86_64"))]
+mod clock {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    pub(crate) const METHOD: &str = "Instant::now() (monotonic clock), ns";
+
+    fn origin() -> Instant {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now)
+    }
+    #[inline(always)]
+    pub(crate) fn start() -> u64 {
+        origin().elapsed().as_nanos() as u64
+    }
+    #[inline(always)]
+    pub(crate) fn stop() -> u64 {
+        start()
+    }
+    pub(crate) fn usable() -> bool {
+        true
+    }
+}
+
+/// Clock ticks per nanosecond, measured against `Instant` over `span`.
+fn calibrate(span: Duration) -> f64 {
+    let (i0, t0) = (Instant::now(), clock::start());
+    while i0.elapsed() < span {
+        std::hint::spin_loop();
+    }
+    let (t1, i1) = (clock::stop(), Instant::now());
+    (t1 - t0) as f64 / (i1 - i0).as_nanos() as f64
+}
+
+/// Sorted durations in ticks, with nearest-rank percentiles.
+struct Distribution {
+    sorted: Vec<u64>,
+}
+
+impl Distribution {
+    fn new(mut samples: Vec<u64>) -> Self {
+        samples.sort_unstable();
+        Distribution { sorted: samples }
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        let rank = ((q * self.sorted.len() as f64).ceil() as usize).clamp(1, self.sorted.len());
+        self.sorted[rank - 1]
+    }
+
+    fn mean(&self) -> f64 {
+        self.sorted.iter().map(|&t| t as f64).sum::<f64>() / self.sorted.len() as f64
+    }
+
+    /// The smallest step between two different samples: the clock's
+    /// effective resolution, as far as these samples show it.
+    fn quantum(&self) -> u64 {
+        self.sorted
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .filter(|&d| d > 0)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn count_above(&self, ticks: u64) -> usize {
+        self.sorted.len() - self.sorted.partition_point(|&t| t <= ticks)
+    }
+}
+
+const QUANTILES: [(&str, f64); 6] = [
+    ("p50", 0.50),
+    ("p90", 0.90),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("p99.99", 0.9999),
+    ("max", 1.0),
+];
+
+/// A fresh vector of `n` samples with its pages already touched.
+fn sample_buffer(n: usize) -> Vec<u64> {
+    let mut v = vec![0u64; n];
+    v.fill(u64::MAX);
+    v.clear();
+    v
+}
+
+/// Times `op(i)` for `i` in `0..n`, one by one.
+#[inline(always)]
+fn time_each(n: usize, mut op: impl FnMut(usize)) -> Vec<u64> {
+    let mut samples = sample_buffer(n);
+    for i in 0..n {
+        let t0 = clock::start();
+        op(i);
+        let t1 = clock::stop();
+        samples.push(t1.wrapping_sub(t0));
+    }
+    samples
+}
+
+struct Table {
+    ticks_per_ns: f64,
+    overhead_ticks: u64,
+}
+
+impl Table {
+    fn header(&self) {
+        print!("{:<34}", "ns");
+        for (name, _) in QUANTILES {
+            print!("{name:>10}");
+        }
+        println!("{:>10}", "mean");
+    }
+
+    fn row(&self, label: &str, dist: &Distribution, subtract: bool) {
+        let minus = if subtract { self.overhead_ticks } else { 0 };
+        let ns = |ticks: u64| ticks.saturating_sub(minus) as f64 / self.ticks_per_ns;
+        print!("{label:<34}");
+        for (_, q) in QUANTILES {
+            print!("{:>10.1}", ns(dist.quantile(q)));
+        }
+        println!(
+            "{:>10.1}",
+            (dist.mean() - minus as f64).max(0.0) / self.ticks_per_ns
+        );
+    }
+
+    fn both(&self, op: &str, dist: &Distribution) {
+        self.row(&format!("{op} raw"), dist, false);
+        self.row(&format!("{op} minus timer"), dist, true);
+    }
+}
+
+fn latency_report(workload: &Workload, sizes: &Sizes) {
+    let n = sizes.latency_ops;
+    println!();
+    println!(
+        "== Ring 0 latency distribution, W1: {n} puts (then {n} gets, {n} missing gets), {} distinct \
+         16-byte keys, 100-byte values, commit every {COMMIT_EVERY} puts, consumer thread draining ==",
+        workload.keys.len()
+    );
+    if !clock::usable() {
+        println!("skipped: no constant-rate TSC with rdtscp on this CPU");
+        return;
+    }
+
+    // The timer.
+    let ticks_per_ns = calibrate(sizes.calibration);
+    let empty = Distribution::new(time_each(sizes.timer_pairs, |i| {
+        black_box(i);
+    }));
+    let instant_pairs = Distribution::new({
+        let mut v = sample_buffer(sizes.timer_pairs);
+        for _ in 0..sizes.timer_pairs {
+            let a = Instant::now();
+            let b = Instant::now();
+            v.push((b - a).as_nanos() as u64);
+        }
+        v
+    });
+    let table = Table {
+        ticks_per_ns,
+        overhead_ticks: empty.quantile(0.5),
+    };
+    println!(
+        "timer: {}; {ticks_per_ns:.4} ticks/ns, calibrated against Instant over {:?}",
+        clock::METHOD,
+        sizes.calibration
+    );
+    println!(
+        "timer overhead (empty start/stop pair, {} pairs): p50 {:.1} ns, mean {:.1} ns, p99 {:.1} ns, \
+         min {:.1} ns; \"minus timer\" rows subtract the p50, {:.1} ns, from every figure",
+        sizes.timer_pairs,
+        empty.quantile(0.5) as f64 / ticks_per_ns,
+        empty.mean() / ticks_per_ns,
+        empty.quantile(0.99) as f64 / ticks_per_ns,
+        empty.sorted[0] as f64 / ticks_per_ns,
+        table.overhead_ticks as f64 / ticks_per_ns,
+    );
+    println!(
+        "for comparison, back-to-back Instant::now() pair: p50 {} ns, p99 {} ns",
+        instant_pairs.quantile(0.5),
+        instant_pairs.quantile(0.99)
+    );
+
+    // Puts, then gets, on a fresh warmed-up Ring 0.
+    let mut ring = Ring0::warmed(workload);
+    let stream = &workload.stream;
+    let mut commits = Vec::with_capacity(n / COMMIT_EVERY as usize + 1);
+    let puts = {
+        let mut samples = sample_buffer(n);
+        for i in 0..n {
+            let key = &stream[i % stream.len()];
+            let t0 = clock::start();
+            ring.put(key);
+            let t1 = clock::stop();
+            samples.push(t1.wrapping_sub(t0));
+            if ring.count_put() {
+                let c0 = clock::start();
+                ring.commit();
+                commits.push(clock::stop().wrapping_sub(c0));
+            }
+        }
+        Distribution::new(samples)
+    };
+    let gets = {
+        let writer = &ring.writer;
+        Distribution::new(time_each(n, |i| {
+            black_box(writer.get(black_box(&stream[i % stream.len()])));
+        }))
+    };
+    let misses = {
+        let writer = &ring.writer;
+        let keys = &workload.misses;
+        Distribution::new(time_each(n, |i| {
+            black_box(writer.get(black_box(&keys[i % keys.len()])));
+        }))
+    };
+    let commits = Distribution::new(commits);
+    let totals = Ring0Totals {
+        puts: n as u64,
+        overflows: ring.overflows,
+        commit_overflows: ring.commit_overflows,
+        library_overflows: 0,
+    };
+    let (library_overflows, consumer) = ring.finish();
+
+    let quantum = puts.quantum().min(gets.quantum());
+    println!(
+        "clock step seen in the samples: {quantum} ticks = {:.1} ns, so each percentile is uncertain \
+         by that much (means are not quantized)",
+        quantum as f64 / ticks_per_ns
+    );
+    println!();
+    table.header();
+    table.both("put+push", &puts);
+    println!(
+        "{:<34}{:>10}{:>10}{:>10}{:>10}",
+        "put+push DESIGN target", "<= 60", "", "<= 150", "<= 1000"
+    );
+    let verdict = |q: f64, target_ns: f64| {
+        let net = puts.quantile(q).saturating_sub(table.overhead_ticks) as f64 / ticks_per_ns;
+        if net <= target_ns { "met" } else { "MISSED" }
+    };
+    println!(
+        "{:<34}{:>10}{:>10}{:>10}{:>10}",
+        "  (minus timer) verdict",
+        verdict(0.5, 60.0),
+        "",
+        verdict(0.99, 150.0),
+        verdict(0.999, 1000.0)
+    );
+    table.both("get (hit)", &gets);
+    table.both("get (miss)", &misses);
+    table.both(&format!("commit_epoch (x{})", commits.sorted.len()), &commits);
+    println!();
+    let us = |x: f64| (x * 1000.0 * ticks_per_ns) as u64;
+    println!(
+        "puts over 1 us: {}, over 10 us: {}, over 100 us: {} (of {n}; the machine's 2 cores are \
+         shared, so the tail includes preemptions)",
+        puts.count_above(us(1.0)),
+        puts.count_above(us(10.0)),
+        puts.count_above(us(100.0)),
+    );
+    print_overflows(
+        "latency run",
+        &Ring0Totals {
+            library_overflows,
+            ..totals
+        },
+        &consumer,
+    );
+    black_box(consumer.checksum);
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let mode = Mode::from_env();
+    let sizes = Sizes::for_mode(&mode);
+    let workload = Workload::generate(&sizes);
+
+    let mut c: Criterion = Criterion::default()
+        .warm_up_time(sizes.warm_up)
+        .measurement_time(sizes.measurement)
+        .sample_size(sizes.sample_size)
+        .nresamples(sizes.nresamples)
+        .configure_from_args();
+    if mode.small && !mode.test && !mode.baseline_arg {
+        // Keep smoke runs from becoming the baseline a full run is compared with.
+        c = c.save_baseline("ring0-quick".into());
+    }
+    let (totals, consumer) = criterion_benches(&mut c, &workload);
+    c.final_summary();
+    print_overflows("criterion ring0_w1", &totals, &consumer);
+    black_box(consumer.checksum);
+
+    if mode.latency {
+        latency_report(&workload, &sizes);
+    }
+}

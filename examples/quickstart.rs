@@ -1,96 +1,144 @@
-//! Ring 0 on its own: a writer on this thread, a drain on another (standing
-//! in for Ring 1, which will make every committed epoch durable).
+//! The whole life of a durable state: open (recovering whatever is there),
+//! ingest events with their source offsets, commit epochs, wait until they
+//! are durable, shut down, reopen and see everything come back.
 //!
-//! Run with `cargo run --release --example quickstart`.
+//! ```sh
+//! cargo run --release --example quickstart            # in a temporary directory
+//! cargo run --release --example quickstart -- ./state # or in ./state, kept between runs
+//! ```
 
-use std::thread;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use laminar_storage::incremental::{Change, IncrementalCheckpointError, StateConfig, StateWriter};
+use laminar_storage::incremental::{
+    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, StateConfig, StateWriter,
+};
 
-fn main() -> Result<(), IncrementalCheckpointError> {
-    let config = StateConfig::new().with_expected_keys(200_000);
-    let (mut writer, mut drain) = StateWriter::standalone(config)?;
+const SOURCE: &str = "events-0";
+const EVENTS: u64 = 1_000_000;
+const EVENTS_PER_EPOCH: u64 = 1_000;
+const KEYS: u64 = 200_000;
 
-    // Ring 1 stand-in: count what it would log.
-    let consumer = thread::spawn(move || {
-        let (mut puts, mut commits, mut bytes) = (0u64, 0u64, 0u64);
-        loop {
-            let abandoned = drain.is_abandoned();
-            let n = drain.drain(4096, |change| match change {
-                Change::Put { key, value, .. } => {
-                    puts += 1;
-                    bytes += (key.len() + value.len()) as u64;
-                }
-                Change::Commit { .. } => commits += 1,
-                _ => {}
-            });
-            if n == 0 {
-                if abandoned {
-                    return (puts, commits, bytes);
-                }
-                thread::yield_now();
-            }
+#[tokio::main]
+async fn main() -> Result<(), IncrementalCheckpointError> {
+    let temp;
+    let dir: PathBuf = match std::env::args().nth(1) {
+        Some(dir) => dir.into(),
+        None => {
+            temp = tempfile::tempdir().expect("create a temporary directory");
+            temp.path().to_path_buf()
         }
-    });
+    };
+    let config = CheckpointConfig::new(&dir).with_state(StateConfig::new().with_expected_keys(KEYS as usize));
 
-    // W1's shape: 1,000,000 puts of 100-byte values over 200,000 16-byte
-    // keys, an epoch every 1,000 puts, the source offset recorded with it.
-    let value = [42u8; 100];
-    let mut key = [0u8; 16];
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut retries = 0u64;
+    // 1. Open: recovers what is on disk, then starts Ring 1.
     let start = Instant::now();
-    for i in 0..1_000_000u64 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        key[..8].copy_from_slice(&(seed % 200_000).to_le_bytes());
-        while let Err(e) = writer.put(&key, &value) {
-            if !e.is_transient() {
-                return Err(e);
-            }
-            retries += 1; // backpressure: the drain is behind
-            thread::yield_now();
-        }
-        if i % 1000 == 999 {
-            writer.set_source_offset("events-0", i + 1);
-            while writer.commit_epoch().is_err() {
-                thread::yield_now();
-            }
+    let (manager, mut writer) = IncrementalCheckpointManager::open(config.clone()).await?;
+    let resume_from = writer.source_offset(SOURCE).unwrap_or(0);
+    println!(
+        "opened {} in {:.1} ms: {} keys, epoch {} open, resuming {SOURCE} at offset {resume_from}",
+        dir.display(),
+        ms(start),
+        writer.len(),
+        writer.epoch()
+    );
+
+    // 2. Ingest: W1's shape, 100-byte values over 200,000 16-byte keys, an
+    //    epoch every 1,000 events. Ring 0 is synchronous; Ring 1 makes each
+    //    committed epoch durable in the background (group commit).
+    let start = Instant::now();
+    let mut last_epoch = 0;
+    for offset in resume_from..resume_from + EVENTS {
+        let key = event_key(offset);
+        put(&mut writer, &key, &[(offset % 251) as u8; 100]).await?;
+        if (offset + 1) % EVENTS_PER_EPOCH == 0 {
+            writer.set_source_offset(SOURCE, offset + 1);
+            writer.set_watermark(offset as i64);
+            last_epoch = commit(&mut writer).await?;
         }
     }
-    let elapsed = start.elapsed();
-    let stats = writer.stats();
+    let ingest = start.elapsed();
+    manager.wait_durable(last_epoch).await?;
+    let durable = start.elapsed();
+    let stats = manager.stats();
     println!(
-        "ingested 1,000,000 puts in {:.1} ms ({:.1} M puts/s, {:.0} ns/put incl. the drain's share of the cores)",
-        elapsed.as_secs_f64() * 1e3,
-        1.0 / elapsed.as_secs_f64(),
-        elapsed.as_nanos() as f64 / 1e6,
+        "ingested {EVENTS} events in {:.1} ms (Ring 0), all durable after {:.1} ms: {:.2} M events/s durable",
+        ingest.as_secs_f64() * 1e3,
+        durable.as_secs_f64() * 1e3,
+        EVENTS as f64 / durable.as_secs_f64() / 1e6
     );
     println!(
-        "state: {} keys, epoch {} open, source offset {:?}, {} backpressure retries",
+        "  {} epochs in {} fdatasyncs (group commit), {:.1} MiB of WAL, slowest fdatasync {:.2} ms",
+        stats.epochs_drained,
+        stats.fsyncs,
+        stats.wal_bytes_written as f64 / (1 << 20) as f64,
+        stats.fsync_max.as_secs_f64() * 1e3
+    );
+
+    // An update that is never committed is never recovered.
+    writer.put(b"scratch", b"not committed")?;
+    let expected_keys = writer.len() - 1;
+    let probe = event_key(resume_from + EVENTS - 1);
+    let probe_value = writer.get(&probe).map(<[u8]>::to_vec);
+
+    // 3. Shut down: everything committed is durable, the directory unlocked.
+    let start = Instant::now();
+    manager.shutdown().await?;
+    drop(writer);
+    println!(
+        "shut down in {:.1} ms at durable epoch {}",
+        ms(start),
+        manager.durable_epoch()
+    );
+
+    // 4. Reopen: the same state, epoch, source offset and watermark.
+    let start = Instant::now();
+    let (manager, writer) = IncrementalCheckpointManager::open(config).await?;
+    let recovery = manager.recovery();
+    println!(
+        "reopened in {:.1} ms: epoch {} ({} WAL entries replayed), {} keys, {SOURCE} at {:?}, watermark {:?}",
+        ms(start),
+        recovery.epoch,
+        recovery.wal_entries_replayed,
         writer.len(),
-        writer.epoch(),
-        writer.source_offset("events-0"),
-        retries
+        writer.source_offset(SOURCE),
+        writer.watermark()
     );
-    println!(
-        "arena: {:.1} MiB mapped for {:.1} MiB live",
-        stats.arena_mapped_bytes as f64 / (1 << 20) as f64,
-        stats.arena_live_bytes as f64 / (1 << 20) as f64
-    );
-
-    writer.put(b"greeting", b"hello")?;
-    assert_eq!(writer.get(b"greeting"), Some(&b"hello"[..]));
-    writer.delete(b"greeting")?;
-    assert_eq!(writer.get(b"greeting"), None);
-
-    drop(writer); // the drain finishes what was pushed, then sees the writer gone
-    let (puts, commits, bytes) = consumer.join().expect("drain thread");
-    println!(
-        "drain saw {puts} puts ({:.1} MiB) and {commits} epoch commits",
-        bytes as f64 / (1 << 20) as f64
-    );
+    assert_eq!(writer.len(), expected_keys);
+    assert_eq!(writer.get(b"scratch"), None);
+    assert_eq!(writer.get(&probe).map(<[u8]>::to_vec), probe_value);
+    assert_eq!(writer.source_offset(SOURCE), Some(resume_from + EVENTS));
+    manager.shutdown().await?;
+    println!("recovered state verified");
     Ok(())
+}
+
+fn event_key(offset: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let spread = offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) % KEYS;
+    key[..8].copy_from_slice(&spread.to_be_bytes());
+    key
+}
+
+/// Ring 0 never blocks: on backpressure, let Ring 1 run and retry.
+async fn put(writer: &mut StateWriter, key: &[u8], value: &[u8]) -> Result<(), IncrementalCheckpointError> {
+    loop {
+        match writer.put(key, value) {
+            Err(e) if e.is_transient() => tokio::task::yield_now().await,
+            other => return other,
+        }
+    }
+}
+
+async fn commit(writer: &mut StateWriter) -> Result<u64, IncrementalCheckpointError> {
+    loop {
+        match writer.commit_epoch() {
+            Err(e) if e.is_transient() => tokio::task::yield_now().await,
+            other => return other,
+        }
+    }
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }

@@ -2,6 +2,7 @@
 //! (e.g. [`WalError`](crate::wal::WalError)) that converts into this one.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::wal::WalError;
 
@@ -88,6 +89,30 @@ pub enum IncrementalCheckpointError {
         value_len: usize,
         /// The largest record the configured arena accepts.
         max: usize,
+    },
+    /// Ring 1 stopped after an I/O error. Nothing after the failure is
+    /// acknowledged (a failed `fsync` is never retried: the kernel may have
+    /// dropped the dirty pages). Reopen to recover what was durable.
+    #[error("the write-ahead log failed, nothing after it is acknowledged: {cause}")]
+    Failed {
+        /// The first error.
+        cause: Arc<WalError>,
+    },
+    /// The manager has shut down; an epoch not durable by then never will be.
+    #[error("the manager has shut down (epochs up to {durable_epoch} are durable)")]
+    ShutDown {
+        /// The highest durable epoch at shutdown.
+        durable_epoch: u64,
+    },
+    /// The Ring 1 task ended without reporting why (it panicked, or its
+    /// runtime shut down). Reopen to recover what was durable.
+    #[error("the Ring 1 task ended unexpectedly")]
+    Ring1Gone,
+    /// Another manager has these directories open.
+    #[error("{path} is locked by another open manager")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
     },
     /// The configuration is invalid; nothing was opened.
     #[error("invalid configuration: {field}: {reason}")]

@@ -28,6 +28,7 @@ mod changelog;
 mod error;
 pub mod incremental;
 mod io;
+mod manager;
 mod state;
 mod sync;
 mod wal;

@@ -32,5 +32,6 @@ pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
 pub use crate::error::IncrementalCheckpointError;
+pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
 pub use crate::state::{ArenaBacking, Change, StateConfig, StateDrain, StateWriter, StateWriterStats};
 pub use crate::wal::{WalRecoveryMode, WalSyncMode, wal_size};

@@ -11,10 +11,6 @@
 //! time per file" is enforced: a handle cannot be synced from two threads at
 //! once. Dropping a handle closes the file without syncing it.
 
-// The WAL uses the seam; it is wired into the rest of the crate after the
-// merge. Remove once it is.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
-
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -34,6 +30,7 @@ pub(crate) trait FsFile: Send + fmt::Debug {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
 
     /// Fills `buf` from byte `offset`; `UnexpectedEof` if the file is shorter.
+    #[cfg_attr(not(test), allow(dead_code))] // the checkpoint store reads through these
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
     /// `fdatasync`: makes the file's data, and the metadata needed to read
@@ -41,9 +38,11 @@ pub(crate) trait FsFile: Send + fmt::Debug {
     fn sync_data(&mut self) -> io::Result<()>;
 
     /// Truncates or extends (with zeros, possibly sparse) the file.
+    #[cfg_attr(not(test), allow(dead_code))] // the checkpoint store reads through these
     fn set_len(&mut self, len: u64) -> io::Result<()>;
 
     /// The file's current size in bytes.
+    #[cfg_attr(not(test), allow(dead_code))] // the checkpoint store reads through these
     fn file_len(&mut self) -> io::Result<u64>;
 }
 
@@ -58,6 +57,7 @@ pub(crate) trait FileSystem: Send + Sync + fmt::Debug {
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
 
     /// Opens an existing file for reading only.
+    #[cfg_attr(not(test), allow(dead_code))] // the checkpoint store reads through these
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
 
     /// Reads a whole file. The allocation is bounded by the file's size.

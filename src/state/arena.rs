@@ -118,6 +118,7 @@ impl Mappings {
     /// `offset` must name a record completely written before this call (its
     /// write happens-before this read), whose bytes no one overwrites while
     /// the returned borrow lives.
+    #[inline]
     unsafe fn record<'a>(&'a self, offset: u64) -> RecordRef<'a> {
         let slot = (offset >> self.shift) as usize;
         let within = (offset & ((1u64 << self.shift) - 1)) as usize;
@@ -167,6 +168,7 @@ impl ArenaReader {
     /// The entry naming `offset` must have been popped from the changelog
     /// and not yet released (its slot not yet handed back by the consumer):
     /// the writer then neither overwrites nor recycles the record.
+    #[inline]
     pub(crate) unsafe fn record(&self, offset: u64) -> RecordRef<'_> {
         // SAFETY: forwarded to the caller.
         unsafe { self.maps.record(offset) }
@@ -300,7 +302,15 @@ impl Arena {
         let size = self.segment_size();
         let slot = self.segments.len();
         let mut map = match &self.backing {
-            ArenaBacking::Anonymous => MmapOptions::new().len(size).map_anon(),
+            ArenaBacking::Anonymous => MmapOptions::new().len(size).map_anon().inspect(|map| {
+                // Random access over many megabytes misses the TLB on 4 KiB
+                // pages; transparent huge pages (where the kernel allows
+                // them) cut that. Only a hint: failure changes nothing.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                #[cfg(not(target_os = "linux"))]
+                let _ = map;
+            }),
             ArenaBacking::File(dir) => map_scratch_file(dir, slot, size),
         }
         .map_err(|source| IncrementalCheckpointError::Io {
@@ -454,6 +464,7 @@ impl Arena {
     }
 
     /// Reads a record this arena wrote.
+    #[inline]
     pub(crate) fn record(&self, offset: u64) -> RecordRef<'_> {
         // SAFETY: only Ring 0 writes, and it cannot while `&self` is
         // borrowed; `offset` came from `allocate` and was written.

@@ -35,8 +35,14 @@ pub(crate) const COMPACTION_SCAN_FACTOR: usize = 4;
 /// How far the changelog has come, as the store needs to know it to decide
 /// what Ring 1 may still read.
 pub(crate) trait Progress {
-    /// Entries pushed so far; the next push is number `pushed() + 1`.
+    /// Entries pushed so far.
     fn pushed(&self) -> u64;
+    /// The number the update in progress will push its entry as: the
+    /// arena tags the update's record with it. 0 means no entry will name
+    /// the record (recovered state loaded before Ring 1 starts).
+    fn next_seq(&self) -> u64 {
+        self.pushed() + 1
+    }
     /// Entries Ring 1 has released, as last observed (may lag).
     fn released_cached(&self) -> u64;
     /// Entries Ring 1 has released, read now.
@@ -123,13 +129,14 @@ impl StateStore {
         Ok(size)
     }
 
-    /// Sets `key` to `value`; the record is tagged as referenced by the next
-    /// changelog entry (`progress.pushed() + 1`). Nothing changes on error.
+    /// Sets `key` to `value`; the record is tagged as referenced by the
+    /// update's changelog entry (`progress.next_seq()`). Nothing changes on
+    /// error.
     #[inline]
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], progress: &mut impl Progress) -> Result<Written> {
         let size = self.check_size(key.len(), value.len())?;
         let key_hash = self.hash(key);
-        let seq = progress.pushed() + 1;
+        let seq = progress.next_seq();
         let old = self.find(key_hash, key);
         if let Some(old) = old {
             let rec = self.arena.record(old);
@@ -169,7 +176,7 @@ impl StateStore {
         let Some(old) = self.find(key_hash, key) else {
             return Ok(None);
         };
-        let seq = progress.pushed() + 1;
+        let seq = progress.next_seq();
         let offset = self.append(RecordKind::Tombstone, key, &[], seq, size, progress)?;
         let old_size = self.arena.record(old).size();
         self.arena.kill(old, old_size);
@@ -183,7 +190,7 @@ impl StateStore {
     /// Writes an epoch's commit payload for Ring 1. Nothing changes on error.
     pub(crate) fn commit_record(&mut self, payload: &[u8], progress: &mut impl Progress) -> Result<u64> {
         let size = self.check_size(payload.len(), 0)?;
-        let seq = progress.pushed() + 1;
+        let seq = progress.next_seq();
         self.append(RecordKind::Commit, payload, &[], seq, size, progress)
     }
 

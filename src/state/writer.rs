@@ -10,6 +10,7 @@ use super::drain::StateDrain;
 use super::store::{Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
 use crate::error::{IncrementalCheckpointError, Result};
+use crate::manager::Ring1Watch;
 use crate::wal::commit::{commit_payload_len, encode_commit_payload};
 
 /// The Ring 0 handle: synchronous, allocation-free updates of the keyed
@@ -44,9 +45,32 @@ pub struct StateWriter {
     watermark: Option<i64>,
     commit_scratch: Vec<u8>,
     doorbell: Arc<Notify>,
+    /// Ring 1's status, when a manager runs one: lets a commit, and an
+    /// update refused for backpressure, tell "Ring 1 stopped" from "Ring 1
+    /// is busy".
+    ring1: Option<Ring1Watch>,
     /// Ring the doorbell whenever this many entries were pushed since the
     /// last commit, so a long epoch does not fill the ring unseen.
     doorbell_every: u64,
+}
+
+/// Progress while recovered state is loaded, before any entry is pushed:
+/// loaded records are named by no entry and nothing waits for Ring 1.
+struct Loading;
+
+impl Progress for Loading {
+    fn pushed(&self) -> u64 {
+        0
+    }
+    fn next_seq(&self) -> u64 {
+        0
+    }
+    fn released_cached(&self) -> u64 {
+        u64::MAX
+    }
+    fn released_now(&mut self) -> u64 {
+        u64::MAX
+    }
 }
 
 impl Progress for ChangelogProducer {
@@ -102,9 +126,45 @@ impl StateWriter {
             watermark: None,
             commit_scratch: Vec::new(),
             doorbell,
+            ring1: None,
             doorbell_every,
         };
         Ok((writer, drain))
+    }
+
+    /// Attaches Ring 1's status (the manager does this).
+    pub(crate) fn attach_ring1(&mut self, ring1: Ring1Watch) {
+        self.ring1 = Some(ring1);
+    }
+
+    /// Loads a recovered put, before Ring 1 starts: no changelog entry.
+    pub(crate) fn load_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        debug_assert_eq!(
+            self.producer.pushed(),
+            0,
+            "recovered state loads before any update"
+        );
+        self.store.put(key, value, &mut Loading).map(drop)
+    }
+
+    /// Loads a recovered delete, before Ring 1 starts: no changelog entry.
+    pub(crate) fn load_delete(&mut self, key: &[u8]) -> Result<()> {
+        debug_assert_eq!(
+            self.producer.pushed(),
+            0,
+            "recovered state loads before any update"
+        );
+        self.store.delete(key, &mut Loading).map(drop)
+    }
+
+    /// Restores what a recovered epoch committed; the next epoch follows it.
+    pub(crate) fn restore_commit(&mut self, epoch: u64, watermark: Option<i64>, sources: &[(String, u64)]) {
+        self.epoch = epoch + 1;
+        self.watermark = watermark;
+        self.sources.clear();
+        for (name, offset) in sources {
+            self.sources.insert(name.as_str().into(), *offset);
+        }
     }
 
     /// Sets `key` to `value`.
@@ -202,8 +262,14 @@ impl StateWriter {
     /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) and
     /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) as for
     /// [`put`](Self::put); [`Wal`](IncrementalCheckpointError::Wal) when a
-    /// source name is longer than 65,535 bytes.
+    /// source name is longer than 65,535 bytes;
+    /// [`Failed`](IncrementalCheckpointError::Failed) or
+    /// [`ShutDown`](IncrementalCheckpointError::ShutDown) when the manager's
+    /// Ring 1 has stopped, since the epoch could never become durable.
     pub fn commit_epoch(&mut self) -> Result<u64> {
+        if let Some(ring1) = &self.ring1 {
+            ring1.check()?;
+        }
         self.reserve_slot()?;
         let sources = || self.sources.iter().map(|(name, offset)| (&**name, *offset));
         let len = commit_payload_len(sources())?;
@@ -261,6 +327,9 @@ impl StateWriter {
         }
         self.producer.count_overflow();
         self.doorbell.notify_one();
+        if let Some(ring1) = &self.ring1 {
+            ring1.check()?;
+        }
         Err(IncrementalCheckpointError::BufferOverflow { epoch: self.epoch })
     }
 

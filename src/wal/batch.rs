@@ -29,6 +29,7 @@ impl WalBatch {
     }
 
     /// An empty batch with room for `bytes` of frames.
+    #[cfg(test)]
     pub(crate) fn with_capacity(bytes: usize) -> Self {
         Self {
             buf: Vec::with_capacity(bytes),
@@ -84,6 +85,7 @@ impl WalBatch {
     /// # Panics
     ///
     /// If `len` is 4 GiB or more.
+    #[cfg(test)]
     pub(crate) fn append_commit_with<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
         let len32 = payload_len_u32(len);
         push_frame_header(&mut self.buf, RecordType::Commit, len32);
@@ -99,6 +101,7 @@ impl WalBatch {
     }
 
     /// Number of records.
+    #[cfg(test)]
     pub(crate) fn record_count(&self) -> usize {
         self.records
     }

@@ -27,10 +27,6 @@
 //! after it. On clean shutdown Ring 1 calls [`WalWriter::close`], which
 //! syncs.
 
-// Ring 1 and recovery call this module after the merge; until then only its
-// tests do. Remove once it is wired in.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,14 +40,11 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
 pub(crate) use batch::WalBatch;
-#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
-pub(crate) use reader::{
-    ApplyError, CorruptionReport, ReplayOp, ReplayReport, ResumePosition, TornTail, replay,
-};
-#[allow(unused_imports)] // Ring 1 and recovery use these after the merge.
-pub(crate) use writer::{SpareJob, SpareSegment, WalConfig, WalWriter};
+
+pub(crate) use reader::{ReplayOp, ReplayReport, replay};
+
+pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +201,6 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
 
 /// When Ring 1 makes the WAL durable (`fdatasync`), and therefore which
 /// crash an acknowledged epoch survives.
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WalSyncMode {
@@ -223,10 +215,11 @@ pub enum WalSyncMode {
     /// interval; records written but not yet synced survive a process crash
     /// (they are in the page cache) but not a kernel panic or power loss.
     Interval(Duration),
-    /// Never `fdatasync` (except on close). Survives a process crash while
-    /// the operating system keeps running; a kernel panic or power loss
-    /// loses everything since the last checkpoint. Durability waits never
-    /// return `Ok` in this mode.
+    /// Never `fdatasync` (except on close). An epoch is acknowledged once
+    /// its records are written to the operating system: that survives a
+    /// process crash while the operating system keeps running, but a kernel
+    /// panic or power loss loses everything since the last checkpoint. For
+    /// tests and benchmarks, not for data you need.
     Never,
 }
 
@@ -238,7 +231,6 @@ pub enum WalSyncMode {
 /// a record should be, or stale records, in the last write window (see
 /// `docs/format.md`, "Telling a torn tail from corruption"). Everything else
 /// is *corruption*.
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WalRecoveryMode {

@@ -72,16 +72,19 @@ impl ResumePosition {
     }
 
     /// The segment the writer resumes in (or after, if it starts a new one).
+    #[cfg(test)]
     pub(crate) fn segment(&self) -> u64 {
         self.segment
     }
 
     /// The byte offset the writer resumes at.
+    #[cfg(test)]
     pub(crate) fn offset(&self) -> u64 {
         self.offset
     }
 
     /// The next record sequence number.
+    #[cfg(test)]
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }

@@ -10,6 +10,7 @@ use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, segment_file_name};
 use super::*;
 use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::io::{FileSystem, StdFs};
+use crate::wal::reader::ResumePosition;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {

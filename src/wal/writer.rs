@@ -533,21 +533,25 @@ impl WalWriter {
     }
 
     /// Bytes of records (framing and seals included) this writer wrote.
+    #[cfg(test)]
     pub(crate) fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
 
     /// The segment records are currently appended to.
+    #[cfg(test)]
     pub(crate) fn current_segment(&self) -> u64 {
         self.segment
     }
 
     /// The sequence number the next record gets.
+    #[cfg(test)]
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
     /// Whether an earlier error poisoned the writer.
+    #[cfg(test)]
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()
     }

@@ -1,0 +1,438 @@
+//! The Ring 1 task: drains Ring 0 into the WAL with group commit and
+//! publishes the durable epoch.
+//!
+//! # One loop, two batches
+//!
+//! The task owns the [`StateDrain`] and the [`WalWriter`]. It drains changes
+//! into a [`WalBatch`] (copying each key and value out of the arena, which
+//! lets Ring 0 reuse that memory at once) and hands the batch and the writer
+//! to a blocking thread that writes and `fdatasync`s them, so the runtime's
+//! worker threads never wait on the disk. While that runs, the next batch
+//! fills; when the sync returns, the whole next batch goes in one write and
+//! one sync. That is group commit: under load, one `fdatasync` covers every
+//! epoch committed while the previous one ran.
+//!
+//! A batch is written once it holds a commit (or [`WRITE_AHEAD_BYTES`] of an
+//! unfinished epoch); the task stops draining at [`MAX_BATCH_BYTES`], so a
+//! slow disk fills the changelog ring and Ring 0 sees backpressure instead
+//! of memory growing without bound. The next segment is preallocated on
+//! another blocking thread so that rotation is two small syncs.
+//!
+//! # Ending
+//!
+//! The task ends after a shutdown request, or once the writer and every
+//! manager handle are gone, in both cases after writing and syncing every
+//! change that was pushed before (closing the WAL syncs it). It ends early on
+//! the first I/O error: the writer is poisoned, the error is published to
+//! every waiter, and nothing is acknowledged after it.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{IncrementalCheckpointError, Result};
+use crate::state::{Change, StateDrain};
+use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
+
+/// Stop draining once a batch holds this much: backpressure to Ring 0.
+pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
+/// Write an unfinished epoch's records once this many are waiting.
+pub(crate) const WRITE_AHEAD_BYTES: usize = 1 << 20;
+/// Changes drained per call, between checks of the batch size.
+const DRAIN_CHUNK: usize = 4096;
+
+/// What Ring 1 publishes after every step.
+#[derive(Debug, Clone)]
+pub(crate) struct DurableStatus {
+    /// Highest epoch acknowledged durable (0: none).
+    pub(crate) durable_epoch: u64,
+    pub(crate) state: Ring1State,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Ring1State {
+    Running,
+    /// Shut down cleanly: everything pushed before the request is durable.
+    Stopped,
+    /// Stopped by the first I/O error.
+    Failed(Arc<WalError>),
+}
+
+impl DurableStatus {
+    /// The error to report for an epoch that is not durable and now never
+    /// will be; `None` while Ring 1 runs.
+    pub(crate) fn terminal_error(&self) -> Option<IncrementalCheckpointError> {
+        match &self.state {
+            Ring1State::Running => None,
+            Ring1State::Stopped => Some(IncrementalCheckpointError::ShutDown {
+                durable_epoch: self.durable_epoch,
+            }),
+            Ring1State::Failed(cause) => Some(IncrementalCheckpointError::Failed {
+                cause: Arc::clone(cause),
+            }),
+        }
+    }
+}
+
+/// Ring 1's status as Ring 0 sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring1Watch(pub(crate) watch::Receiver<DurableStatus>);
+
+impl Ring1Watch {
+    /// `Err` once Ring 1 has stopped or failed.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(e) = self.0.borrow().terminal_error() {
+            return Err(e);
+        }
+        // Still "running", yet the task is gone without a last word.
+        if self.0.has_changed().is_err() {
+            return Err(IncrementalCheckpointError::Ring1Gone);
+        }
+        Ok(())
+    }
+}
+
+/// Counters Ring 1 keeps for [`stats`](super::IncrementalCheckpointManager::stats).
+#[derive(Debug, Default)]
+pub(crate) struct Ring1Stats {
+    pub(crate) changes_drained: AtomicU64,
+    pub(crate) epochs_drained: AtomicU64,
+    pub(crate) wal_bytes_written: AtomicU64,
+    pub(crate) wal_writes: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) fsync_nanos_total: AtomicU64,
+    pub(crate) fsync_nanos_max: AtomicU64,
+}
+
+/// Requests from manager handles.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Shutdown,
+}
+
+/// A write (and maybe sync) on a blocking thread.
+struct IoJob {
+    wal: WalWriter,
+    batch: WalBatch,
+    /// The last epoch whose commit is in `batch`.
+    epoch: Option<u64>,
+    sync: bool,
+}
+
+struct IoDone {
+    wal: WalWriter,
+    batch: WalBatch,
+    epoch: Option<u64>,
+    synced: bool,
+    result: std::result::Result<(), WalError>,
+}
+
+impl IoJob {
+    fn run(mut self, stats: &Ring1Stats) -> IoDone {
+        let result = self.write_and_sync(stats);
+        IoDone {
+            wal: self.wal,
+            batch: self.batch,
+            epoch: self.epoch,
+            synced: self.sync,
+            result,
+        }
+    }
+
+    fn write_and_sync(&mut self, stats: &Ring1Stats) -> std::result::Result<(), WalError> {
+        if !self.batch.is_empty() {
+            self.wal.write_batch(&self.batch)?;
+            stats
+                .wal_bytes_written
+                .fetch_add(self.batch.len_bytes() as u64, Ordering::Relaxed);
+            stats.wal_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.sync {
+            let start = Instant::now();
+            self.wal.sync()?;
+            let nanos = start.elapsed().as_nanos() as u64;
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats.fsync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
+            stats.fsync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// What woke the loop.
+enum Event {
+    Io(Box<std::result::Result<IoDone, tokio::task::JoinError>>),
+    Spare(std::result::Result<std::result::Result<SpareSegment, WalError>, tokio::task::JoinError>),
+    Doorbell,
+    Command(Option<Command>),
+    SyncDue,
+}
+
+/// The Ring 1 task's state.
+pub(crate) struct Ring1 {
+    pub(crate) drain: StateDrain,
+    /// `None` while a blocking job has it.
+    pub(crate) wal: Option<WalWriter>,
+    pub(crate) sync_mode: WalSyncMode,
+    pub(crate) status: watch::Sender<DurableStatus>,
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) stats: Arc<Ring1Stats>,
+    /// Held while the task runs: the directories' lock.
+    pub(crate) lock: Option<File>,
+    /// The batch being filled, and the last epoch committed in it.
+    pub(crate) batch: WalBatch,
+    pub(crate) batch_epoch: Option<u64>,
+    /// A cleared batch, ready to swap in.
+    pub(crate) spare_batch: Option<WalBatch>,
+    /// Highest epoch whose commit is written / synced.
+    pub(crate) written_epoch: u64,
+    pub(crate) synced_epoch: u64,
+}
+
+impl Ring1 {
+    pub(crate) async fn run(mut self) {
+        let mut io: Option<JoinHandle<IoDone>> = None;
+        let mut spare: Option<JoinHandle<std::result::Result<SpareSegment, WalError>>> = None;
+        let mut spare_ready = None;
+        let mut commands_open = true;
+        // Changes to log before stopping (set by a shutdown request).
+        let mut stop_after: Option<u64> = None;
+        let mut last_sync = Instant::now();
+        loop {
+            let stopping = stop_after.is_some();
+            if self.batch.len_bytes() < MAX_BATCH_BYTES {
+                self.drain_into_batch();
+            }
+            if let Some(wal) = self.wal.as_mut() {
+                if let Some(result) = spare_ready.take()
+                    && let Err(e) = wal.install_spare(result)
+                {
+                    tracing::warn!(error = %e, "preallocating the next WAL segment failed; rotation will create it inline");
+                }
+                if spare.is_none()
+                    && let Some(job) = wal.spare_job()
+                {
+                    spare = Some(tokio::task::spawn_blocking(move || job.run()));
+                }
+            }
+            if io.is_none()
+                && let Some(job) = self.next_io(stopping, last_sync)
+            {
+                let stats = Arc::clone(&self.stats);
+                io = Some(tokio::task::spawn_blocking(move || job.run(&stats)));
+            }
+            if io.is_none() && self.wal.is_some() {
+                if let Some(target) = stop_after
+                    && self.drain.drained() >= target
+                    && self.batch.is_empty()
+                {
+                    self.close().await;
+                    return;
+                }
+                if stop_after.is_none() && !commands_open && self.drain.is_abandoned() {
+                    // Writer and every manager handle gone: flush and end.
+                    stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
+                    continue;
+                }
+            }
+
+            let sync_due = match self.sync_mode {
+                WalSyncMode::Interval(every) if self.written_epoch > self.synced_epoch => {
+                    Some(last_sync + every)
+                }
+                _ => None,
+            };
+            let event = tokio::select! {
+                done = async { io.as_mut().expect("guarded").await }, if io.is_some() => Event::Io(Box::new(done)),
+                made = async { spare.as_mut().expect("guarded").await }, if spare.is_some() => Event::Spare(made),
+                cmd = self.commands.recv(), if commands_open => Event::Command(cmd),
+                () = async { tokio::time::sleep_until(sync_due.expect("guarded").into()).await }, if sync_due.is_some() => Event::SyncDue,
+                () = self.drain.ready() => Event::Doorbell,
+            };
+            match event {
+                Event::Io(done) => {
+                    io = None;
+                    let done = match *done {
+                        Ok(done) => done,
+                        Err(join) => {
+                            self.fail(WalError::Io {
+                                op: "write",
+                                path: Default::default(),
+                                source: std::io::Error::other(format!("WAL write task failed: {join}")),
+                            });
+                            return;
+                        }
+                    };
+                    if done.synced {
+                        last_sync = Instant::now();
+                    }
+                    if let Err(e) = self.finish_io(done) {
+                        self.fail(e);
+                        return;
+                    }
+                }
+                Event::Spare(made) => {
+                    spare = None;
+                    spare_ready = Some(made.unwrap_or_else(|join| {
+                        Err(WalError::Io {
+                            op: "preallocate",
+                            path: Default::default(),
+                            source: std::io::Error::other(format!(
+                                "segment preallocation task failed: {join}"
+                            )),
+                        })
+                    }));
+                }
+                Event::Command(Some(Command::Shutdown)) => {
+                    if stop_after.is_none() {
+                        stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
+                    }
+                }
+                Event::Command(None) => commands_open = false,
+                Event::Doorbell | Event::SyncDue => {}
+            }
+        }
+    }
+
+    fn drain_into_batch(&mut self) {
+        let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
+        loop {
+            let mut epochs = 0;
+            let n = self.drain.drain(DRAIN_CHUNK, |change| match change {
+                Change::Put { key, value, .. } => batch.append_put(key, value),
+                Change::Delete { key, .. } => batch.append_delete(key),
+                Change::Commit { epoch, payload } => {
+                    batch.append_commit(payload);
+                    *batch_epoch = Some(epoch);
+                    epochs += 1;
+                }
+            });
+            stats.changes_drained.fetch_add(n as u64, Ordering::Relaxed);
+            stats.epochs_drained.fetch_add(epochs, Ordering::Relaxed);
+            if n < DRAIN_CHUNK || batch.len_bytes() >= MAX_BATCH_BYTES {
+                return;
+            }
+        }
+    }
+
+    /// The write (and sync) to start now, if any; takes the writer and the
+    /// filled batch.
+    fn next_io(&mut self, stopping: bool, last_sync: Instant) -> Option<IoJob> {
+        self.wal.as_ref()?;
+        let has_commit = self.batch_epoch.is_some();
+        let write =
+            !self.batch.is_empty() && (has_commit || stopping || self.batch.len_bytes() >= WRITE_AHEAD_BYTES);
+        let unsynced = has_commit || self.written_epoch > self.synced_epoch;
+        let sync = match self.sync_mode {
+            WalSyncMode::Always => has_commit,
+            WalSyncMode::Interval(every) => unsynced && last_sync.elapsed() >= every,
+            _ => false,
+        };
+        if !write && !sync {
+            return None;
+        }
+        let batch = if write {
+            let fresh = self.spare_batch.take().unwrap_or_default();
+            std::mem::replace(&mut self.batch, fresh)
+        } else {
+            self.spare_batch.take().unwrap_or_default()
+        };
+        let epoch = if write { self.batch_epoch.take() } else { None };
+        Some(IoJob {
+            wal: self.wal.take()?,
+            batch,
+            epoch,
+            sync,
+        })
+    }
+
+    /// Takes back the writer and batch and publishes what became durable.
+    fn finish_io(&mut self, done: IoDone) -> std::result::Result<(), WalError> {
+        let IoDone {
+            wal,
+            mut batch,
+            epoch,
+            synced,
+            result,
+        } = done;
+        self.wal = Some(wal);
+        batch.clear();
+        self.spare_batch = Some(batch);
+        result?;
+        if let Some(epoch) = epoch {
+            self.written_epoch = epoch;
+        }
+        if synced {
+            self.synced_epoch = self.written_epoch;
+        }
+        let durable = match self.sync_mode {
+            WalSyncMode::Always | WalSyncMode::Interval(_) => self.synced_epoch,
+            _ => self.written_epoch,
+        };
+        self.publish(durable, Ring1State::Running);
+        Ok(())
+    }
+
+    fn publish(&self, durable_epoch: u64, state: Ring1State) {
+        self.status.send_modify(|s| {
+            s.durable_epoch = s.durable_epoch.max(durable_epoch);
+            s.state = state;
+        });
+    }
+
+    fn fail(&mut self, error: WalError) {
+        tracing::error!(%error, durable_epoch = self.synced_epoch, "Ring 1 stopped: the WAL failed");
+        self.lock = None;
+        let durable = self.status.borrow().durable_epoch;
+        self.publish(durable, Ring1State::Failed(Arc::new(error)));
+    }
+
+    /// Syncs and closes the WAL, releases the lock and publishes the end.
+    async fn close(&mut self) {
+        let Some(wal) = self.wal.take() else { return };
+        let closed = tokio::task::spawn_blocking(move || wal.close()).await;
+        match closed {
+            Ok(Ok(())) => {
+                self.synced_epoch = self.written_epoch;
+                self.lock = None;
+                tracing::info!(durable_epoch = self.written_epoch, "Ring 1 shut down");
+                self.publish(self.written_epoch, Ring1State::Stopped);
+            }
+            Ok(Err(e)) => self.fail(e),
+            Err(join) => self.fail(WalError::Io {
+                op: "close",
+                path: Default::default(),
+                source: std::io::Error::other(format!("WAL close task failed: {join}")),
+            }),
+        }
+    }
+}
+
+/// The wait behind `wait_durable`: until `epoch` is durable or never will be.
+pub(crate) async fn wait_durable(mut status: watch::Receiver<DurableStatus>, epoch: u64) -> Result<()> {
+    loop {
+        {
+            let s = status.borrow_and_update();
+            if s.durable_epoch >= epoch {
+                return Ok(());
+            }
+            if let Some(e) = s.terminal_error() {
+                return Err(e);
+            }
+        }
+        if status.changed().await.is_err() {
+            // The task is gone without a last word: check what it left.
+            let s = status.borrow();
+            if s.durable_epoch >= epoch {
+                return Ok(());
+            }
+            return Err(s
+                .terminal_error()
+                .unwrap_or(IncrementalCheckpointError::Ring1Gone));
+        }
+    }
+}
