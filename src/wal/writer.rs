@@ -81,6 +81,11 @@ impl WalConfig {
     }
 }
 
+/// Bytes of zeros a spare segment is filled with between two of its
+/// `fdatasync`s: the most preallocation write-back that can queue ahead of a
+/// WAL sync.
+const SPARE_FILL_STEP: u64 = 2 << 20;
+
 /// Bytes of the seal record that ends every non-newest segment.
 const SEAL_LEN: u64 = FRAME_HEADER_LEN as u64;
 
@@ -200,8 +205,19 @@ impl SpareJob {
     pub(crate) fn run(self) -> Result<SpareSegment, WalError> {
         let path = self.dir.join(spare_file_name(self.segment));
         let mut file = self.fs.create(&path).map_err(io_err("create", &path))?;
-        write_zeros(file.as_mut(), 0, self.size).map_err(io_err("write", &path))?;
-        file.sync_data().map_err(io_err("fdatasync", &path))?;
+        // Zero-fill in steps, each made durable before the next: one 64 MiB
+        // flush queued tens of milliseconds of writes ahead of the WAL's own
+        // fdatasync (measured: 15-25 ms stalls); 1 MiB steps paid so many
+        // journal commits that the spare was sometimes late and rotation
+        // filled a segment inline (a 190 ms stall). 2 MiB kept W1's
+        // commit-to-durable p99 at 1.5 ms in `benches/durable.rs`.
+        let mut from = 0;
+        while from < self.size {
+            let to = (from + SPARE_FILL_STEP).min(self.size);
+            write_zeros(file.as_mut(), from, to).map_err(io_err("write", &path))?;
+            file.sync_data().map_err(io_err("fdatasync", &path))?;
+            from = to;
+        }
         Ok(SpareSegment {
             segment: self.segment,
             path,
