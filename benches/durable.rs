@@ -424,24 +424,37 @@ fn fsync_after_overwrite(dir: &Path, sizes: &Sizes) -> SyncLatency {
     file.sync_all().expect("fsync of the preallocated baseline file");
     sync_dir(dir);
 
-    let mut buf = pattern(EPOCH_WRITE, 1);
     let slots = (sizes.prealloc_file / EPOCH_WRITE as u64).max(1);
-    let mut syncs = Vec::with_capacity(sizes.fsync_samples);
-    let mut cycles = Vec::with_capacity(sizes.fsync_samples);
-    for i in 0..sizes.fsync_samples {
-        buf[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    let latency = time_write_then_sync(&file, sizes.fsync_samples, 1, |file, buf, i| {
         let offset = (i as u64 % slots) * EPOCH_WRITE as u64;
-        let start = Instant::now();
-        file.write_all_at(&buf, offset)
+        file.write_all_at(buf, offset)
             .expect("overwriting 116 KiB of the preallocated baseline file");
+    });
+    drop(file);
+    remove(&path);
+    latency
+}
+
+/// Times `samples` rounds of `write` (given the file, a 116 KiB buffer
+/// tagged with the round and the round number) followed by `fdatasync`.
+fn time_write_then_sync(
+    file: &std::fs::File,
+    samples: usize,
+    seed: u64,
+    mut write: impl FnMut(&std::fs::File, &[u8], usize),
+) -> SyncLatency {
+    let mut buf = pattern(EPOCH_WRITE, seed);
+    let mut syncs = Vec::with_capacity(samples);
+    let mut cycles = Vec::with_capacity(samples);
+    for i in 0..samples {
+        buf[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let start = Instant::now();
+        write(file, &buf, i);
         let synced = Instant::now();
-        file.sync_data()
-            .expect("fdatasync of the preallocated baseline file");
+        file.sync_data().expect("fdatasync of a baseline file");
         syncs.push(synced.elapsed());
         cycles.push(start.elapsed());
     }
-    drop(file);
-    remove(&path);
     SyncLatency {
         sync_p50: percentile(&mut syncs, 0.50),
         sync_p99: percentile(&mut syncs, 0.99),
@@ -452,30 +465,17 @@ fn fsync_after_overwrite(dir: &Path, sizes: &Sizes) -> SyncLatency {
 /// (b) `fdatasync` after appending `EPOCH_WRITE` bytes to a growing file.
 fn fsync_after_append(dir: &Path, sizes: &Sizes) -> SyncLatency {
     let path = dir.join("baseline-append");
-    let mut file = create(&path);
+    let file = create(&path);
     file.sync_all().expect("fsync of the new append baseline file");
     sync_dir(dir);
 
-    let mut buf = pattern(EPOCH_WRITE, 2);
-    let mut syncs = Vec::with_capacity(sizes.fsync_samples);
-    let mut cycles = Vec::with_capacity(sizes.fsync_samples);
-    for i in 0..sizes.fsync_samples {
-        buf[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let start = Instant::now();
-        file.write_all(&buf)
+    let latency = time_write_then_sync(&file, sizes.fsync_samples, 2, |mut file, buf, _| {
+        file.write_all(buf)
             .expect("appending 116 KiB to the append baseline file");
-        let synced = Instant::now();
-        file.sync_data().expect("fdatasync of the append baseline file");
-        syncs.push(synced.elapsed());
-        cycles.push(start.elapsed());
-    }
+    });
     drop(file);
     remove(&path);
-    SyncLatency {
-        sync_p50: percentile(&mut syncs, 0.50),
-        sync_p99: percentile(&mut syncs, 0.99),
-        cycle_p50: percentile(&mut cycles, 0.50),
-    }
+    latency
 }
 
 /// (c) MB/s of `seq_bytes` written in 1 MiB writes, then one `fdatasync`.

@@ -143,20 +143,19 @@ impl IncrementalCheckpointManager {
             report,
         } = recovered;
 
-        let status = DurableStatus {
-            durable_epoch: report.last_epoch.unwrap_or(0),
-            state: Ring1State::Running,
-        };
-        let (status_tx, status_rx) = watch::channel(status);
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Ring1Stats::default());
-        writer.attach_ring1(Ring1Watch(status_rx.clone()));
         let recovery = RecoverySummary {
             epoch: report.last_epoch.unwrap_or(0),
             wal_entries_replayed: report.records_replayed,
             wal_entries_discarded: report.records_discarded,
             torn_tail_bytes: report.torn_tail.as_ref().map_or(0, |t| t.bytes_dropped),
         };
+        let (status_tx, status_rx) = watch::channel(DurableStatus {
+            durable_epoch: recovery.epoch,
+            state: Ring1State::Running,
+        });
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Ring1Stats::default());
+        writer.attach_ring1(Ring1Watch(status_rx.clone()));
         let ring1 = Ring1 {
             drain,
             wal: Some(wal),
@@ -236,25 +235,10 @@ impl IncrementalCheckpointManager {
         // A closed channel means Ring 1 already ended; the status says how.
         let _ = self.inner.commands.send(Command::Shutdown);
         let mut status = self.inner.status.clone();
-        loop {
-            {
-                let s = status.borrow_and_update();
-                match &s.state {
-                    Ring1State::Running => {}
-                    Ring1State::Stopped => return Ok(()),
-                    Ring1State::Failed(cause) => {
-                        return Err(IncrementalCheckpointError::Failed {
-                            cause: Arc::clone(cause),
-                        });
-                    }
-                }
-            }
-            if status.changed().await.is_err() {
-                return match status.borrow().state {
-                    Ring1State::Stopped => Ok(()),
-                    _ => Err(IncrementalCheckpointError::Ring1Gone),
-                };
-            }
+        let s = ring1::settle(&mut status, |_| false).await?;
+        match s.terminal_error() {
+            Some(IncrementalCheckpointError::ShutDown { .. }) | None => Ok(()),
+            Some(failed) => Err(failed),
         }
     }
 

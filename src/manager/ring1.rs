@@ -163,6 +163,16 @@ impl IoJob {
     }
 }
 
+/// A blocking WAL task that panicked or was cancelled, as the I/O error it
+/// stands for.
+fn task_failed(op: &'static str, join: &tokio::task::JoinError) -> WalError {
+    WalError::Io {
+        op,
+        path: Default::default(),
+        source: std::io::Error::other(format!("blocking WAL task ({op}) failed: {join}")),
+    }
+}
+
 /// What woke the loop.
 enum Event {
     Io(Box<std::result::Result<IoDone, tokio::task::JoinError>>),
@@ -259,11 +269,7 @@ impl Ring1 {
                     let done = match *done {
                         Ok(done) => done,
                         Err(join) => {
-                            self.fail(WalError::Io {
-                                op: "write",
-                                path: Default::default(),
-                                source: std::io::Error::other(format!("WAL write task failed: {join}")),
-                            });
+                            self.fail(task_failed("write", &join));
                             return;
                         }
                     };
@@ -387,8 +393,8 @@ impl Ring1 {
     fn fail(&mut self, error: WalError) {
         tracing::error!(%error, durable_epoch = self.synced_epoch, "Ring 1 stopped: the WAL failed");
         self.lock = None;
-        let durable = self.status.borrow().durable_epoch;
-        self.publish(durable, Ring1State::Failed(Arc::new(error)));
+        // `publish` keeps the highest durable epoch already published.
+        self.publish(0, Ring1State::Failed(Arc::new(error)));
     }
 
     /// Syncs and closes the WAL, releases the lock and publishes the end.
@@ -403,36 +409,30 @@ impl Ring1 {
                 self.publish(self.written_epoch, Ring1State::Stopped);
             }
             Ok(Err(e)) => self.fail(e),
-            Err(join) => self.fail(WalError::Io {
-                op: "close",
-                path: Default::default(),
-                source: std::io::Error::other(format!("WAL close task failed: {join}")),
-            }),
+            Err(join) => self.fail(task_failed("close", &join)),
         }
     }
 }
 
+/// Waits until `done` holds for Ring 1's status or Ring 1 has stopped,
+/// and returns the status then; `Ring1Gone` if the task ended without a
+/// last word.
+pub(crate) async fn settle(
+    status: &mut watch::Receiver<DurableStatus>,
+    mut done: impl FnMut(&DurableStatus) -> bool,
+) -> Result<DurableStatus> {
+    status
+        .wait_for(|s| done(s) || !matches!(s.state, Ring1State::Running))
+        .await
+        .map(|s| s.clone())
+        .map_err(|_| IncrementalCheckpointError::Ring1Gone)
+}
+
 /// The wait behind `wait_durable`: until `epoch` is durable or never will be.
 pub(crate) async fn wait_durable(mut status: watch::Receiver<DurableStatus>, epoch: u64) -> Result<()> {
-    loop {
-        {
-            let s = status.borrow_and_update();
-            if s.durable_epoch >= epoch {
-                return Ok(());
-            }
-            if let Some(e) = s.terminal_error() {
-                return Err(e);
-            }
-        }
-        if status.changed().await.is_err() {
-            // The task is gone without a last word: check what it left.
-            let s = status.borrow();
-            if s.durable_epoch >= epoch {
-                return Ok(());
-            }
-            return Err(s
-                .terminal_error()
-                .unwrap_or(IncrementalCheckpointError::Ring1Gone));
-        }
+    let s = settle(&mut status, |s| s.durable_epoch >= epoch).await?;
+    match s.terminal_error() {
+        Some(e) if s.durable_epoch < epoch => Err(e),
+        _ => Ok(()),
     }
 }
