@@ -54,6 +54,17 @@ pub enum IncrementalCheckpointError {
         /// The checksum of the bytes as read.
         actual: u32,
     },
+    /// A file written by a newer format version than this build reads.
+    /// Never treated as damage: nothing is skipped or deleted because of it.
+    #[error("{file} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The file.
+        file: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// Recovery could not produce a consistent state.
     #[error("recovery failed: {reason}")]
     Recovery {
@@ -108,6 +119,14 @@ pub enum IncrementalCheckpointError {
     /// runtime shut down). Reopen to recover what was durable.
     #[error("the Ring 1 task ended unexpectedly")]
     Ring1Gone,
+    /// A checkpoint failed; the error is shared by every `checkpoint()` call
+    /// the checkpoint would have served. The published checkpoints are
+    /// intact.
+    #[error("checkpoint failed: {cause}")]
+    CheckpointFailed {
+        /// What went wrong.
+        cause: Arc<IncrementalCheckpointError>,
+    },
     /// Another manager has these directories open.
     #[error("{path} is locked by another open manager")]
     Locked {
@@ -131,6 +150,7 @@ impl IncrementalCheckpointError {
             Self::BufferOverflow { .. } => true,
             Self::ArenaFull { transient, .. } => *transient,
             Self::Wal(e) => e.is_transient(),
+            Self::CheckpointFailed { cause } => cause.is_transient(),
             _ => false,
         }
     }
@@ -140,6 +160,7 @@ impl IncrementalCheckpointError {
         match self {
             Self::Corruption { .. } | Self::CrcMismatch { .. } => true,
             Self::Wal(e) => e.is_corruption(),
+            Self::CheckpointFailed { cause } => cause.is_corruption(),
             _ => false,
         }
     }

@@ -25,10 +25,12 @@
 )]
 
 mod changelog;
+mod checkpoint;
 mod error;
 pub mod incremental;
 mod io;
 mod manager;
+mod recovery;
 mod state;
 mod sync;
 mod wal;

@@ -31,7 +31,13 @@
 pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
+pub use crate::checkpoint::{
+    CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore, StoredFile,
+};
 pub use crate::error::IncrementalCheckpointError;
 pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
+pub use crate::recovery::{
+    RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, validate_checkpoint,
+};
 pub use crate::state::{ArenaBacking, Change, StateConfig, StateDrain, StateWriter, StateWriterStats};
-pub use crate::wal::{WalRecoveryMode, WalSyncMode, wal_size};
+pub use crate::wal::{WalError, WalRecoveryMode, WalSyncMode, wal_size};

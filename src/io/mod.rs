@@ -1,5 +1,6 @@
 //! The I/O seam: every write, `fdatasync`, rename, directory sync and read
-//! of the write-ahead log goes through [`FileSystem`], so tests can put a
+//! of the write-ahead log and of the local checkpoint store goes through
+//! [`FileSystem`], so tests can put a
 //! fault-injecting implementation (`FaultyFs`, test builds only) in place
 //! of the real one ([`StdFs`]).
 //!
@@ -15,6 +16,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::Path;
+
+use crate::checkpoint::StoredFile;
 
 #[cfg(test)]
 pub(crate) mod faulty;
@@ -62,6 +65,12 @@ pub(crate) trait FileSystem: Send + Sync + fmt::Debug {
 
     /// Reads a whole file. The allocation is bounded by the file's size.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+
+    /// A whole file for reading, memory-mapped where the implementation
+    /// can (the file must not be modified while the map lives).
+    fn map(&self, path: &Path) -> io::Result<StoredFile> {
+        self.read(path).map(StoredFile::from_vec)
+    }
 
     /// Atomically renames `from` to `to`, replacing `to` if it exists.
     /// Durable only after [`sync_dir`](Self::sync_dir) of the parent.

@@ -6,6 +6,7 @@ use std::io;
 use std::path::Path;
 
 use super::{FileSystem, FsFile};
+use crate::checkpoint::StoredFile;
 
 /// The real file system through `std::fs`: `File::sync_data` is
 /// `fdatasync`, a directory is synced by opening it and calling `sync_all`.
@@ -80,6 +81,21 @@ impl FileSystem for StdFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn map(&self, path: &Path) -> io::Result<StoredFile> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            // A zero-length map is an error on some platforms.
+            return Ok(StoredFile::from_vec(Vec::new()));
+        }
+        // SAFETY: the files mapped are checkpoint files, written once under
+        // a temporary name and never modified after publication; the
+        // directories' lock keeps other managers of this crate out. A file
+        // truncated by someone else while mapped would fault on access,
+        // which is the documented limit of reading by memory map.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(StoredFile::from_mmap(map))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

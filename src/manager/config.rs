@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::checkpoint::CheckpointStore;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::state::StateConfig;
 use crate::wal::{WalConfig, WalRecoveryMode, WalSyncMode};
@@ -18,6 +21,11 @@ use crate::wal::{WalConfig, WalRecoveryMode, WalSyncMode};
 /// | [`recovery_mode`](Self::with_recovery_mode) | [`WalRecoveryMode::TolerateCorruptedTailRecords`] |
 /// | [`wal_segment_size`](Self::with_wal_segment_size) | 64 MiB, preallocated |
 /// | [`state`](Self::with_state) | [`StateConfig::new`] |
+/// | [`interval`](Self::with_interval) | 60 s between scheduled checkpoints |
+/// | [`wal_size_threshold`](Self::with_wal_size_threshold) | 256 MiB of WAL written since the last checkpoint triggers one |
+/// | [`max_retained`](Self::with_max_retained) | 3 checkpoints kept |
+/// | [`max_chain_length`](Self::with_max_chain_length) | 8 files (a base and 7 deltas) before a new base |
+/// | [`checkpoint_store`](Self::with_checkpoint_store) | [`LocalDirStore`](crate::incremental::LocalDirStore) in the checkpoint directory |
 ///
 /// Settings are checked by `open`, which fails with
 /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) naming the
@@ -30,6 +38,11 @@ pub struct CheckpointConfig {
     pub(crate) recovery_mode: WalRecoveryMode,
     pub(crate) wal: WalConfig,
     pub(crate) state: StateConfig,
+    pub(crate) interval: Duration,
+    pub(crate) wal_size_threshold: u64,
+    pub(crate) max_retained: usize,
+    pub(crate) max_chain_length: usize,
+    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
 }
 
 impl CheckpointConfig {
@@ -43,7 +56,63 @@ impl CheckpointConfig {
             recovery_mode: WalRecoveryMode::default(),
             wal: WalConfig::new(),
             state: StateConfig::new(),
+            interval: Duration::from_secs(60),
+            wal_size_threshold: 256 << 20,
+            max_retained: 3,
+            max_chain_length: 8,
+            store: None,
         }
+    }
+
+    /// How often the [`CheckpointScheduler`](crate::incremental::CheckpointScheduler)
+    /// takes a checkpoint.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// WAL bytes written since the last checkpoint that make the
+    /// [`CheckpointScheduler`](crate::incremental::CheckpointScheduler)
+    /// take one before the interval is up (bounds replay time and the
+    /// WAL's size).
+    pub fn with_wal_size_threshold(mut self, bytes: u64) -> Self {
+        self.wal_size_threshold = bytes;
+        self
+    }
+
+    /// How many published checkpoints to keep (at least 1). Older ones are
+    /// deleted, with every file and WAL segment only they need; the kept
+    /// ones are the fallbacks if the newest fails validation.
+    pub fn with_max_retained(mut self, n: usize) -> Self {
+        self.max_retained = n;
+        self
+    }
+
+    /// Most files in a checkpoint chain (a base and its deltas, at least
+    /// 1): a checkpoint that would make it longer is written as a new base,
+    /// merged from the chain, so recovery reads a bounded number of files.
+    /// A new base is also written when the deltas would outweigh the base.
+    pub fn with_max_chain_length(mut self, n: usize) -> Self {
+        self.max_chain_length = n;
+        self
+    }
+
+    /// Keeps checkpoints in `store` instead of the checkpoint directory
+    /// (which then only names files in errors). See [`CheckpointStore`] for
+    /// what a store must guarantee.
+    pub fn with_checkpoint_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The checkpoint interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The WAL size that triggers a checkpoint.
+    pub fn wal_size_threshold(&self) -> u64 {
+        self.wal_size_threshold
     }
 
     /// The directory of WAL segments (put it on the fastest durable disk).
@@ -100,6 +169,30 @@ impl CheckpointConfig {
             return Err(IncrementalCheckpointError::InvalidConfig {
                 field: "wal_path",
                 reason: "empty path".into(),
+            });
+        }
+        if self.max_retained == 0 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "max_retained",
+                reason: "0: at least one checkpoint must be kept".into(),
+            });
+        }
+        if self.max_chain_length == 0 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "max_chain_length",
+                reason: "0: a chain holds at least its base".into(),
+            });
+        }
+        if self.interval == Duration::ZERO {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "interval",
+                reason: "0".into(),
+            });
+        }
+        if self.wal_size_threshold == 0 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "wal_size_threshold",
+                reason: "0".into(),
             });
         }
         if let WalSyncMode::Interval(every) = self.sync_mode

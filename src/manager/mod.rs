@@ -11,37 +11,49 @@
 //! * the [`StateWriter`], Ring 0's single producer, for the thread or task
 //!   that processes events;
 //! * the manager, a cheap `Clone + Send + Sync` handle for everything async:
-//!   durability waits, stats, shutdown.
+//!   durability waits, checkpoints, stats, shutdown.
+//!
+//! Two tasks run behind the manager: Ring 1 (the WAL) and the checkpoint
+//! task, which takes checkpoints when asked
+//! ([`checkpoint`](IncrementalCheckpointManager::checkpoint), or the
+//! [`CheckpointScheduler`](crate::incremental::CheckpointScheduler)) without
+//! touching Ring 0 or Ring 1: it reads the WAL files Ring 1 has made durable.
 //!
 //! # Clean shutdown
 //!
 //! [`shutdown`](IncrementalCheckpointManager::shutdown) makes everything
-//! committed before it durable, closes the WAL and releases the lock, after
-//! which the directories can be opened again. Dropping the writer and every
+//! committed before it durable, closes the WAL, lets a checkpoint in flight
+//! finish and releases the lock, after which the directories can be opened
+//! again. Dropping the writer and every
 //! manager handle does the same in the background. Either way the tokio
 //! runtime must still be running for the flush to happen: a runtime that
 //! shuts down first cancels Ring 1, and epochs not yet acknowledged are then
 //! not durable (acknowledged ones always are).
 
+mod checkpoint_task;
 mod config;
 mod ring1;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use checkpoint_task::{CheckpointTask, Request};
 pub use config::CheckpointConfig;
 pub(crate) use ring1::Ring1Watch;
 use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
 
+use crate::checkpoint::IncrementalCheckpointMetadata;
+use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::io::{FileSystem, StdFs};
+use crate::recovery::{Recovery, RecoveryConfig, recover_with};
 use crate::state::StateWriter;
-use crate::wal::{ReplayOp, ReplayReport, WalBatch, WalError, WalWriter, replay};
+use crate::wal::{WalBatch, WalWriter};
 
 /// Name of the lock file in the WAL directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -58,17 +70,33 @@ pub struct IncrementalCheckpointManager {
 struct Inner {
     status: watch::Receiver<DurableStatus>,
     commands: mpsc::UnboundedSender<Command>,
+    checkpoints: mpsc::UnboundedSender<Request>,
+    latest: watch::Receiver<Option<IncrementalCheckpointMetadata>>,
+    checkpoint_task_done: watch::Receiver<bool>,
+    committed: Arc<AtomicU64>,
     stats: Arc<Ring1Stats>,
+    checkpoint_stats: Arc<CheckpointStats>,
     config: CheckpointConfig,
     recovery: RecoverySummary,
 }
 
-/// What `open` recovered from the WAL.
+/// The lock files of the checkpoint and WAL directories, held while a
+/// manager (or a recovery) has them open; released on drop.
+#[derive(Debug)]
+pub(crate) struct DirLocks {
+    _files: Vec<File>,
+}
+
+/// What `open` recovered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RecoverySummary {
     /// The last complete epoch found (0: none).
     pub epoch: u64,
+    /// The checkpoint recovery started from (`None`: the WAL alone).
+    pub checkpoint_id: Option<u64>,
+    /// Newer checkpoints that failed validation and were passed over.
+    pub checkpoints_skipped: u64,
     /// Puts and deletes replayed.
     pub wal_entries_replayed: u64,
     /// Records of an unfinished epoch at the end of the log, dropped.
@@ -98,6 +126,20 @@ pub struct ManagerStats {
     pub fsync_total: Duration,
     /// The longest one.
     pub fsync_max: Duration,
+    /// Checkpoints published by this manager.
+    pub checkpoints: u64,
+    /// Checkpoints that failed (the published ones stayed intact).
+    pub checkpoints_failed: u64,
+    /// Id of the newest checkpoint published by this manager.
+    pub last_checkpoint_id: Option<u64>,
+    /// Its epoch.
+    pub last_checkpoint_epoch: u64,
+    /// How long it took, from request to publication.
+    pub last_checkpoint_duration: Duration,
+    /// Bytes written by checkpoints (data files and manifests).
+    pub checkpoint_bytes_written: u64,
+    /// WAL segments deleted because no retained checkpoint needs them.
+    pub wal_segments_removed: u64,
 }
 
 impl IncrementalCheckpointManager {
@@ -131,24 +173,55 @@ impl IncrementalCheckpointManager {
         fs: Arc<dyn FileSystem>,
     ) -> Result<(Self, StateWriter)> {
         config.validate()?;
-        let recover_config = config.clone();
-        let recovered = tokio::task::spawn_blocking(move || recover(&recover_config, fs))
-            .await
-            .map_err(|_| IncrementalCheckpointError::Ring1Gone)??;
-        let Recovered {
-            mut writer,
-            drain,
-            wal,
-            lock,
-            report,
-        } = recovered;
-
-        let recovery = RecoverySummary {
-            epoch: report.last_epoch.unwrap_or(0),
-            wal_entries_replayed: report.records_replayed,
-            wal_entries_discarded: report.records_discarded,
-            torn_tail_bytes: report.torn_tail.as_ref().map_or(0, |t| t.bytes_dropped),
+        let locks = {
+            let (c, w, custom) = (
+                config.checkpoint_dir.clone(),
+                config.wal_dir.clone(),
+                config.store.is_some(),
+            );
+            let joined = tokio::task::spawn_blocking(move || lock_dirs_for(&c, &w, !custom)).await;
+            Arc::new(joined.map_err(|_| IncrementalCheckpointError::Ring1Gone)??)
         };
+        let store = config.store.clone().unwrap_or_else(|| {
+            Arc::new(crate::checkpoint::LocalDirStore::with_fs(
+                &config.checkpoint_dir,
+                Arc::clone(&fs),
+            ))
+        });
+        let recovery_config = RecoveryConfig {
+            checkpoint_dir: config.checkpoint_dir.clone(),
+            wal_dir: config.wal_dir.clone(),
+            recovery_mode: config.recovery_mode,
+            state: config.state.clone(),
+            store: Some(Arc::clone(&store)),
+        };
+        let Recovery {
+            state,
+            drain,
+            report,
+            checkpoint,
+            inventory,
+        } = recover_with(&recovery_config, Arc::clone(&fs), store.as_ref()).await?;
+        let wal = {
+            let (fs, dir, wal_config, resume) = (
+                Arc::clone(&fs),
+                config.wal_dir.clone(),
+                config.wal,
+                report.resume.clone(),
+            );
+            tokio::task::spawn_blocking(move || WalWriter::open(fs, &dir, wal_config, &resume))
+                .await
+                .map_err(|_| IncrementalCheckpointError::Ring1Gone)??
+        };
+        let recovery = RecoverySummary {
+            epoch: state.epoch,
+            checkpoint_id: state.checkpoint_id,
+            checkpoints_skipped: state.checkpoints_skipped.len() as u64,
+            wal_entries_replayed: state.wal_entries_replayed,
+            wal_entries_discarded: state.wal_entries_discarded,
+            torn_tail_bytes: state.torn_tail.as_ref().map_or(0, |t| t.bytes),
+        };
+        let mut writer = state.writer;
         let (status_tx, status_rx) = watch::channel(DurableStatus {
             durable_epoch: recovery.epoch,
             state: Ring1State::Running,
@@ -163,19 +236,58 @@ impl IncrementalCheckpointManager {
             status: status_tx,
             commands: commands_rx,
             stats: Arc::clone(&stats),
-            lock: Some(lock),
+            lock: Some(Arc::clone(&locks)),
             batch: WalBatch::new(),
             batch_epoch: None,
             spare_batch: None,
             written_epoch: recovery.epoch,
             synced_epoch: recovery.epoch,
         };
+
+        let checkpoint_stats = Arc::new(CheckpointStats::default());
+        let mut checkpointer = Checkpointer::new(
+            Places {
+                store,
+                dir: config.checkpoint_dir.clone(),
+                fs: Arc::clone(&fs),
+                wal_dir: config.wal_dir.clone(),
+            },
+            Policy {
+                max_retained: config.max_retained,
+                max_chain_length: config.max_chain_length,
+            },
+            checkpoint.clone(),
+            &inventory,
+            Arc::clone(&checkpoint_stats),
+        );
+        // Partial checkpoints left by a crash, and files no checkpoint needs.
+        if let Err(e) = checkpointer.collect_garbage().await {
+            tracing::warn!(error = %e, "removing leftover checkpoint files failed; retried after the next checkpoint");
+        }
+        let (checkpoints_tx, checkpoints_rx) = mpsc::unbounded_channel();
+        let (latest_tx, latest_rx) = watch::channel(checkpoint.as_ref().map(|m| m.metadata()));
+        let (done_tx, done_rx) = watch::channel(false);
+        let task = CheckpointTask {
+            checkpointer,
+            requests: checkpoints_rx,
+            status: status_rx.clone(),
+            latest: latest_tx,
+            locks,
+            done: done_tx,
+        };
+        let committed = writer.committed_epoch();
         tokio::spawn(ring1.run());
+        tokio::spawn(task.run());
         let manager = Self {
             inner: Arc::new(Inner {
                 status: status_rx,
                 commands: commands_tx,
+                checkpoints: checkpoints_tx,
+                latest: latest_rx,
+                checkpoint_task_done: done_rx,
+                committed,
                 stats,
+                checkpoint_stats,
                 config,
                 recovery,
             }),
@@ -212,6 +324,70 @@ impl IncrementalCheckpointManager {
         self.inner.status.borrow().durable_epoch
     }
 
+    /// Takes a checkpoint of the newest epoch committed before the call
+    /// (or a later one) and returns it once it is published: its files and
+    /// manifest are `fdatasync`ed and the directory entries synced, so it
+    /// survives any crash. The checkpoint is incremental (only the keys
+    /// changed since the previous one) unless the chain needs compacting
+    /// into a new base; retention then deletes what no retained checkpoint
+    /// needs, WAL segments included.
+    ///
+    /// Concurrent calls coalesce: one checkpoint serves every call waiting
+    /// when it starts. If no epoch was committed since the newest
+    /// checkpoint, that one is returned without writing anything.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`wait_durable`](Self::wait_durable) for the epoch to
+    /// checkpoint ([`Failed`](IncrementalCheckpointError::Failed),
+    /// [`ShutDown`](IncrementalCheckpointError::ShutDown), ...);
+    /// [`Io`](IncrementalCheckpointError::Io) when writing the checkpoint
+    /// fails, or the corruption errors of a damaged parent chain when a new
+    /// base is merged from it. A failed checkpoint leaves the published
+    /// ones intact and a later call tries again. An error shared by several
+    /// coalesced calls arrives as
+    /// [`CheckpointFailed`](IncrementalCheckpointError::CheckpointFailed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Dropped while it waits for the epoch to be durable, no
+    /// checkpoint is requested; dropped later, the checkpoint completes in
+    /// the background. Either way no partial checkpoint is ever visible:
+    /// a checkpoint is published by one atomic rename.
+    pub async fn checkpoint(&self) -> Result<IncrementalCheckpointMetadata> {
+        let target = self.inner.committed.load(Ordering::Acquire);
+        self.wait_durable(target).await?;
+        if let Some(e) = self.inner.status.borrow().terminal_error() {
+            return Err(e);
+        }
+        let (reply, outcome) = oneshot::channel();
+        let shut_down = || IncrementalCheckpointError::ShutDown {
+            durable_epoch: self.durable_epoch(),
+        };
+        self.inner
+            .checkpoints
+            .send(Request { target, reply })
+            .map_err(|_| shut_down())?;
+        match outcome.await {
+            Ok(Ok(meta)) => Ok(meta),
+            Ok(Err(shared)) => Err(Arc::try_unwrap(shared)
+                .unwrap_or_else(|cause| IncrementalCheckpointError::CheckpointFailed { cause })),
+            Err(_) => Err(shut_down()),
+        }
+    }
+
+    /// The newest published checkpoint this manager knows of (the one
+    /// recovery started from, until a new one is taken).
+    pub fn latest_checkpoint(&self) -> Option<IncrementalCheckpointMetadata> {
+        self.inner.latest.borrow().clone()
+    }
+
+    /// The newest epoch committed by the writer (pushed to Ring 1; not
+    /// necessarily durable yet).
+    pub fn committed_epoch(&self) -> u64 {
+        self.inner.committed.load(Ordering::Acquire)
+    }
+
     /// Makes everything committed so far durable, closes the WAL, stops
     /// Ring 1 and releases the directories' lock. Idempotent: later calls
     /// return the first one's outcome.
@@ -236,6 +412,9 @@ impl IncrementalCheckpointManager {
         let _ = self.inner.commands.send(Command::Shutdown);
         let mut status = self.inner.status.clone();
         let s = ring1::settle(&mut status, |_| false).await?;
+        // A checkpoint in flight finishes before the lock is released.
+        let mut done = self.inner.checkpoint_task_done.clone();
+        let _ = done.wait_for(|d| *d).await;
         match s.terminal_error() {
             Some(IncrementalCheckpointError::ShutDown { .. }) | None => Ok(()),
             Some(failed) => Err(failed),
@@ -245,6 +424,7 @@ impl IncrementalCheckpointManager {
     /// Ring 1's counters.
     pub fn stats(&self) -> ManagerStats {
         let s = &self.inner.stats;
+        let c = &self.inner.checkpoint_stats;
         ManagerStats {
             durable_epoch: self.durable_epoch(),
             changes_drained: s.changes_drained.load(Ordering::Relaxed),
@@ -254,6 +434,13 @@ impl IncrementalCheckpointManager {
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             fsync_total: Duration::from_nanos(s.fsync_nanos_total.load(Ordering::Relaxed)),
             fsync_max: Duration::from_nanos(s.fsync_nanos_max.load(Ordering::Relaxed)),
+            checkpoints: c.taken.load(Ordering::Relaxed),
+            checkpoints_failed: c.failed.load(Ordering::Relaxed),
+            last_checkpoint_id: Some(c.last_id.load(Ordering::Relaxed)).filter(|id| *id != 0),
+            last_checkpoint_epoch: c.last_epoch.load(Ordering::Relaxed),
+            last_checkpoint_duration: Duration::from_nanos(c.last_nanos.load(Ordering::Relaxed)),
+            checkpoint_bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            wal_segments_removed: c.wal_segments_removed.load(Ordering::Relaxed),
         }
     }
 
@@ -268,60 +455,19 @@ impl IncrementalCheckpointManager {
     }
 }
 
-struct Recovered {
-    writer: StateWriter,
-    drain: crate::state::StateDrain,
-    wal: WalWriter,
-    lock: File,
-    report: ReplayReport,
+/// Takes the directories' locks (see [`DirLocks`]).
+pub(crate) fn lock_dirs(checkpoint_dir: &Path, wal_dir: &Path) -> Result<DirLocks> {
+    lock_dirs_for(checkpoint_dir, wal_dir, true)
 }
 
-/// Takes the lock, replays the WAL into a new writer and opens the WAL
-/// writer where the replay ended (repairing a torn tail).
-fn recover(config: &CheckpointConfig, fs: Arc<dyn FileSystem>) -> Result<Recovered> {
-    let lock = lock_dir(&config.wal_dir)?;
-    let (mut writer, drain) = StateWriter::with_first_epoch(config.state.clone(), 1)?;
-    let report = replay(fs.as_ref(), &config.wal_dir, config.recovery_mode, 0, |op| {
-        match op {
-            ReplayOp::Put { key, value } => writer.load_put(key, value)?,
-            ReplayOp::Delete { key } => writer.load_delete(key)?,
-            ReplayOp::Commit(commit) => {
-                writer.restore_commit(commit.epoch, commit.watermark, &commit.sources)
-            }
-        }
-        Ok(())
-    })
-    .map_err(unwrap_apply)?;
-    if let Some(torn) = &report.torn_tail {
-        tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes_dropped,
-            "dropped a torn record at the end of the WAL (a crash artefact)");
+/// The WAL directory's lock, and the checkpoint directory's when it is a
+/// local directory of its own.
+fn lock_dirs_for(checkpoint_dir: &Path, wal_dir: &Path, local_checkpoints: bool) -> Result<DirLocks> {
+    let mut files = vec![lock_dir(wal_dir)?];
+    if local_checkpoints && checkpoint_dir != wal_dir {
+        files.push(lock_dir(checkpoint_dir)?);
     }
-    let wal = WalWriter::open(fs, &config.wal_dir, config.wal, &report.resume)?;
-    tracing::info!(
-        epoch = report.last_epoch.unwrap_or(0),
-        keys = writer.len(),
-        replayed = report.records_replayed,
-        "recovered state from the WAL"
-    );
-    Ok(Recovered {
-        writer,
-        drain,
-        wal,
-        lock,
-        report,
-    })
-}
-
-/// Errors raised while applying replayed records come back boxed; unbox
-/// ours so that, say, `RecordTooLarge` keeps its variant.
-fn unwrap_apply(e: WalError) -> IncrementalCheckpointError {
-    match e {
-        WalError::Apply(inner) => match inner.downcast::<IncrementalCheckpointError>() {
-            Ok(ours) => *ours,
-            Err(other) => IncrementalCheckpointError::Wal(WalError::Apply(other)),
-        },
-        other => other.into(),
-    }
+    Ok(DirLocks { _files: files })
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {

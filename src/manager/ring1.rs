@@ -26,7 +26,6 @@
 //! the first I/O error: the writer is poisoned, the error is published to
 //! every waiter, and nothing is acknowledged after it.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -34,6 +33,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::DirLocks;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::state::{Change, StateDrain};
 use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
@@ -191,8 +191,9 @@ pub(crate) struct Ring1 {
     pub(crate) status: watch::Sender<DurableStatus>,
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     pub(crate) stats: Arc<Ring1Stats>,
-    /// Held while the task runs: the directories' lock.
-    pub(crate) lock: Option<File>,
+    /// Held while the task runs: the directories' locks (shared with the
+    /// checkpoint task; released when both let go).
+    pub(crate) lock: Option<Arc<DirLocks>>,
     /// The batch being filled, and the last epoch committed in it.
     pub(crate) batch: WalBatch,
     pub(crate) batch_epoch: Option<u64>,

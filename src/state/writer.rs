@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -52,6 +53,8 @@ pub struct StateWriter {
     /// Ring the doorbell whenever this many entries were pushed since the
     /// last commit, so a long epoch does not fill the ring unseen.
     doorbell_every: u64,
+    /// The last epoch committed (pushed), for `checkpoint()` to aim at.
+    committed: Arc<AtomicU64>,
 }
 
 /// Progress while recovered state is loaded, before any entry is pushed:
@@ -128,6 +131,7 @@ impl StateWriter {
             doorbell,
             ring1: None,
             doorbell_every,
+            committed: Arc::new(AtomicU64::new(epoch.saturating_sub(1))),
         };
         Ok((writer, drain))
     }
@@ -157,8 +161,14 @@ impl StateWriter {
         self.store.delete(key, &mut Loading).map(drop)
     }
 
+    /// The last committed epoch, shared with the manager.
+    pub(crate) fn committed_epoch(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
+    }
+
     /// Restores what a recovered epoch committed; the next epoch follows it.
     pub(crate) fn restore_commit(&mut self, epoch: u64, watermark: Option<i64>, sources: &[(String, u64)]) {
+        self.committed.store(epoch, Ordering::Release);
         self.epoch = epoch + 1;
         self.watermark = watermark;
         self.sources.clear();
@@ -274,7 +284,13 @@ impl StateWriter {
         let sources = || self.sources.iter().map(|(name, offset)| (&**name, *offset));
         let len = commit_payload_len(sources())?;
         self.commit_scratch.resize(len, 0);
-        encode_commit_payload(&mut self.commit_scratch, self.epoch, self.watermark, sources())?;
+        encode_commit_payload(
+            &mut self.commit_scratch,
+            self.epoch,
+            self.watermark,
+            self.store.len() as u64,
+            sources(),
+        )?;
         let offset = self
             .store
             .commit_record(&self.commit_scratch, &mut self.producer)?;
@@ -287,6 +303,7 @@ impl StateWriter {
         ));
         self.doorbell.notify_one();
         let closed = self.epoch;
+        self.committed.store(closed, Ordering::Release);
         self.epoch += 1;
         Ok(closed)
     }

@@ -146,7 +146,7 @@ mod tests {
         let len = commit_payload_len(sources.iter().copied()).unwrap();
         let mut b = WalBatch::new();
         b.append_commit_with(len, |out| {
-            encode_commit_payload(out, 9, Some(3), sources.iter().copied())
+            encode_commit_payload(out, 9, Some(3), 0, sources.iter().copied())
         })
         .unwrap();
         assert_eq!(b.len_bytes(), FRAME_HEADER_LEN + len);

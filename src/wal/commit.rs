@@ -1,4 +1,5 @@
-//! The epoch-commit record's payload: epoch, watermark and source offsets.
+//! The epoch-commit record's payload: epoch, watermark, live key count and
+//! source offsets.
 //!
 //! Ring 0 encodes it straight into its arena, so the encode side allocates
 //! nothing: [`commit_payload_len`] sizes the buffer, [`encode_commit_payload`]
@@ -12,15 +13,16 @@
 //! 1  u8   flags: bit 0 = watermark present; other bits must be 0
 //! 2  u64  epoch
 //! 10 i64  watermark (0 when absent)
-//! 18 u32  source count n
-//! 22 n ×  { u16 name length, name (UTF-8), u64 offset }
+//! 18 u64  live keys in the state once the epoch is applied
+//! 26 u32  source count n
+//! 30 n ×  { u16 name length, name (UTF-8), u64 offset }
 //! ```
 
 use super::WalError;
 
 const COMMIT_VERSION: u8 = 1;
 const FLAG_WATERMARK: u8 = 1;
-const FIXED_LEN: usize = 22;
+const FIXED_LEN: usize = 30;
 /// Bytes of one source entry besides its name.
 const ENTRY_FIXED_LEN: usize = 2 + 8;
 
@@ -69,6 +71,7 @@ pub(crate) fn encode_commit_payload<'a>(
     out: &mut [u8],
     epoch: u64,
     watermark: Option<i64>,
+    live_keys: u64,
     sources: impl Iterator<Item = (&'a str, u64)>,
 ) -> Result<(), WalError> {
     let out_len = out.len();
@@ -99,7 +102,8 @@ pub(crate) fn encode_commit_payload<'a>(
     head[1] = if watermark.is_some() { FLAG_WATERMARK } else { 0 };
     head[2..10].copy_from_slice(&epoch.to_le_bytes());
     head[10..18].copy_from_slice(&watermark.unwrap_or(0).to_le_bytes());
-    head[18..22].copy_from_slice(&count.to_le_bytes());
+    head[18..26].copy_from_slice(&live_keys.to_le_bytes());
+    head[26..30].copy_from_slice(&count.to_le_bytes());
     Ok(())
 }
 
@@ -148,6 +152,9 @@ pub(crate) struct CommitRecord {
     pub(crate) epoch: u64,
     /// The watermark committed with it.
     pub(crate) watermark: Option<i64>,
+    /// Live keys in the state once the epoch is applied: recovery checks
+    /// the state it rebuilt against it.
+    pub(crate) live_keys: u64,
     /// Source offsets committed with it, in encoded order.
     pub(crate) sources: Vec<(String, u64)>,
 }
@@ -184,6 +191,7 @@ impl CommitRecord {
         }
         let epoch = u64::from_le_bytes(take_array(&mut rest)?);
         let watermark_raw = i64::from_le_bytes(take_array(&mut rest)?);
+        let live_keys = u64::from_le_bytes(take_array(&mut rest)?);
         let count = u32::from_le_bytes(take_array(&mut rest)?);
         let count = usize::try_from(count).map_err(|_| CommitDecodeError::CountTooLarge)?;
         if count > rest.len() / ENTRY_FIXED_LEN {
@@ -203,6 +211,7 @@ impl CommitRecord {
         Ok(Self {
             epoch,
             watermark: (flags & FLAG_WATERMARK != 0).then_some(watermark_raw),
+            live_keys,
             sources,
         })
     }
@@ -210,10 +219,15 @@ impl CommitRecord {
 
 /// Encodes into a fresh `Vec` (tests and tools; Ring 0 uses the two-step API).
 #[cfg(test)]
-pub(crate) fn encode_commit_vec(epoch: u64, watermark: Option<i64>, sources: &[(&str, u64)]) -> Vec<u8> {
+pub(crate) fn encode_commit_vec(
+    epoch: u64,
+    watermark: Option<i64>,
+    live_keys: u64,
+    sources: &[(&str, u64)],
+) -> Vec<u8> {
     let len = commit_payload_len(sources.iter().copied()).expect("valid names");
     let mut out = vec![0u8; len];
-    encode_commit_payload(&mut out, epoch, watermark, sources.iter().copied()).expect("sized");
+    encode_commit_payload(&mut out, epoch, watermark, live_keys, sources.iter().copied()).expect("sized");
     out
 }
 
@@ -225,10 +239,11 @@ mod tests {
     #[test]
     fn round_trip_and_every_truncation() {
         let sources = [("orders-0", 42u64), ("", 0), ("ünïcode", u64::MAX)];
-        let bytes = encode_commit_vec(7, Some(-5), &sources);
+        let bytes = encode_commit_vec(7, Some(-5), 3, &sources);
         let rec = CommitRecord::decode(&bytes).unwrap();
         assert_eq!(rec.epoch, 7);
         assert_eq!(rec.watermark, Some(-5));
+        assert_eq!(rec.live_keys, 3);
         assert_eq!(
             rec.sources,
             sources
@@ -239,7 +254,7 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(CommitRecord::decode(&bytes[..cut]).is_err(), "cut {cut}");
         }
-        let none = encode_commit_vec(1, None, &[]);
+        let none = encode_commit_vec(1, None, 0, &[]);
         assert_eq!(none.len(), FIXED_LEN);
         assert_eq!(CommitRecord::decode(&none).unwrap().watermark, None);
     }
@@ -248,12 +263,12 @@ mod tests {
     fn encode_rejects_wrong_buffer_and_long_names() {
         let mut small = [0u8; FIXED_LEN + 3];
         assert!(matches!(
-            encode_commit_payload(&mut small, 1, None, [("abcd", 1u64)].into_iter()),
+            encode_commit_payload(&mut small, 1, None, 0, [("abcd", 1u64)].into_iter()),
             Err(WalError::CommitBufferLength { .. })
         ));
         let mut big = [0u8; FIXED_LEN + 30];
         assert!(matches!(
-            encode_commit_payload(&mut big, 1, None, [("abcd", 1u64)].into_iter()),
+            encode_commit_payload(&mut big, 1, None, 0, [("abcd", 1u64)].into_iter()),
             Err(WalError::CommitBufferLength { .. })
         ));
         let long = "x".repeat(MAX_SOURCE_NAME_LEN + 1);
@@ -265,8 +280,8 @@ mod tests {
 
     #[test]
     fn huge_count_is_rejected_without_allocating() {
-        let mut bytes = encode_commit_vec(1, None, &[]);
-        bytes[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut bytes = encode_commit_vec(1, None, 0, &[]);
+        bytes[26..30].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             CommitRecord::decode(&bytes),
             Err(CommitDecodeError::CountTooLarge)
@@ -283,7 +298,7 @@ mod tests {
         fn round_trips(epoch: u64, wm: Option<i64>,
                        srcs in proptest::collection::vec(("[a-z0-9ü-]{0,20}", any::<u64>()), 0..8)) {
             let refs: Vec<(&str, u64)> = srcs.iter().map(|(n, o)| (n.as_str(), *o)).collect();
-            let bytes = encode_commit_vec(epoch, wm, &refs);
+            let bytes = encode_commit_vec(epoch, wm, 5, &refs);
             let rec = CommitRecord::decode(&bytes).unwrap();
             prop_assert_eq!(rec.epoch, epoch);
             prop_assert_eq!(rec.watermark, wm);

@@ -42,7 +42,9 @@ mod tests;
 
 pub(crate) use batch::WalBatch;
 
-pub(crate) use reader::{ReplayOp, ReplayReport, replay};
+#[cfg(test)]
+pub(crate) use reader::replay;
+pub(crate) use reader::{ReplayOp, ReplayRange, ReplayReport, replay_range};
 
 pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
 
@@ -117,6 +119,20 @@ pub enum WalError {
         /// The `after_epoch` replay was asked for.
         after_epoch: u64,
     },
+    /// The first epoch the log holds after `expected - 1` is not
+    /// `expected`: the epochs in between are gone (segments removed, or a
+    /// checkpoint older than the log's start).
+    #[error("the WAL skips from epoch {} to {found} at {file} byte {offset}", expected - 1)]
+    EpochGap {
+        /// The segment holding the commit of `found`.
+        file: PathBuf,
+        /// Byte offset of that commit record.
+        offset: u64,
+        /// The epoch recovery needed next.
+        expected: u64,
+        /// The epoch found instead.
+        found: u64,
+    },
     /// A segment written by a format version this build does not read.
     #[error("WAL segment {file} has format version {found}; this build reads version {supported}")]
     UnsupportedVersion {
@@ -186,6 +202,7 @@ impl WalError {
                 | Self::TornTail { .. }
                 | Self::MissingSegment { .. }
                 | Self::EpochStartMissing { .. }
+                | Self::EpochGap { .. }
         )
     }
 }
@@ -255,6 +272,41 @@ pub enum WalRecoveryMode {
     /// are lost while later epochs are still applied, so the recovered state
     /// may match no epoch that ever existed. For salvaging data only.
     SkipAnyCorruptedRecords,
+}
+
+/// Deletes the segments numbered below `keep_from` and syncs the
+/// directory; returns how many were deleted. The caller guarantees that
+/// no replay it may need starts before `keep_from` and that the writer is
+/// past it (segments below the writer's are sealed and never touched
+/// again).
+///
+/// # Errors
+///
+/// [`WalError::Io`] if listing, removing or syncing fails.
+pub(crate) fn remove_segments_before(
+    fs: &dyn crate::io::FileSystem,
+    dir: &Path,
+    keep_from: u64,
+) -> Result<u64, WalError> {
+    let names = fs.list_dir(dir).map_err(io_err("list", dir))?;
+    let mut removed = 0;
+    for name in names {
+        let Some(segment) = name.to_str().and_then(format::parse_segment_file_name) else {
+            continue;
+        };
+        if segment < keep_from {
+            let path = dir.join(&name);
+            match fs.remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+    }
+    if removed > 0 {
+        fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+    }
+    Ok(removed)
 }
 
 fn wal_size_blocking(dir: &Path) -> io::Result<u64> {

@@ -72,7 +72,6 @@ impl ResumePosition {
     }
 
     /// The segment the writer resumes in (or after, if it starts a new one).
-    #[cfg(test)]
     pub(crate) fn segment(&self) -> u64 {
         self.segment
     }
@@ -189,9 +188,26 @@ fn gen_not_before(g: u32, last: u32) -> bool {
     g.wrapping_sub(last) < 1 << 31
 }
 
+/// Which part of the log [`replay_range`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ReplayRange {
+    /// Segments numbered below this are not read (a checkpoint covers
+    /// them).
+    pub(crate) from_segment: u64,
+    /// Epochs up to this one are skipped.
+    pub(crate) after_epoch: u64,
+    /// Stop right after the commit of this epoch, without reading further
+    /// (the log may be growing beyond it).
+    pub(crate) until_epoch: Option<u64>,
+}
+
 struct Replayer<F> {
     mode: WalRecoveryMode,
     after_epoch: u64,
+    until_epoch: Option<u64>,
+    reached_until: bool,
+    /// Offset of the frame being taken in.
+    frame_offset: usize,
     apply: F,
     expect_seq: Option<u64>,
     last_gen: Option<u32>,
@@ -227,6 +243,7 @@ struct Replayer<F> {
 /// starts mid-epoch and that epoch is after `after_epoch` (in every mode),
 /// [`WalError::Io`] if reading fails, and
 /// [`WalError::Apply`] if `apply` fails (replay stops there).
+#[cfg(test)]
 pub(crate) fn replay<F>(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -237,10 +254,44 @@ pub(crate) fn replay<F>(
 where
     F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
 {
-    let segments = list_segments(fs, dir)?;
+    let range = ReplayRange {
+        after_epoch,
+        ..ReplayRange::default()
+    };
+    replay_range(fs, dir, mode, range, apply)
+}
+
+/// [`replay`] of part of the log: from segment `range.from_segment`, the
+/// epochs after `range.after_epoch`, stopping after the commit of
+/// `range.until_epoch` if given. The first epoch applied must be
+/// `after_epoch + 1`: a gap means the log no longer holds epochs the caller
+/// needs.
+///
+/// With `until_epoch`, the resume position in the report is not meaningful
+/// (the scan stopped early) and the report's `last_epoch` tells whether that
+/// epoch was reached.
+///
+/// # Errors
+///
+/// As [`replay`], and [`WalError::EpochGap`] for a missing epoch.
+pub(crate) fn replay_range<F>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    mode: WalRecoveryMode,
+    range: ReplayRange,
+    apply: F,
+) -> Result<ReplayReport, WalError>
+where
+    F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
+{
+    let mut segments = list_segments(fs, dir)?;
+    segments.retain(|&s| s >= range.from_segment);
     let mut r = Replayer {
         mode,
-        after_epoch,
+        after_epoch: range.after_epoch,
+        until_epoch: range.until_epoch,
+        reached_until: false,
+        frame_offset: 0,
         apply,
         expect_seq: None,
         last_gen: None,
@@ -494,6 +545,7 @@ where
         loop {
             let bad: (&'static str, bool) = match parse_frame(buf, pos) {
                 Ok(f) if f.seq == expect && seg_gen.is_none_or(|g| gen_not_before(f.sync_gen, g)) => {
+                    self.frame_offset = pos;
                     match self.record(path, &f)? {
                         Ok(()) => {
                             pos += f.total_len;
@@ -512,6 +564,9 @@ where
                             self.end = Some(here);
                             if f.rtype == RecordType::Commit {
                                 self.last_commit_end = Some(here);
+                                if self.reached_until {
+                                    return Ok(Flow::Stop);
+                                }
                             }
                             if sealed {
                                 return Ok(if is_newest { Flow::Stop } else { Flow::NextSegment });
@@ -692,7 +747,19 @@ where
                         });
                     }
                 } else if commit.epoch > self.after_epoch {
+                    let first = self.report.epochs_applied == 0 && self.report.skipped.is_empty();
+                    if first && commit.epoch != self.after_epoch + 1 {
+                        return Err(WalError::EpochGap {
+                            file: path.to_path_buf(),
+                            offset: self.frame_offset as u64,
+                            expected: self.after_epoch + 1,
+                            found: commit.epoch,
+                        });
+                    }
                     self.flush_epoch(&commit)?;
+                }
+                if self.until_epoch.is_some_and(|until| commit.epoch >= until) {
+                    self.reached_until = true;
                 }
                 self.pending.clear();
                 self.pending_ops.clear();

@@ -69,7 +69,7 @@ fn encode_epoch(batch: &mut WalBatch, model: &mut Vec<Op>, epoch: u64, n: u64, v
             model.push(Op::Put(k, v));
         }
     }
-    let payload = encode_commit_vec(epoch, Some(epoch as i64 * 10), &[("src-a", epoch * 3)]);
+    let payload = encode_commit_vec(epoch, Some(epoch as i64 * 10), 0, &[("src-a", epoch * 3)]);
     batch.append_commit(&payload);
     model.push(Op::Commit(epoch));
 }
@@ -154,7 +154,7 @@ fn million_records_round_trip_across_many_segments() {
         for i in 0..per_epoch {
             batch.append_put(&key(e, i), &(e * per_epoch + i).to_le_bytes());
         }
-        let payload = encode_commit_vec(e, None, &[("s", e)]);
+        let payload = encode_commit_vec(e, None, 0, &[("s", e)]);
         batch.append_commit(&payload);
         w.write_batch(&batch).unwrap();
         if e % 20 == 0 {
@@ -563,7 +563,7 @@ fn a_record_larger_than_a_segment_gets_its_own() {
     batch.append_put(b"small", b"v");
     batch.append_put(b"big", &[7u8; 3000]);
     batch.append_put(b"after", b"v");
-    batch.append_commit(&encode_commit_vec(1, None, &[]));
+    batch.append_commit(&encode_commit_vec(1, None, 0, &[]));
     w.write_batch(&batch).unwrap();
     w.sync().unwrap();
     drop(w);
@@ -1101,9 +1101,22 @@ fn removed_oldest_segments_never_yield_half_an_epoch() {
         assert_eq!(report.last_epoch, Some(30));
         let result = collect(fs.as_ref(), &dir, TOLERATE, 0);
         if at_boundary {
-            let (ops, report) = result.unwrap();
-            // Whole epochs only: the ops are a suffix of the log made of
-            // complete epochs.
+            // The epochs before the oldest segment are gone: replaying from
+            // the start is refused rather than silently starting later.
+            let Err(WalError::EpochGap {
+                expected: 1,
+                found,
+                file,
+                ..
+            }) = result
+            else {
+                panic!("{result:?}");
+            };
+            assert_eq!(file, seg_path(&dir, first));
+            // With a checkpoint at the epoch before, replay applies whole
+            // epochs only: the ops are a suffix of the log made of complete
+            // epochs.
+            let (ops, report) = collect(fs.as_ref(), &dir, TOLERATE, found - 1).unwrap();
             assert!(all.ends_with(&ops));
             let before = &all[..all.len() - ops.len()];
             assert!(matches!(before.last(), Some(Op::Commit(_))));

@@ -1,0 +1,608 @@
+//! [`Checkpointer`]: takes a checkpoint at a durable epoch, publishes it,
+//! applies retention and truncates the WAL.
+//!
+//! # One checkpoint, step by step
+//!
+//! 1. Scan the WAL from the parent's commit segment, collecting the last
+//!    write of every key in the epochs after the parent's, up to the
+//!    commit of the target epoch (`DeltaBuilder`). The epoch is durable, so
+//!    every byte scanned is final; Ring 1 keeps appending beyond it.
+//! 2. Write the data file: the sorted delta, or, for a base, the streaming
+//!    merge of the parent's chain and the delta.
+//! 3. Write the manifest; publish (data files, directory sync, manifest
+//!    rename, directory sync).
+//! 4. Retention: keep the newest `max_retained` checkpoints; delete older
+//!    manifests, then every data file no kept manifest names, then the WAL
+//!    segments older than the oldest kept checkpoint needs.
+//!
+//! All of it runs off Ring 0 and Ring 1: WAL reading and file writing on
+//! blocking threads, the store's own I/O through its async methods.
+//!
+//! # Failure
+//!
+//! A failed checkpoint leaves the published ones as they were; what it
+//! wrote is deleted (best effort, and otherwise found by listing at the
+//! next garbage collection). Nothing is poisoned: the next request tries
+//! again.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::data_file::{DataFile, DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN};
+use super::delta::DeltaBuilder;
+use super::manifest::{
+    FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
+};
+use super::merge::{Merge, Source};
+use super::store::{CheckpointStore, StoredFile};
+use crate::error::{IncrementalCheckpointError, Result};
+use crate::io::FileSystem;
+use crate::wal::{ReplayOp, ReplayRange, WalRecoveryMode, remove_segments_before, replay_range};
+
+/// Retention and compaction settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// Published checkpoints kept (at least 1).
+    pub(crate) max_retained: usize,
+    /// Files in a chain (base plus deltas) before the next checkpoint is a
+    /// new base (at least 1: 1 means every checkpoint is a base).
+    pub(crate) max_chain_length: usize,
+}
+
+/// Counters for the manager's stats.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointStats {
+    pub(crate) taken: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) last_id: AtomicU64,
+    pub(crate) last_epoch: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) last_nanos: AtomicU64,
+    pub(crate) wal_segments_removed: AtomicU64,
+}
+
+/// What a listing of the store found.
+#[derive(Debug, Default)]
+pub(crate) struct Inventory {
+    /// Every published manifest by id, decoded or the error reading it.
+    pub(crate) manifests: BTreeMap<u64, Result<Manifest>>,
+    /// Every name in the store.
+    pub(crate) names: Vec<String>,
+}
+
+impl Inventory {
+    /// Lists `store` and reads every manifest.
+    pub(crate) async fn read(store: &dyn CheckpointStore, dir: &Path) -> Result<Self> {
+        let names = store
+            .list()
+            .await
+            .map_err(|source| IncrementalCheckpointError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let mut manifests = BTreeMap::new();
+        for name in &names {
+            let Some(id) = parse_manifest_name(name) else {
+                continue;
+            };
+            manifests.insert(id, read_manifest(store, dir, name).await);
+        }
+        Ok(Self { manifests, names })
+    }
+
+    /// One more than every id in use (manifests, data files, partial
+    /// files), so a new checkpoint never reuses a name.
+    pub(crate) fn next_id(&self) -> u64 {
+        let data = self.names.iter().filter_map(|n| {
+            let base = n.split_once(".tmp").map_or(n.as_str(), |(b, _)| b);
+            parse_manifest_name(base).or_else(|| parse_data_file_name(base).map(|(id, _)| id))
+        });
+        data.chain(self.manifests.keys().copied()).max().unwrap_or(0) + 1
+    }
+}
+
+/// Reads and decodes one manifest.
+pub(crate) async fn read_manifest(store: &dyn CheckpointStore, dir: &Path, name: &str) -> Result<Manifest> {
+    let path = dir.join(name);
+    let bytes = store.read(name).await.map_err(|source| io_error(&path, source))?;
+    Manifest::decode(&bytes).map_err(|e| e.in_file(&path))
+}
+
+/// An I/O error on `path`, unwrapping an error of ours carried through
+/// `io::Error` (from inside a [`FileContents`](super::FileContents)).
+pub(crate) fn io_error(path: &Path, source: io::Error) -> IncrementalCheckpointError {
+    let source = match source.downcast::<IncrementalCheckpointError>() {
+        Ok(ours) => return ours,
+        Err(source) => source,
+    };
+    if source.kind() == io::ErrorKind::NotFound {
+        return IncrementalCheckpointError::NotFound {
+            path: path.to_path_buf(),
+        };
+    }
+    IncrementalCheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A chain's data files, read and checked against the manifest (header,
+/// footer, size, checksum, count); their entries are checked as they are
+/// read.
+pub(crate) async fn read_chain(
+    store: &dyn CheckpointStore,
+    dir: &Path,
+    files: &[FileRef],
+) -> Result<Vec<(FileRef, StoredFile)>> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f.name();
+        let path = dir.join(&name);
+        let bytes = store
+            .read(&name)
+            .await
+            .map_err(|source| io_error(&path, source))?;
+        check_file(f, &bytes, &path)?;
+        out.push((*f, bytes));
+    }
+    Ok(out)
+}
+
+/// Checks a data file's header and footer against its manifest entry.
+pub(crate) fn check_file(f: &FileRef, bytes: &[u8], path: &Path) -> Result<()> {
+    let corrupt = |offset, reason| IncrementalCheckpointError::Corruption {
+        file: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if bytes.len() as u64 != f.len {
+        return Err(corrupt(
+            bytes.len().min(f.len as usize) as u64,
+            "data file size differs from its manifest",
+        ));
+    }
+    let file = DataFile::open(bytes).map_err(|e| e.in_file(path))?;
+    if file.kind != f.kind || file.checkpoint_id != f.id || file.epoch != f.epoch {
+        return Err(corrupt(12, "data file header differs from its manifest"));
+    }
+    if file.checksum() != f.checksum {
+        return Err(IncrementalCheckpointError::CrcMismatch {
+            file: path.to_path_buf(),
+            offset: bytes.len() as u64 - 8,
+            expected: f.checksum,
+            actual: file.checksum(),
+        });
+    }
+    if file.entry_count() != f.entries {
+        return Err(corrupt(
+            bytes.len() as u64 - 24,
+            "data file entry count differs from its manifest",
+        ));
+    }
+    Ok(())
+}
+
+/// The entries of a chain's files as merge sources, oldest first, with
+/// errors naming their file.
+pub(crate) fn chain_sources<'a>(
+    chain: &'a [(FileRef, StoredFile)],
+    dir: &Path,
+) -> Vec<Source<'a, IncrementalCheckpointError>> {
+    chain
+        .iter()
+        .map(|(f, bytes)| {
+            let path = dir.join(f.name());
+            // Checked by `read_chain`; a failure here still reports cleanly.
+            match DataFile::open(bytes) {
+                Ok(file) => Box::new(file.entries().map(move |e| e.map_err(|err| err.in_file(&path))))
+                    as Source<'a, IncrementalCheckpointError>,
+                Err(e) => Box::new(std::iter::once(Err(e.in_file(&path)))),
+            }
+        })
+        .collect()
+}
+
+/// What the WAL scan found for the target epoch.
+struct Scan {
+    delta: DeltaBuilder,
+    sources: Vec<(String, u64)>,
+    watermark: Option<i64>,
+    live_keys: u64,
+    wal_segment: u64,
+}
+
+/// Where checkpoints go and where the WAL is.
+#[derive(Debug)]
+pub(crate) struct Places {
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    /// The checkpoint directory (names files in errors).
+    pub(crate) dir: PathBuf,
+    /// The file system the WAL is read and truncated through.
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) wal_dir: PathBuf,
+}
+
+/// Takes checkpoints; owned by the checkpoint task.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    store: Arc<dyn CheckpointStore>,
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    wal_dir: PathBuf,
+    policy: Policy,
+    /// The newest good checkpoint: the parent of the next.
+    parent: Option<Manifest>,
+    /// Published manifests (`None`: unreadable).
+    manifests: BTreeMap<u64, Option<Manifest>>,
+    next_id: u64,
+    stats: Arc<CheckpointStats>,
+}
+
+impl Checkpointer {
+    /// A checkpointer continuing from `parent` (the checkpoint recovery
+    /// used) over what `inventory` found.
+    pub(crate) fn new(
+        places: Places,
+        policy: Policy,
+        parent: Option<Manifest>,
+        inventory: &Inventory,
+        stats: Arc<CheckpointStats>,
+    ) -> Self {
+        let Places {
+            store,
+            dir,
+            fs,
+            wal_dir,
+        } = places;
+        let manifests = inventory
+            .manifests
+            .iter()
+            .map(|(id, m)| (*id, m.as_ref().ok().cloned()))
+            .collect();
+        Self {
+            store,
+            dir,
+            fs,
+            wal_dir,
+            policy,
+            parent,
+            manifests,
+            next_id: inventory.next_id(),
+            stats,
+        }
+    }
+
+    /// Takes a checkpoint of durable `epoch` (or returns the newest one if
+    /// it is already at or past it).
+    pub(crate) async fn checkpoint(&mut self, epoch: u64) -> Result<Manifest> {
+        if let Some(p) = &self.parent
+            && p.epoch >= epoch
+        {
+            return Ok(p.clone());
+        }
+        let started = Instant::now();
+        let id = self.next_id;
+        self.next_id += 1;
+        let result = self.publish_new(id, epoch).await;
+        match &result {
+            Ok(m) => {
+                let nanos = started.elapsed().as_nanos() as u64;
+                let s = &self.stats;
+                s.taken.fetch_add(1, Ordering::Relaxed);
+                s.last_id.store(m.id, Ordering::Relaxed);
+                s.last_epoch.store(m.epoch, Ordering::Relaxed);
+                s.bytes_written.fetch_add(m.delta_bytes, Ordering::Relaxed);
+                s.last_nanos.store(nanos, Ordering::Relaxed);
+                tracing::info!(
+                    id = m.id,
+                    epoch = m.epoch,
+                    incremental = m.incremental,
+                    keys = m.key_count,
+                    bytes_written = m.delta_bytes,
+                    chain_bytes = m.size_bytes,
+                    chain_length = m.files.len(),
+                    micros = nanos / 1000,
+                    "checkpoint published"
+                );
+                if let Err(e) = self.collect_garbage().await {
+                    tracing::warn!(error = %e, "checkpoint garbage collection failed; retried after the next checkpoint");
+                }
+            }
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(id, epoch, error = %e, "checkpoint failed; the published ones are intact");
+                // Remove what this attempt wrote (its names, published or not).
+                let names = [
+                    data_file_name(DataKind::Base, id),
+                    data_file_name(DataKind::Delta, id),
+                    manifest_name(id),
+                ];
+                if self.store.delete(&names).await.is_ok() {
+                    // Only if the manifest is surely gone may it be forgotten.
+                    self.manifests.remove(&id);
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish_new(&mut self, id: u64, epoch: u64) -> Result<Manifest> {
+        let scan = self.scan_wal(epoch).await?;
+        let base = self.wants_base(&scan.delta);
+        let kind = if base { DataKind::Base } else { DataKind::Delta };
+        let data_name = data_file_name(kind, id);
+        let data_path = self.dir.join(&data_name);
+        let chain = match (&self.parent, base) {
+            (Some(p), true) => read_chain(self.store.as_ref(), &self.dir, &p.files).await?,
+            _ => Vec::new(),
+        };
+        let summary: Arc<Mutex<Option<DataSummary>>> = Arc::default();
+        let out_summary = Arc::clone(&summary);
+        let dir = self.dir.clone();
+        let delta = scan.delta;
+        let contents = Box::new(move |out: &mut dyn Write| -> io::Result<()> {
+            let mut w = DataFileWriter::new(out, kind, id, epoch)?;
+            let carry = |e: IncrementalCheckpointError| io::Error::other(e);
+            if base {
+                let mut sources = chain_sources(&chain, &dir);
+                sources.push(Box::new(delta.sorted().map(Ok)));
+                for entry in Merge::new(sources, true) {
+                    let (key, value) = entry.map_err(carry)?;
+                    w.push(key, value)?;
+                }
+            } else {
+                for (key, value) in delta.sorted() {
+                    w.push(key, value)?;
+                }
+            }
+            let (s, _) = w.finish()?;
+            *out_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            Ok(())
+        });
+        self.store
+            .write(&data_name, contents)
+            .await
+            .map_err(|e| io_error(&data_path, e))?;
+        let summary = summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| IncrementalCheckpointError::Io {
+                path: data_path.clone(),
+                source: io::Error::other("the store did not run the file's contents"),
+            })?;
+        if base && summary.entries != scan.live_keys {
+            // The merge and the WAL disagree about the state: never publish.
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: format!(
+                    "checkpoint {id} at epoch {epoch}: the merged base holds {} keys but the epoch committed {} live keys",
+                    summary.entries, scan.live_keys
+                ),
+            });
+        }
+        let file = FileRef {
+            kind,
+            id,
+            epoch,
+            len: summary.len,
+            checksum: summary.checksum,
+            entries: summary.entries,
+        };
+        let mut files = match (&self.parent, base) {
+            (Some(p), false) => p.files.clone(),
+            _ => Vec::new(),
+        };
+        files.push(file);
+        let mut sources = scan.sources;
+        sources.sort();
+        let mut manifest = Manifest {
+            id,
+            epoch,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            parent_id: if base {
+                None
+            } else {
+                self.parent.as_ref().map(|p| p.id)
+            },
+            incremental: !base,
+            watermark: scan.watermark,
+            key_count: scan.live_keys,
+            size_bytes: 0,
+            delta_bytes: 0,
+            wal_segment: scan.wal_segment,
+            sources,
+            files,
+        };
+        manifest.finish_sizes(summary.len);
+        let bytes = manifest.encode();
+        let name = manifest_name(id);
+        let path = self.dir.join(&name);
+        self.store
+            .write(&name, Box::new(move |out: &mut dyn Write| out.write_all(&bytes)))
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        // From here a crash may leave it published: remember it for
+        // garbage collection either way.
+        self.manifests.insert(id, None);
+        self.store
+            .publish(&[data_name], &name)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        self.manifests.insert(id, Some(manifest.clone()));
+        self.parent = Some(manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Whether the next checkpoint should be a base: none yet, the chain
+    /// at its length limit, or deltas outweighing the base.
+    fn wants_base(&self, delta: &DeltaBuilder) -> bool {
+        let Some(p) = &self.parent else { return true };
+        if p.files.len() >= self.policy.max_chain_length {
+            return true;
+        }
+        let base = p.files[0].len;
+        let deltas: u64 = p.files[1..].iter().map(|f| f.len).sum();
+        let new = (delta.held_bytes() + delta.len() * ENTRY_HEADER_LEN) as u64;
+        deltas + new > base
+    }
+
+    /// Collects the last write per key in the epochs after the parent's
+    /// up to `epoch`, and what `epoch` committed.
+    async fn scan_wal(&self, epoch: u64) -> Result<Scan> {
+        if epoch == 0 {
+            // Nothing committed yet: the empty state.
+            return Ok(Scan {
+                delta: DeltaBuilder::new(),
+                sources: Vec::new(),
+                watermark: None,
+                live_keys: 0,
+                wal_segment: 0,
+            });
+        }
+        let fs = Arc::clone(&self.fs);
+        let wal_dir = self.wal_dir.clone();
+        let range = ReplayRange {
+            from_segment: self.parent.as_ref().map_or(0, |p| p.wal_segment),
+            after_epoch: self.parent.as_ref().map_or(0, |p| p.epoch),
+            until_epoch: Some(epoch),
+        };
+        let scan = tokio::task::spawn_blocking(move || -> Result<Scan> {
+            let mut delta = DeltaBuilder::new();
+            let mut commit = None;
+            let report = replay_range(
+                fs.as_ref(),
+                &wal_dir,
+                WalRecoveryMode::TolerateCorruptedTailRecords,
+                range,
+                |op| {
+                    match op {
+                        ReplayOp::Put { key, value } => delta.put(key, value),
+                        ReplayOp::Delete { key } => delta.delete(key),
+                        ReplayOp::Commit(c) if c.epoch == epoch => commit = Some(c.clone()),
+                        ReplayOp::Commit(_) => {}
+                    }
+                    Ok(())
+                },
+            )?;
+            let Some(c) = commit.filter(|_| report.last_epoch == Some(epoch)) else {
+                return Err(IncrementalCheckpointError::Recovery {
+                    reason: format!(
+                        "the WAL in {} does not hold the commit of epoch {epoch} to checkpoint",
+                        wal_dir.display()
+                    ),
+                });
+            };
+            Ok(Scan {
+                delta,
+                sources: c.sources,
+                watermark: c.watermark,
+                live_keys: c.live_keys,
+                wal_segment: report.resume.segment(),
+            })
+        })
+        .await
+        .map_err(|join| IncrementalCheckpointError::Io {
+            path: self.wal_dir.clone(),
+            source: io::Error::other(format!("checkpoint WAL scan task failed: {join}")),
+        })??;
+        Ok(scan)
+    }
+
+    /// Retention, orphan removal and WAL truncation.
+    pub(crate) async fn collect_garbage(&mut self) -> Result<()> {
+        let mut keep: BTreeSet<u64> = self
+            .manifests
+            .iter()
+            .rev()
+            .filter(|(_, m)| m.is_some())
+            .take(self.policy.max_retained)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(p) = &self.parent {
+            keep.insert(p.id);
+        }
+        let newest_kept = keep.last().copied().unwrap_or(0);
+        let drop: Vec<u64> = self
+            .manifests
+            .keys()
+            .copied()
+            .filter(|id| !keep.contains(id) && *id < newest_kept)
+            .collect();
+        if !drop.is_empty() {
+            let names: Vec<String> = drop.iter().map(|id| manifest_name(*id)).collect();
+            self.store
+                .delete(&names)
+                .await
+                .map_err(|e| io_error(&self.dir, e))?;
+            for id in &drop {
+                self.manifests.remove(id);
+            }
+            tracing::debug!(removed = ?drop, "old checkpoints removed");
+        }
+
+        // Every name of ours that no kept manifest needs: partial files
+        // always, unreferenced data files only when every manifest could be
+        // read (an unreadable one might need them).
+        let all_readable = self.manifests.values().all(Option::is_some);
+        let referenced: HashSet<String> = self
+            .manifests
+            .values()
+            .flatten()
+            .flat_map(|m| m.files.iter().map(FileRef::name))
+            .collect();
+        let names = self.store.list().await.map_err(|e| io_error(&self.dir, e))?;
+        let garbage: Vec<String> = names
+            .into_iter()
+            .filter(|n| {
+                if parse_manifest_name(n).is_some() {
+                    return false;
+                }
+                if parse_data_file_name(n).is_some() {
+                    return all_readable && !referenced.contains(n);
+                }
+                n.starts_with("data_") || n.starts_with(super::manifest::MANIFEST_PREFIX)
+            })
+            .collect();
+        if !garbage.is_empty() {
+            self.store
+                .delete(&garbage)
+                .await
+                .map_err(|e| io_error(&self.dir, e))?;
+            tracing::debug!(files = garbage.len(), "unreferenced checkpoint files removed");
+        }
+
+        // The WAL before the oldest kept checkpoint's commit segment; never
+        // while no good checkpoint exists (the state then needs all of it).
+        if self.parent.is_some() {
+            let keep_from = self
+                .manifests
+                .values()
+                .flatten()
+                .map(|m| m.wal_segment)
+                .min()
+                .unwrap_or(0);
+            let fs = Arc::clone(&self.fs);
+            let wal_dir = self.wal_dir.clone();
+            let removed =
+                tokio::task::spawn_blocking(move || remove_segments_before(fs.as_ref(), &wal_dir, keep_from))
+                    .await
+                    .map_err(|join| IncrementalCheckpointError::Io {
+                        path: self.wal_dir.clone(),
+                        source: io::Error::other(format!("WAL truncation task failed: {join}")),
+                    })??;
+            if removed > 0 {
+                self.stats
+                    .wal_segments_removed
+                    .fetch_add(removed, Ordering::Relaxed);
+                tracing::debug!(removed, keep_from, "WAL segments no checkpoint needs removed");
+            }
+        }
+        Ok(())
+    }
+}

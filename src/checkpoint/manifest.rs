@@ -1,0 +1,437 @@
+//! The manifest: one small file per published checkpoint, named
+//! `checkpoint_{id:016x}`, that says what the checkpoint is (epoch, parent,
+//! source offsets, watermark, key count) and which data files its chain
+//! needs, with their sizes and checksums. Publishing a checkpoint is the
+//! atomic rename of its manifest into place.
+//!
+//! Layout (little-endian; `docs/format.md`, "Manifest"):
+//!
+//! ```text
+//! 0   8  magic "LMNRMANI"
+//! 8   4  version (1)
+//! 12  4  body length n
+//! 16  n  body
+//! 16+n 4 CRC32 of bytes [0, 16+n)
+//! ```
+
+use std::collections::HashMap;
+
+use super::FormatError;
+use super::data_file::DataKind;
+use super::metadata::IncrementalCheckpointMetadata;
+
+const MAGIC: [u8; 8] = *b"LMNRMANI";
+const VERSION: u32 = 1;
+const PREFIX_LEN: usize = 16;
+const FLAG_INCREMENTAL: u32 = 1;
+const FLAG_WATERMARK: u32 = 2;
+const FIXED_BODY: usize = 8 * 10 + 4 + 4;
+const FILE_ENTRY_LEN: usize = 4 + 8 + 8 + 8 + 4 + 8 + 4;
+
+/// Prefix of a manifest's file name.
+pub(crate) const MANIFEST_PREFIX: &str = "checkpoint_";
+
+/// A data file a checkpoint's chain needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileRef {
+    pub(crate) kind: DataKind,
+    /// The checkpoint that wrote it (names it).
+    pub(crate) id: u64,
+    /// Its epoch.
+    pub(crate) epoch: u64,
+    pub(crate) len: u64,
+    pub(crate) checksum: u32,
+    pub(crate) entries: u64,
+}
+
+impl FileRef {
+    /// Its file name in the checkpoint store.
+    pub(crate) fn name(&self) -> String {
+        data_file_name(self.kind, self.id)
+    }
+}
+
+/// `data_{id:016x}.{base|delta|run}`.
+pub(crate) fn data_file_name(kind: DataKind, id: u64) -> String {
+    format!("data_{id:016x}.{}", kind.suffix())
+}
+
+/// `checkpoint_{id:016x}`.
+pub(crate) fn manifest_name(id: u64) -> String {
+    format!("{MANIFEST_PREFIX}{id:016x}")
+}
+
+/// The id in a published manifest's name.
+pub(crate) fn parse_manifest_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix(MANIFEST_PREFIX)?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The id of a data file's name (`data_{id:016x}.<suffix>`).
+pub(crate) fn parse_data_file_name(name: &str) -> Option<(u64, DataKind)> {
+    let rest = name.strip_prefix("data_")?;
+    let (hex, suffix) = rest.split_once('.')?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let kind = [DataKind::Base, DataKind::Delta, DataKind::Run]
+        .into_iter()
+        .find(|k| k.suffix() == suffix)?;
+    Some((u64::from_str_radix(hex, 16).ok()?, kind))
+}
+
+/// A decoded manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub(crate) id: u64,
+    pub(crate) epoch: u64,
+    /// Unix seconds.
+    pub(crate) timestamp: u64,
+    pub(crate) parent_id: Option<u64>,
+    pub(crate) incremental: bool,
+    pub(crate) watermark: Option<i64>,
+    pub(crate) key_count: u64,
+    /// Bytes a restore reads: every file of the chain and this manifest.
+    pub(crate) size_bytes: u64,
+    /// Bytes this checkpoint wrote: its data file and this manifest.
+    pub(crate) delta_bytes: u64,
+    /// The WAL segment holding this epoch's commit: replay after this
+    /// checkpoint starts there, and truncation keeps it.
+    pub(crate) wal_segment: u64,
+    pub(crate) sources: Vec<(String, u64)>,
+    /// The chain's data files, base first.
+    pub(crate) files: Vec<FileRef>,
+}
+
+fn take<'b>(bytes: &mut &'b [u8], n: usize, at: &mut usize) -> Result<&'b [u8], FormatError> {
+    let (head, tail) = bytes
+        .split_at_checked(n)
+        .ok_or(FormatError::corrupt(*at as u64, "manifest truncated"))?;
+    *bytes = tail;
+    *at += n;
+    Ok(head)
+}
+
+fn u64_at(bytes: &mut &[u8], at: &mut usize) -> Result<u64, FormatError> {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(take(bytes, 8, at)?);
+    Ok(u64::from_le_bytes(a))
+}
+
+fn u32_at(bytes: &mut &[u8], at: &mut usize) -> Result<u32, FormatError> {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(take(bytes, 4, at)?);
+    Ok(u32::from_le_bytes(a))
+}
+
+impl Manifest {
+    /// The encoded manifest, its size field included (the size is part of
+    /// the bytes it describes, so encode once to learn it, set it, encode
+    /// again; see [`Self::finish_sizes`]).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(FIXED_BODY + 64 * self.files.len());
+        let mut flags = 0u32;
+        if self.incremental {
+            flags |= FLAG_INCREMENTAL;
+        }
+        if self.watermark.is_some() {
+            flags |= FLAG_WATERMARK;
+        }
+        for v in [
+            self.id,
+            self.epoch,
+            self.timestamp,
+            self.parent_id.unwrap_or(0),
+            self.watermark.unwrap_or(0) as u64,
+            self.key_count,
+            self.size_bytes,
+            self.delta_bytes,
+            self.wal_segment,
+            0, // reserved
+        ] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&flags.to_le_bytes());
+        body.extend_from_slice(&(self.sources.len() as u32).to_le_bytes());
+        for (name, offset) in &self.sources {
+            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            body.extend_from_slice(&offset.to_le_bytes());
+        }
+        body.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        for f in &self.files {
+            body.extend_from_slice(&u32::from(f.kind.code()).to_le_bytes());
+            body.extend_from_slice(&f.id.to_le_bytes());
+            body.extend_from_slice(&f.epoch.to_le_bytes());
+            body.extend_from_slice(&f.len.to_le_bytes());
+            body.extend_from_slice(&f.checksum.to_le_bytes());
+            body.extend_from_slice(&f.entries.to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let mut out = Vec::with_capacity(PREFIX_LEN + body.len() + 4);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Encoded length with this content (fixed-width fields, so setting the
+    /// size fields afterwards does not change it).
+    pub(crate) fn encoded_len(&self) -> u64 {
+        let sources: usize = self.sources.iter().map(|(n, _)| 4 + n.len() + 8).sum();
+        (PREFIX_LEN + FIXED_BODY + sources + 4 + FILE_ENTRY_LEN * self.files.len() + 4) as u64
+    }
+
+    /// Sets `size_bytes` (the chain's files and this manifest) and
+    /// `delta_bytes` (`written` data bytes and this manifest).
+    pub(crate) fn finish_sizes(&mut self, written: u64) {
+        let own = self.encoded_len();
+        self.size_bytes = self.files.iter().map(|f| f.len).sum::<u64>() + own;
+        self.delta_bytes = written + own;
+    }
+
+    /// Decodes a manifest read from disk. Never panics; allocations are
+    /// bounded by `bytes.len()`.
+    ///
+    /// # Errors
+    ///
+    /// A [`FormatError`] naming the offset of what is wrong.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.len() < PREFIX_LEN + 4 {
+            return Err(FormatError::corrupt(0, "manifest shorter than its header"));
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(FormatError::corrupt(0, "not a manifest (bad magic)"));
+        }
+        let crc_at = bytes.len() - 4;
+        let mut stored = [0u8; 4];
+        stored.copy_from_slice(&bytes[crc_at..]);
+        let stored = u32::from_le_bytes(stored);
+        let actual = crc32fast::hash(&bytes[..crc_at]);
+        if stored != actual {
+            return Err(FormatError::Crc {
+                offset: 0,
+                expected: stored,
+                actual,
+            });
+        }
+        let mut at = 8;
+        let mut rest = &bytes[8..crc_at];
+        let version = u32_at(&mut rest, &mut at)?;
+        if version != VERSION {
+            return Err(FormatError::Version {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let body_len = u32_at(&mut rest, &mut at)? as usize;
+        if body_len != rest.len() {
+            return Err(FormatError::corrupt(
+                12,
+                "manifest body length does not match the file",
+            ));
+        }
+        let mut v = [0u64; 10];
+        for x in &mut v {
+            *x = u64_at(&mut rest, &mut at)?;
+        }
+        let [
+            id,
+            epoch,
+            timestamp,
+            parent,
+            watermark,
+            key_count,
+            size_bytes,
+            delta_bytes,
+            wal_segment,
+            _,
+        ] = v;
+        let flags_at = at;
+        let flags = u32_at(&mut rest, &mut at)?;
+        if flags & !(FLAG_INCREMENTAL | FLAG_WATERMARK) != 0 {
+            return Err(FormatError::corrupt(flags_at as u64, "unknown manifest flags"));
+        }
+        let count_at = at;
+        let n = u32_at(&mut rest, &mut at)? as usize;
+        if n > rest.len() / 12 {
+            return Err(FormatError::corrupt(
+                count_at as u64,
+                "source count exceeds the manifest",
+            ));
+        }
+        let mut sources = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name_at = at;
+            let len = u32_at(&mut rest, &mut at)? as usize;
+            let name = std::str::from_utf8(take(&mut rest, len, &mut at)?)
+                .map_err(|_| FormatError::corrupt(name_at as u64, "source name is not UTF-8"))?;
+            sources.push((name.to_owned(), u64_at(&mut rest, &mut at)?));
+        }
+        let count_at = at;
+        let n = u32_at(&mut rest, &mut at)? as usize;
+        if n == 0 || n > rest.len() / FILE_ENTRY_LEN {
+            return Err(FormatError::corrupt(
+                count_at as u64,
+                "file count does not fit the manifest",
+            ));
+        }
+        let mut files = Vec::with_capacity(n);
+        for i in 0..n {
+            let entry_at = at;
+            let code = u32_at(&mut rest, &mut at)?;
+            let kind = u8::try_from(code)
+                .ok()
+                .and_then(DataKind::from_code)
+                .filter(|k| *k != DataKind::Run)
+                .ok_or(FormatError::corrupt(entry_at as u64, "unknown data file kind"))?;
+            if (i == 0) != (kind == DataKind::Base) {
+                return Err(FormatError::corrupt(
+                    entry_at as u64,
+                    "a chain is one base followed by deltas",
+                ));
+            }
+            let f = FileRef {
+                kind,
+                id: u64_at(&mut rest, &mut at)?,
+                epoch: u64_at(&mut rest, &mut at)?,
+                len: u64_at(&mut rest, &mut at)?,
+                checksum: u32_at(&mut rest, &mut at)?,
+                entries: u64_at(&mut rest, &mut at)?,
+            };
+            let _reserved = u32_at(&mut rest, &mut at)?;
+            files.push(f);
+        }
+        if !rest.is_empty() {
+            return Err(FormatError::corrupt(at as u64, "trailing bytes in the manifest"));
+        }
+        let incremental = flags & FLAG_INCREMENTAL != 0;
+        let last = files[files.len() - 1];
+        if last.id != id || last.epoch != epoch || incremental != (last.kind == DataKind::Delta) {
+            return Err(FormatError::corrupt(
+                count_at as u64,
+                "the chain's last file is not this checkpoint's",
+            ));
+        }
+        if incremental && parent == 0 {
+            return Err(FormatError::corrupt(
+                40,
+                "an incremental checkpoint without a parent",
+            ));
+        }
+        Ok(Self {
+            id,
+            epoch,
+            timestamp,
+            parent_id: (parent != 0).then_some(parent),
+            incremental,
+            watermark: (flags & FLAG_WATERMARK != 0).then_some(watermark as i64),
+            key_count,
+            size_bytes,
+            delta_bytes,
+            wal_segment,
+            sources,
+            files,
+        })
+    }
+
+    /// The public view.
+    pub(crate) fn metadata(&self) -> IncrementalCheckpointMetadata {
+        IncrementalCheckpointMetadata {
+            id: self.id,
+            epoch: self.epoch,
+            timestamp: self.timestamp,
+            parent_id: self.parent_id,
+            is_incremental: self.incremental,
+            source_offsets: self.sources.iter().cloned().collect::<HashMap<_, _>>(),
+            watermark: self.watermark,
+            key_count: self.key_count,
+            size_bytes: self.size_bytes,
+            delta_bytes: self.delta_bytes,
+            chain_length: self.files.len() as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let mut m = Manifest {
+            id: 3,
+            epoch: 90,
+            timestamp: 1_700_000_000,
+            parent_id: Some(2),
+            incremental: true,
+            watermark: Some(-7),
+            key_count: 1234,
+            size_bytes: 0,
+            delta_bytes: 0,
+            wal_segment: 5,
+            sources: vec![("orders-0".into(), 42), ("ü".into(), u64::MAX)],
+            files: vec![
+                FileRef {
+                    kind: DataKind::Base,
+                    id: 1,
+                    epoch: 10,
+                    len: 5000,
+                    checksum: 0xdead_beef,
+                    entries: 100,
+                },
+                FileRef {
+                    kind: DataKind::Delta,
+                    id: 3,
+                    epoch: 90,
+                    len: 300,
+                    checksum: 7,
+                    entries: 4,
+                },
+            ],
+        };
+        m.finish_sizes(300);
+        m
+    }
+
+    #[test]
+    fn round_trip_sizes_and_names() {
+        let m = sample();
+        let bytes = m.encode();
+        assert_eq!(bytes.len() as u64, m.encoded_len());
+        assert_eq!(m.size_bytes, 5300 + bytes.len() as u64);
+        assert_eq!(m.delta_bytes, 300 + bytes.len() as u64);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert_eq!(parse_manifest_name(&manifest_name(0xabc)), Some(0xabc));
+        assert_eq!(parse_manifest_name("checkpoint_0000000000000abc.tmp"), None);
+        assert_eq!(
+            parse_data_file_name(&m.files[1].name()),
+            Some((3, DataKind::Delta))
+        );
+        assert_eq!(parse_data_file_name("data_0000000000000003.delta.tmp"), None);
+    }
+
+    #[test]
+    fn every_flip_and_truncation_is_an_error() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut d = bytes.clone();
+                d[i] ^= 1 << bit;
+                let e = Manifest::decode(&d).unwrap_err();
+                assert!(e.offset() < bytes.len() as u64);
+            }
+        }
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Manifest::decode(&longer).is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! [`CheckpointStore`]: where checkpoint files live, behind one async
+//! trait, and [`LocalDirStore`], the local directory that is the default.
+//!
+//! # What a store must guarantee
+//!
+//! The checkpointer writes a checkpoint's data files and its manifest with
+//! [`write`](CheckpointStore::write) (durable content under a temporary
+//! name), then calls [`publish`](CheckpointStore::publish), which must make
+//! the data files visible under their names durably *before* it makes the
+//! manifest visible, atomically and durably. A crash at any point then
+//! leaves either no manifest (the data files are garbage, found by
+//! [`list`](CheckpointStore::list) and deleted at the next open) or a
+//! manifest whose files are all there.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::io::{FileSystem, FsFile, StdFs};
+
+/// Suffix of a file written but not yet published.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// Produces a file's content into the sink it is given. Called once, from
+/// a blocking context (a store calls it on a thread that may block, e.g.
+/// inside `tokio::task::spawn_blocking`): it may do heavy CPU work and
+/// read memory-mapped files.
+pub type FileContents = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+/// The bytes of a stored file: memory-mapped by [`LocalDirStore`], owned
+/// otherwise.
+pub struct StoredFile {
+    bytes: Bytes,
+}
+
+enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl StoredFile {
+    /// Wraps bytes read into memory (what a custom store returns).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: Bytes::Owned(bytes),
+        }
+    }
+
+    pub(crate) fn from_mmap(map: memmap2::Mmap) -> Self {
+        Self {
+            bytes: Bytes::Mapped(map),
+        }
+    }
+}
+
+impl Deref for StoredFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match self.bytes {
+            Bytes::Owned(_) => "owned",
+            Bytes::Mapped(_) => "mapped",
+        };
+        f.debug_struct("StoredFile")
+            .field("len", &self.len())
+            .field("bytes", &how)
+            .finish()
+    }
+}
+
+/// Storage for checkpoint files: a flat namespace of immutable files.
+///
+/// Implement it to keep checkpoints elsewhere than a local directory; the
+/// contract is in the [module docs](self) and on each method. Errors are
+/// plain `io::Error`s; the manager reports them as
+/// [`Io`](crate::incremental::IncrementalCheckpointError::Io) naming the
+/// file.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + fmt::Debug {
+    /// The names of every file in the store, published or not, in any
+    /// order. Names of files this crate did not write may be included; they
+    /// are left alone.
+    async fn list(&self) -> io::Result<Vec<String>>;
+
+    /// A whole file. `NotFound` if there is none by that name.
+    async fn read(&self, name: &str) -> io::Result<StoredFile>;
+
+    /// Writes a file from `contents` and makes its content durable; it is
+    /// not visible under `name` until [`publish`](Self::publish). Returns
+    /// its length.
+    async fn write(&self, name: &str, contents: FileContents) -> io::Result<u64>;
+
+    /// Makes the written `files` visible under their names, durably, then
+    /// the written `manifest`, atomically and durably. On `Ok`, all of them
+    /// survive a crash; on a crash before, the manifest is either absent or
+    /// complete with all its files.
+    async fn publish(&self, files: &[String], manifest: &str) -> io::Result<()>;
+
+    /// Deletes files (published or only written), durably. Names that do
+    /// not exist are ignored.
+    async fn delete(&self, names: &[String]) -> io::Result<()>;
+}
+
+/// The default store: files in a local directory.
+///
+/// A file being written is `<name>.tmp` until published. Publishing renames
+/// the data files, `fsync`s the directory, renames the manifest and
+/// `fsync`s the directory again. Reads are memory maps.
+#[derive(Clone)]
+pub struct LocalDirStore {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl fmt::Debug for LocalDirStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalDirStore").field("dir", &self.dir).finish()
+    }
+}
+
+/// Writes through an [`FsFile`] in large positional writes.
+struct FileSink {
+    file: Box<dyn FsFile>,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+const SINK_BUFFER: usize = 1 << 20;
+
+impl Write for FileSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > SINK_BUFFER {
+            self.flush()?;
+        }
+        if data.len() >= SINK_BUFFER {
+            self.file.write_all_at(data, self.written)?;
+            self.written += data.len() as u64;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.written)?;
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Runs blocking file work off the runtime's worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|join| io::Error::other(format!("blocking checkpoint store task failed: {join}")))?
+}
+
+impl LocalDirStore {
+    /// A store in `dir` (created by the first write).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Self::with_fs(dir.as_ref(), Arc::new(StdFs))
+    }
+
+    pub(crate) fn with_fs(dir: &Path, fs: Arc<dyn FileSystem>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            fs,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn tmp_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{TMP_SUFFIX}"))
+    }
+
+    fn list_blocking(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<String>> {
+        match fs.list_dir(dir) {
+            Ok(names) => Ok(names.into_iter().filter_map(|n| n.into_string().ok()).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_blocking(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        tmp: &Path,
+        contents: FileContents,
+    ) -> io::Result<u64> {
+        fs.create_dir_all(dir)?;
+        let file = fs.create(tmp)?;
+        let mut sink = FileSink {
+            file,
+            buf: Vec::with_capacity(SINK_BUFFER),
+            written: 0,
+        };
+        contents(&mut sink)?;
+        sink.flush()?;
+        sink.file.sync_data()?;
+        Ok(sink.written)
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for LocalDirStore {
+    async fn list(&self) -> io::Result<Vec<String>> {
+        let (fs, dir) = (Arc::clone(&self.fs), self.dir.clone());
+        blocking(move || Self::list_blocking(fs.as_ref(), &dir)).await
+    }
+
+    async fn read(&self, name: &str) -> io::Result<StoredFile> {
+        let (fs, path) = (Arc::clone(&self.fs), self.dir.join(name));
+        blocking(move || fs.map(&path)).await
+    }
+
+    async fn write(&self, name: &str, contents: FileContents) -> io::Result<u64> {
+        let (fs, dir, tmp) = (Arc::clone(&self.fs), self.dir.clone(), self.tmp_path(name));
+        blocking(move || Self::write_blocking(fs.as_ref(), &dir, &tmp, contents)).await
+    }
+
+    async fn publish(&self, files: &[String], manifest: &str) -> io::Result<()> {
+        let fs = Arc::clone(&self.fs);
+        let dir = self.dir.clone();
+        let renames: Vec<(PathBuf, PathBuf)> =
+            files.iter().map(|f| (self.tmp_path(f), dir.join(f))).collect();
+        let manifest = (self.tmp_path(manifest), dir.join(manifest));
+        blocking(move || {
+            for (from, to) in &renames {
+                fs.rename(from, to)?;
+            }
+            // The data files' names, and the manifest's temporary file,
+            // are durable before the manifest can appear.
+            fs.sync_dir(&dir)?;
+            fs.rename(&manifest.0, &manifest.1)?;
+            fs.sync_dir(&dir)
+        })
+        .await
+    }
+
+    async fn delete(&self, names: &[String]) -> io::Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let fs = Arc::clone(&self.fs);
+        let dir = self.dir.clone();
+        // A name, and its temporary file if it was written but never
+        // published.
+        let paths: Vec<PathBuf> = names
+            .iter()
+            .flat_map(|n| [dir.join(n), self.tmp_path(n)])
+            .collect();
+        blocking(move || {
+            for p in &paths {
+                match fs.remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            fs.sync_dir(&dir)
+        })
+        .await
+    }
+}

@@ -1,0 +1,252 @@
+//! The recovery algorithm, shared by [`RecoveryManager`](super::RecoveryManager)
+//! and the manager's `open`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail};
+use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::checkpointer::{Inventory, chain_sources, read_chain};
+use crate::checkpoint::manifest::Manifest;
+use crate::checkpoint::merge::Merge;
+use crate::error::{IncrementalCheckpointError, Result};
+use crate::io::FileSystem;
+use crate::state::{StateDrain, StateWriter};
+use crate::wal::{ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
+
+/// What `open` needs beyond the recovered state.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) state: RecoveredState,
+    pub(crate) drain: StateDrain,
+    /// Where the WAL writer resumes.
+    pub(crate) report: ReplayReport,
+    /// The checkpoint used: the parent of the next.
+    pub(crate) checkpoint: Option<Manifest>,
+    pub(crate) inventory: Inventory,
+}
+
+/// A state loaded from a checkpoint chain (or empty), before the WAL.
+struct Loaded {
+    writer: StateWriter,
+    drain: StateDrain,
+}
+
+fn blocking_failed(
+    what: &str,
+    dir: &std::path::Path,
+    join: &tokio::task::JoinError,
+) -> IncrementalCheckpointError {
+    IncrementalCheckpointError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!("{what} task failed: {join}")),
+    }
+}
+
+/// Recovers per `config`, reading checkpoints through `store` and the WAL
+/// through `fs`. Only reads.
+pub(crate) async fn recover_with(
+    config: &RecoveryConfig,
+    fs: Arc<dyn FileSystem>,
+    store: &dyn CheckpointStore,
+) -> Result<Recovery> {
+    let dir = &config.checkpoint_dir;
+    let inventory = Inventory::read(store, dir).await?;
+    for m in inventory.manifests.values() {
+        if let Err(IncrementalCheckpointError::UnsupportedVersion {
+            file,
+            found,
+            supported,
+        }) = m
+        {
+            return Err(IncrementalCheckpointError::UnsupportedVersion {
+                file: file.clone(),
+                found: *found,
+                supported: *supported,
+            });
+        }
+    }
+    let mut skipped = Vec::new();
+    let mut chosen = None;
+    for (id, m) in inventory.manifests.iter().rev() {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "checkpoint manifest unreadable; trying an older checkpoint");
+                skipped.push(SkippedCheckpoint {
+                    id: *id,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        match load_chain(config, store, m).await {
+            Ok(loaded) => {
+                chosen = Some((m.clone(), loaded));
+                break;
+            }
+            Err(e) if e.is_corruption() || matches!(e, IncrementalCheckpointError::NotFound { .. }) => {
+                tracing::warn!(id, error = %e, "checkpoint failed validation; trying an older checkpoint");
+                skipped.push(SkippedCheckpoint {
+                    id: *id,
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (checkpoint, loaded) = match chosen {
+        Some((m, loaded)) => (Some(m), loaded),
+        None => {
+            let (writer, drain) = StateWriter::with_first_epoch(config.state.clone(), 1)?;
+            (None, Loaded { writer, drain })
+        }
+    };
+    let replayed = replay_wal(config, fs, checkpoint.as_ref(), loaded.writer).await;
+    let (writer, report) = match replayed {
+        Ok(r) => r,
+        Err(e) if !skipped.is_empty() => {
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: format!(
+                    "{} checkpoint(s) failed validation ({}), and the WAL cannot make up for them: {e}",
+                    skipped.len(),
+                    skipped
+                        .iter()
+                        .map(|s| format!("{:016x}: {}", s.id, s.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+
+    let (epoch, source_offsets, watermark) = match (&report.last_commit, &checkpoint) {
+        (Some(c), _) => (c.epoch, c.sources.iter().cloned().collect(), c.watermark),
+        (None, Some(m)) => (m.epoch, m.sources.iter().cloned().collect(), m.watermark),
+        (None, None) => (0, HashMap::new(), None),
+    };
+    let state = RecoveredState {
+        epoch,
+        checkpoint_id: checkpoint.as_ref().map(|m| m.id),
+        source_offsets,
+        watermark,
+        wal_entries_replayed: report.records_replayed,
+        wal_entries_discarded: report.records_discarded,
+        torn_tail: report.torn_tail.as_ref().map(|t| TornTail {
+            file: t.file.clone(),
+            offset: t.offset,
+            bytes: t.bytes_dropped,
+        }),
+        checkpoints_skipped: skipped,
+        writer,
+    };
+    if let Some(t) = &state.torn_tail {
+        tracing::warn!(file = %t.file.display(), offset = t.offset, bytes = t.bytes,
+            "dropped a torn record at the end of the WAL (a crash artefact)");
+    }
+    tracing::info!(
+        epoch = state.epoch,
+        checkpoint = ?state.checkpoint_id,
+        keys = state.len(),
+        wal_replayed = state.wal_entries_replayed,
+        skipped = state.checkpoints_skipped.len(),
+        "recovered"
+    );
+    Ok(Recovery {
+        state,
+        drain: loaded.drain,
+        report,
+        checkpoint,
+        inventory,
+    })
+}
+
+/// Loads a checkpoint's chain into a fresh writer, checking every byte and
+/// the key count.
+async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Manifest) -> Result<Loaded> {
+    let dir = config.checkpoint_dir.clone();
+    let chain = read_chain(store, &dir, &m.files).await?;
+    let m = m.clone();
+    let state = config.state.clone();
+    let task_dir = dir.clone();
+    tokio::task::spawn_blocking(move || -> Result<Loaded> {
+        let (mut writer, drain) = StateWriter::with_first_epoch(state, 1)?;
+        for entry in Merge::new(chain_sources(&chain, &task_dir), true) {
+            if let (key, Some(value)) = entry? {
+                writer.load_put(key, value)?;
+            }
+        }
+        if writer.len() as u64 != m.key_count {
+            return Err(IncrementalCheckpointError::Corruption {
+                file: task_dir.join(crate::checkpoint::manifest::manifest_name(m.id)),
+                offset: 0,
+                reason: "the chain's key count differs from the manifest's",
+            });
+        }
+        writer.restore_commit(m.epoch, m.watermark, &m.sources);
+        Ok(Loaded { writer, drain })
+    })
+    .await
+    .map_err(|join| blocking_failed("checkpoint load", &dir, &join))?
+}
+
+/// Replays the WAL after the checkpoint's epoch into `writer`.
+async fn replay_wal(
+    config: &RecoveryConfig,
+    fs: Arc<dyn FileSystem>,
+    checkpoint: Option<&Manifest>,
+    mut writer: StateWriter,
+) -> Result<(StateWriter, ReplayReport)> {
+    let wal_dir: PathBuf = config.wal_dir.clone();
+    let mode = config.recovery_mode;
+    let range = ReplayRange {
+        from_segment: checkpoint.map_or(0, |m| m.wal_segment),
+        after_epoch: checkpoint.map_or(0, |m| m.epoch),
+        until_epoch: None,
+    };
+    let task_dir = wal_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let report = replay_range(fs.as_ref(), &task_dir, mode, range, |op| {
+            match op {
+                ReplayOp::Put { key, value } => writer.load_put(key, value)?,
+                ReplayOp::Delete { key } => writer.load_delete(key)?,
+                ReplayOp::Commit(commit) => writer.restore_commit(commit.epoch, commit.watermark, &commit.sources),
+            }
+            Ok(())
+        })
+        .map_err(unwrap_apply)?;
+        // Every complete epoch ends with the key count Ring 0 had: a
+        // mismatch means records were lost or invented.
+        if let Some(c) = &report.last_commit
+            && mode != WalRecoveryMode::SkipAnyCorruptedRecords
+            && writer.len() as u64 != c.live_keys
+        {
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: format!(
+                    "after replaying the WAL in {} to epoch {}, the state holds {} keys but that epoch committed {}",
+                    task_dir.display(),
+                    c.epoch,
+                    writer.len(),
+                    c.live_keys
+                ),
+            });
+        }
+        Ok((writer, report))
+    })
+    .await
+    .map_err(|join| blocking_failed("WAL replay", &wal_dir, &join))?
+}
+
+/// Errors raised while applying replayed records come back boxed; unbox
+/// ours so that, say, `RecordTooLarge` keeps its variant.
+fn unwrap_apply(e: WalError) -> IncrementalCheckpointError {
+    match e {
+        WalError::Apply(inner) => match inner.downcast::<IncrementalCheckpointError>() {
+            Ok(ours) => *ours,
+            Err(other) => IncrementalCheckpointError::Wal(WalError::Apply(other)),
+        },
+        other => other.into(),
+    }
+}

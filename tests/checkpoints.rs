@@ -1,0 +1,192 @@
+//! Incremental checkpoints and recovery through the public API: chains,
+//! compaction into a base, retention, WAL truncation, fallback past damaged
+//! checkpoints, and a property test against a `HashMap` model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use laminar_storage::incremental::{
+    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
+    RecoveryManager, StateWriter, validate_checkpoint, wal_size,
+};
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn config(dir: &Path) -> CheckpointConfig {
+    CheckpointConfig::new(dir).with_wal_segment_size(64 << 10)
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:08}").into_bytes()
+}
+
+/// Puts `keys` keys (values naming the round), commits with offsets and a
+/// watermark, mirrors it in `model`.
+fn churn(writer: &mut StateWriter, model: &mut Model, keys: impl Iterator<Item = u64>, round: u64) -> u64 {
+    for k in keys {
+        let v = format!("value-{k}-{round}").into_bytes();
+        writer.put(&key(k), &v).unwrap();
+        model.insert(key(k), v);
+    }
+    writer.set_source_offset("orders-0", round * 100);
+    writer.set_watermark(round as i64 * 1000);
+    writer.commit_epoch().unwrap()
+}
+
+fn state_of(iter: impl Iterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>) -> Model {
+    iter.map(|(k, v)| (k.as_ref().to_vec(), v.as_ref().to_vec()))
+        .collect()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("checkpoint_") || n.starts_with("data_"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn manifest_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("checkpoint_{id:016x}"))
+}
+
+async fn recover(dir: &Path) -> laminar_storage::incremental::RecoveredState {
+    RecoveryManager::new(RecoveryConfig::new(dir, dir.join("wal")))
+        .recover()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn incremental_chain_recovers_with_offsets_and_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir.path()))
+        .await
+        .unwrap();
+    let mut model = Model::new();
+    churn(&mut writer, &mut model, 0..2000, 1);
+    let full = manager.checkpoint().await.unwrap();
+    assert_eq!(
+        (full.id, full.epoch, full.parent_id, full.is_incremental),
+        (1, 1, None, false)
+    );
+    assert_eq!(full.key_count, 2000);
+    assert_eq!(full.source_offsets.get("orders-0"), Some(&100));
+    assert_eq!(full.watermark, Some(1000));
+    assert_eq!(full.delta_bytes, full.size_bytes);
+
+    // 1% churn: the delta holds only the changed keys.
+    let epoch = churn(&mut writer, &mut model, (0..2000).step_by(100), 2);
+    let delta = manager.checkpoint().await.unwrap();
+    assert_eq!((delta.id, delta.epoch, delta.parent_id), (2, epoch, Some(1)));
+    assert!(delta.is_incremental);
+    assert_eq!(delta.chain_length, 2);
+    assert!(
+        delta.delta_bytes * 100 < full.delta_bytes * 3,
+        "delta {} vs full {}",
+        delta.delta_bytes,
+        full.delta_bytes
+    );
+    // Nothing new committed: the same checkpoint comes back, nothing written.
+    assert_eq!(manager.checkpoint().await.unwrap(), delta);
+
+    // A deleted key is carried by the delta as a tombstone.
+    writer.delete(&key(7)).unwrap();
+    model.remove(&key(7));
+    let epoch = churn(&mut writer, &mut model, 10..15, 3);
+    let third = manager.checkpoint().await.unwrap();
+    assert_eq!(
+        (third.epoch, third.key_count, third.chain_length),
+        (epoch, 1999, 3)
+    );
+    assert_eq!(
+        validate_checkpoint(manifest_path(dir.path(), 3)).await.unwrap(),
+        third
+    );
+
+    // Epochs after the newest checkpoint come from the WAL.
+    let last = churn(&mut writer, &mut model, 20..30, 4);
+    manager.wait_durable(last).await.unwrap();
+    manager.shutdown().await.unwrap();
+    drop(writer);
+
+    let recovered = recover(dir.path()).await;
+    assert_eq!(recovered.epoch, last);
+    assert_eq!(recovered.checkpoint_id, Some(3));
+    assert_eq!(recovered.wal_entries_replayed, 10);
+    assert_eq!(
+        recovered.source_offsets,
+        HashMap::from([("orders-0".to_string(), 400)])
+    );
+    assert_eq!(recovered.watermark, Some(4000));
+    assert_eq!(state_of(recovered.iter()), model);
+    drop(recovered);
+
+    let (manager, writer) = IncrementalCheckpointManager::open(config(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(manager.recovery().checkpoint_id, Some(3));
+    assert_eq!(writer.epoch(), last + 1);
+    assert_eq!(writer.source_offset("orders-0"), Some(400));
+    assert_eq!(state_of(writer.iter()), model);
+    assert_eq!(manager.latest_checkpoint(), Some(third));
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn long_chains_compact_into_a_base_and_retention_keeps_only_what_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path()).with_max_chain_length(3).with_max_retained(2);
+    let (manager, mut writer) = IncrementalCheckpointManager::open(cfg.clone()).await.unwrap();
+    let mut model = Model::new();
+    churn(&mut writer, &mut model, 0..3000, 1);
+    let mut metas = vec![manager.checkpoint().await.unwrap()];
+    for round in 2..=7u64 {
+        // Deletes too, so a base merged from a chain drops them.
+        writer.delete(&key(round)).unwrap();
+        model.remove(&key(round));
+        churn(&mut writer, &mut model, (round * 10)..(round * 10 + 30), round);
+        metas.push(manager.checkpoint().await.unwrap());
+    }
+    // 1 base, 2, 3 deltas; 4 base (chain of 3 is full); 5, 6 deltas; 7 base.
+    let shape: Vec<(bool, u32, Option<u64>)> = metas
+        .iter()
+        .map(|m| (m.is_incremental, m.chain_length, m.parent_id))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (false, 1, None),
+            (true, 2, Some(1)),
+            (true, 3, Some(2)),
+            (false, 1, None),
+            (true, 2, Some(4)),
+            (true, 3, Some(5)),
+            (false, 1, None),
+        ]
+    );
+    for m in &metas {
+        // Checkpoint n has seen the deletes of rounds 2..=n.
+        assert_eq!(m.key_count, 3000 - (m.id - 1), "{m:?}");
+    }
+    // Two retained: 6 (delta, needs base 4 and delta 5) and 7 (base).
+    assert_eq!(
+        names(dir.path()),
+        vec![
+            "checkpoint_0000000000000006",
+            "checkpoint_0000000000000007",
+            "data_0000000000000004.base",
+            "data_0000000000000005.delta",
+            "data_0000000000000006.delta",
+            "data_0000000000000007.base",
+        ]
+    );
+    assert!(manager.stats().wal_segments_removed > 0, "{:?}", manager.stats());
+    manager.shutdown().await.unwrap();
+    drop(writer);
+    let recovered = recover(dir.path()).await;
+    assert_eq!(recovered.checkpoint_id, Some(7));
+    assert_eq!(state_of(recovered.iter()), model);
+}
