@@ -90,3 +90,6 @@ impl FormatError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

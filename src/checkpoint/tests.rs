@@ -1,0 +1,245 @@
+//! Checkpoints under simulated power loss and injected I/O errors, at every
+//! operation of a checkpoint: the published checkpoints stay intact, a
+//! partial one is never used, and the next garbage collection removes it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
+use super::store::LocalDirStore;
+use crate::error::IncrementalCheckpointError;
+use crate::io::faulty::{Fault, FaultError, FaultyFs};
+use crate::io::sim::{Rng, SimFs};
+use crate::io::{FileSystem, StdFs};
+use crate::manager::CheckpointConfig;
+use crate::manager::IncrementalCheckpointManager;
+use crate::recovery::{RecoveryConfig, recover_with};
+use crate::state::StateWriter;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn policy() -> Policy {
+    Policy {
+        max_retained: 2,
+        max_chain_length: 3,
+    }
+}
+
+fn epoch_of(writer: &mut StateWriter, model: &mut Model, round: u64) -> u64 {
+    for k in 0..40u64 {
+        let key = (k * 7 + round).to_le_bytes();
+        if k % 9 == 4 {
+            writer.delete(&key).unwrap();
+            model.remove(&key[..]);
+        } else {
+            let v = [round as u8; 24];
+            writer.put(&key, &v).unwrap();
+            model.insert(key.to_vec(), v.to_vec());
+        }
+    }
+    writer.set_source_offset("src", round);
+    writer.commit_epoch().unwrap()
+}
+
+/// Runs `rounds` epochs through a manager on `fs`, checkpointing after
+/// `checkpoint_at` of them; returns the model after every epoch.
+async fn history(dir: &Path, fs: Arc<dyn FileSystem>, rounds: u64, checkpoint_at: &[u64]) -> Vec<Model> {
+    let config = CheckpointConfig::new(dir)
+        .with_wal_segment_size(16 << 10)
+        .with_max_retained(2)
+        .with_max_chain_length(3);
+    let (manager, mut writer) = IncrementalCheckpointManager::open_with_fs(config, fs)
+        .await
+        .unwrap();
+    let mut model = Model::new();
+    let mut models = vec![Model::new()];
+    for round in 1..=rounds {
+        let e = epoch_of(&mut writer, &mut model, round);
+        assert_eq!(e, round);
+        models.push(model.clone());
+        if checkpoint_at.contains(&round) {
+            manager.checkpoint().await.unwrap();
+        }
+    }
+    manager.shutdown().await.unwrap();
+    models
+}
+
+fn recovery_config(dir: &Path) -> RecoveryConfig {
+    RecoveryConfig::new(dir, dir.join("wal"))
+}
+
+async fn checkpointer(dir: &Path, fs: Arc<dyn FileSystem>) -> (Checkpointer, Arc<LocalDirStore>) {
+    let store = Arc::new(LocalDirStore::with_fs(dir, Arc::clone(&fs)));
+    let recovery = recover_with(&recovery_config(dir), Arc::clone(&fs), store.as_ref())
+        .await
+        .unwrap();
+    let cp = Checkpointer::new(
+        Places {
+            store: store.clone(),
+            dir: dir.to_path_buf(),
+            fs,
+            wal_dir: dir.join("wal"),
+        },
+        policy(),
+        recovery.checkpoint,
+        &recovery.inventory,
+        Arc::new(CheckpointStats::default()),
+    );
+    (cp, store)
+}
+
+/// Names of checkpoint files (published or not) in the store.
+async fn our_names(store: &LocalDirStore) -> Vec<String> {
+    use super::CheckpointStore;
+    let mut names: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("data_") || n.starts_with("checkpoint_"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_at_every_step_of_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut crashes = 0;
+    for n in 0.. {
+        let sim = SimFs::new();
+        let fs: Arc<dyn FileSystem> = Arc::new(sim.clone());
+        // Checkpoints 1 (base, epoch 3) and 2 (delta, epoch 6); the next
+        // one, at epoch 9, is a delta and the one after a base: crash in both.
+        let models = history(dir, Arc::clone(&fs), 12, &[3, 6]).await;
+        let (mut cp, store) = checkpointer(dir, Arc::clone(&fs)).await;
+        let before = our_names(&store).await;
+        sim.crash_after(n);
+        let first = cp.checkpoint(9).await;
+        let second = if first.is_ok() {
+            cp.checkpoint(12).await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        let done = first.is_ok() && second.is_ok();
+        let mut rng = Rng::new(n);
+        sim.crash(&mut rng);
+
+        // Recovery after the power loss: the newest epoch (the WAL has it
+        // all), from a checkpoint that was published whole.
+        let recovered = recover_with(&recovery_config(dir), Arc::clone(&fs), store.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("crash after {n} ops: {e}"));
+        assert_eq!(recovered.state.epoch, 12, "crash after {n} ops");
+        let state: Model = recovered
+            .state
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(state, models[12], "crash after {n} ops");
+        assert!(
+            recovered.state.checkpoints_skipped.is_empty(),
+            "crash after {n} ops"
+        );
+        let used = recovered.state.checkpoint_id.unwrap();
+        assert!((2..=4).contains(&used), "crash after {n} ops: {used}");
+
+        // The next open's garbage collection leaves exactly what the kept
+        // checkpoints need.
+        let (mut cp, store) = checkpointer(dir, Arc::clone(&fs)).await;
+        cp.collect_garbage().await.unwrap();
+        let after = our_names(&store).await;
+        assert!(
+            after.iter().all(|n| !n.ends_with(".tmp")),
+            "crash after {n} ops: {after:?}"
+        );
+        if used == 2 {
+            assert_eq!(after, before, "crash after {n} ops");
+        }
+        drop(recovered);
+        std::fs::remove_dir_all(dir.join("wal")).ok();
+        if done {
+            assert!(n > 10, "the crash point never hit: {n}");
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_at_every_step_fails_the_checkpoint_cleanly() {
+    for error in [FaultError::Eio, FaultError::Enospc] {
+        for nth in 1.. {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let models = history(dir, Arc::new(StdFs), 12, &[3, 6]).await;
+            let faulty = Arc::new(FaultyFs::new(Arc::new(StdFs)));
+            let (mut cp, store) = checkpointer(dir, faulty.clone()).await;
+            let before = our_names(&store).await;
+            faulty.inject(Fault {
+                kind: None,
+                nth,
+                error,
+                persistent: false,
+            });
+            let result = cp.checkpoint(9).await;
+            faulty.clear();
+            match result {
+                Ok(m) => {
+                    assert_eq!(m.epoch, 9);
+                    assert!(nth > 5, "{nth}");
+                    break;
+                }
+                Err(e) => {
+                    assert!(!e.is_corruption(), "nth {nth}: {e}");
+                    // What was published before is intact, the attempt left
+                    // nothing behind, and the next checkpoint works.
+                    assert_eq!(our_names(&store).await, before, "nth {nth}: {e}");
+                    let m = cp.checkpoint(12).await.unwrap();
+                    assert_eq!(m.epoch, 12);
+                    let recovered = recover_with(&recovery_config(dir), Arc::new(StdFs), store.as_ref())
+                        .await
+                        .unwrap();
+                    assert_eq!(recovered.state.checkpoint_id, Some(m.id));
+                    let state: Model = recovered
+                        .state
+                        .iter()
+                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .collect();
+                    assert_eq!(state, models[12]);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_wal_start_is_an_error_not_a_silent_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    history(dir, Arc::new(StdFs), 30, &[10, 20, 25]).await;
+    // Every checkpoint gone: the WAL was truncated, so recovery must refuse.
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("checkpoint_") {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+    }
+    let store = LocalDirStore::new(dir);
+    let err = recover_with(&recovery_config(dir), Arc::new(StdFs), &store)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IncrementalCheckpointError::Wal(
+                crate::wal::WalError::EpochGap { .. } | crate::wal::WalError::EpochStartMissing { .. }
+            )
+        ),
+        "{err}"
+    );
+}
