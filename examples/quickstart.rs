@@ -75,6 +75,23 @@ async fn main() -> Result<(), IncrementalCheckpointError> {
         stats.fsync_max.as_secs_f64() * 1e3
     );
 
+    // A checkpoint: the first is a full base, later ones only what changed.
+    let start = Instant::now();
+    let checkpoint = manager.checkpoint().await?;
+    println!(
+        "checkpoint {} of epoch {} in {:.1} ms: {} keys, {:.1} MiB written ({})",
+        checkpoint.id,
+        checkpoint.epoch,
+        ms(start),
+        checkpoint.key_count,
+        checkpoint.delta_bytes as f64 / (1 << 20) as f64,
+        if checkpoint.is_incremental {
+            "incremental"
+        } else {
+            "full"
+        }
+    );
+
     // An update that is never committed is never recovered.
     writer.put(b"scratch", b"not committed")?;
     let expected_keys = writer.len() - 1;
@@ -96,9 +113,10 @@ async fn main() -> Result<(), IncrementalCheckpointError> {
     let (manager, writer) = IncrementalCheckpointManager::open(config).await?;
     let recovery = manager.recovery();
     println!(
-        "reopened in {:.1} ms: epoch {} ({} WAL entries replayed), {} keys, {SOURCE} at {:?}, watermark {:?}",
+        "reopened in {:.1} ms: epoch {} (checkpoint {:?} + {} WAL entries replayed), {} keys, {SOURCE} at {:?}, watermark {:?}",
         ms(start),
         recovery.epoch,
+        recovery.checkpoint_id,
         recovery.wal_entries_replayed,
         writer.len(),
         writer.source_offset(SOURCE),
