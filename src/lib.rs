@@ -31,6 +31,7 @@ pub mod incremental;
 mod io;
 mod manager;
 mod recovery;
+mod scheduler;
 mod state;
 mod sync;
 mod wal;

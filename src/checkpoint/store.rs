@@ -84,7 +84,9 @@ impl fmt::Debug for StoredFile {
 /// Storage for checkpoint files: a flat namespace of immutable files.
 ///
 /// Implement it to keep checkpoints elsewhere than a local directory; the
-/// contract is in the [module docs](self) and on each method. Errors are
+/// contract is on each method, and in short: files are immutable once
+/// written, and [`publish`](Self::publish) makes a manifest visible
+/// atomically, only after the files it names. Errors are
 /// plain `io::Error`s; the manager reports them as
 /// [`Io`](crate::incremental::IncrementalCheckpointError::Io) naming the
 /// file.

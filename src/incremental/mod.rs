@@ -39,5 +39,6 @@ pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, Manager
 pub use crate::recovery::{
     RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, validate_checkpoint,
 };
+pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{ArenaBacking, Change, StateConfig, StateDrain, StateWriter, StateWriterStats};
 pub use crate::wal::{WalError, WalRecoveryMode, WalSyncMode, wal_size};

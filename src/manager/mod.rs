@@ -382,6 +382,16 @@ impl IncrementalCheckpointManager {
         self.inner.latest.borrow().clone()
     }
 
+    /// Whether Ring 1 still runs (not shut down or failed).
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self.inner.status.borrow().state, Ring1State::Running)
+    }
+
+    /// Ring 1's status, to wait for changes.
+    pub(crate) fn status_receiver(&self) -> watch::Receiver<DurableStatus> {
+        self.inner.status.clone()
+    }
+
     /// The newest epoch committed by the writer (pushed to Ring 1; not
     /// necessarily durable yet).
     pub fn committed_epoch(&self) -> u64 {

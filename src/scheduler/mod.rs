@@ -1,0 +1,177 @@
+//! [`CheckpointScheduler`]: a stream that takes checkpoints by interval and
+//! by WAL growth, and yields each one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
+use tokio::time::{Instant, Sleep};
+
+use crate::checkpoint::IncrementalCheckpointMetadata;
+use crate::error::{IncrementalCheckpointError, Result};
+use crate::manager::IncrementalCheckpointManager;
+
+/// Drives checkpoints while it is polled: one when the interval has passed
+/// since the last, or earlier once the WAL has grown by the size threshold
+/// (both from the manager's [`CheckpointConfig`](crate::incremental::CheckpointConfig),
+/// overridable here). It yields each new checkpoint's metadata, or the
+/// error of one that failed (scheduling then goes on).
+///
+/// Checkpoints never overlap: a tick that comes while one runs is not
+/// queued, and ticks missed meanwhile coalesce into the next interval, which
+/// starts when the running checkpoint ends. No checkpoint is taken while no
+/// epoch was committed since the last one. The stream ends once the manager
+/// has shut down (after the checkpoint in flight, if any).
+///
+/// ```no_run
+/// # async fn f(manager: laminar_storage::incremental::IncrementalCheckpointManager) {
+/// use futures::StreamExt;
+/// use laminar_storage::incremental::CheckpointScheduler;
+///
+/// let mut scheduler = CheckpointScheduler::new(manager.clone());
+/// while let Some(result) = scheduler.next().await {
+///     match result {
+///         Ok(meta) => println!("checkpoint {} at epoch {}", meta.id, meta.epoch),
+///         Err(e) => eprintln!("checkpoint failed: {e}"),
+///     }
+/// }
+/// # }
+/// ```
+///
+/// # Cancel safety
+///
+/// `next()` is cancel safe: dropping it between items loses nothing (a
+/// checkpoint in flight is kept and finishes on the next poll, or in the
+/// background if the scheduler is dropped, as for
+/// [`checkpoint`](IncrementalCheckpointManager::checkpoint)).
+pub struct CheckpointScheduler {
+    manager: IncrementalCheckpointManager,
+    interval: Duration,
+    wal_size_threshold: u64,
+    tick: Pin<Box<Sleep>>,
+    changes: BoxStream<'static, ()>,
+    wal_bytes_at_last: u64,
+    last_epoch: u64,
+    running: Option<BoxFuture<'static, Result<IncrementalCheckpointMetadata>>>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for CheckpointScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointScheduler")
+            .field("interval", &self.interval)
+            .field("wal_size_threshold", &self.wal_size_threshold)
+            .field("last_epoch", &self.last_epoch)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl CheckpointScheduler {
+    /// A scheduler for `manager` with the interval and WAL size threshold
+    /// of its configuration. The first interval starts now.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime (it uses tokio's timer).
+    pub fn new(manager: IncrementalCheckpointManager) -> Self {
+        let interval = manager.config().interval();
+        let wal_size_threshold = manager.config().wal_size_threshold();
+        let changes = futures::stream::unfold(manager.status_receiver(), |mut rx| async move {
+            rx.changed().await.ok().map(|()| ((), rx))
+        })
+        .boxed();
+        Self {
+            wal_bytes_at_last: manager.stats().wal_bytes_written,
+            last_epoch: manager.latest_checkpoint().map_or(0, |m| m.epoch),
+            tick: Box::pin(tokio::time::sleep(interval)),
+            manager,
+            interval,
+            wal_size_threshold,
+            changes,
+            running: None,
+            ended: false,
+        }
+    }
+
+    /// Overrides the interval (restarting it now).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self.tick.as_mut().reset(Instant::now() + interval);
+        self
+    }
+
+    /// Overrides the WAL growth that triggers a checkpoint early.
+    pub fn with_wal_size_threshold(mut self, bytes: u64) -> Self {
+        self.wal_size_threshold = bytes;
+        self
+    }
+
+    fn restart(&mut self) {
+        self.tick.as_mut().reset(Instant::now() + self.interval);
+        self.wal_bytes_at_last = self.manager.stats().wal_bytes_written;
+    }
+}
+
+impl Stream for CheckpointScheduler {
+    type Item = Result<IncrementalCheckpointMetadata>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(running) = this.running.as_mut() {
+                let Poll::Ready(result) = running.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.running = None;
+                this.restart();
+                match result {
+                    Ok(meta) if meta.epoch > this.last_epoch => {
+                        this.last_epoch = meta.epoch;
+                        return Poll::Ready(Some(Ok(meta)));
+                    }
+                    Ok(_) => continue,
+                    Err(IncrementalCheckpointError::ShutDown { .. }) => {
+                        this.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => {
+                        if !this.manager.is_running() {
+                            this.ended = true;
+                        }
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            if this.ended || !this.manager.is_running() {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            // Wake on every durable epoch to look at the WAL's growth.
+            while let Poll::Ready(change) = this.changes.poll_next_unpin(cx) {
+                if change.is_none() {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
+            let grown = this
+                .manager
+                .stats()
+                .wal_bytes_written
+                .saturating_sub(this.wal_bytes_at_last);
+            let due = this.tick.as_mut().poll(cx).is_ready() || grown >= this.wal_size_threshold;
+            if !due {
+                return Poll::Pending;
+            }
+            if this.manager.committed_epoch() <= this.last_epoch {
+                // Nothing new to checkpoint: start the next interval.
+                this.restart();
+                continue;
+            }
+            let manager = this.manager.clone();
+            this.running = Some(Box::pin(async move { manager.checkpoint().await }));
+        }
+    }
+}
