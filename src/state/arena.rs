@@ -24,7 +24,9 @@
 //! An offset is `segment slot << shift | byte within segment`. Slots are
 //! mapped on demand and never unmapped while the arena lives (they are
 //! recycled instead), so a reader holding the shared half can turn any
-//! offset it was handed into a pointer without locks.
+//! offset it was handed into a pointer without locks. With fewer than 2^32
+//! slots of at most 2^30 bytes, offsets are below 2^62; being 8-aligned,
+//! they fit in 59 bits (the index packs a key tag above them).
 //!
 //! # Ownership
 //!
@@ -469,6 +471,28 @@ impl Arena {
         // SAFETY: only Ring 0 writes, and it cannot while `&self` is
         // borrowed; `offset` came from `allocate` and was written.
         unsafe { self.maps.record(offset) }
+    }
+
+    /// The value of the put record at `offset`, given its key and value
+    /// lengths (the index keeps them), without reading the record's header.
+    ///
+    /// # Panics
+    ///
+    /// If the lengths reach past the record's segment, which only a
+    /// corrupted index could ask for.
+    #[inline]
+    pub(crate) fn value(&self, offset: u64, key_len: usize, value_len: usize) -> &[u8] {
+        let within = (offset & ((1u64 << self.maps.shift) - 1)) as usize;
+        let start = within + HEADER_LEN + key_len;
+        assert!(
+            start + value_len <= self.segment_size(),
+            "arena value at {offset:#x} ({key_len} + {value_len} bytes) crosses its segment"
+        );
+        let base = self.base(offset);
+        // SAFETY: the range lies inside one mapped segment (checked above),
+        // whose bytes are always initialised; only Ring 0 writes them, and
+        // it cannot while `&self` is borrowed.
+        unsafe { std::slice::from_raw_parts(base.add(HEADER_LEN + key_len), value_len) }
     }
 
     /// Counts `size` bytes at `offset` as live.
