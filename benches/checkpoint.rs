@@ -48,6 +48,8 @@
 //! and its blocking pool (WAL writes and syncs, checkpoint scans, merges and
 //! file writes, recovery). Nothing is pinned.
 
+mod support;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,7 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata, RecoveredState,
     RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
 };
+use support::{Distribution, FigureTable, calibrate, clock, verdict};
 use tokio::runtime::Runtime;
 
 const KEY_LEN: usize = 16;
@@ -191,7 +194,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let mut table = Table::default();
+    let mut table = FigureTable::default();
 
     // `CHECKPOINT_BENCH_SECTIONS=1,3`: only those sections (for profiling).
     let only = std::env::var("CHECKPOINT_BENCH_SECTIONS").ok();
@@ -454,7 +457,7 @@ fn churn_run(rt: &Runtime, dir: &Path, sizes: &Sizes, chain: usize, seed: u64) -
     ChurnRun { full, rounds }
 }
 
-fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut Table) {
+fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTable) {
     eprintln!(
         "churn: {} keys, {} rounds of {} rewritten keys, {} managers per configuration",
         sizes.keys, sizes.churn_rounds, sizes.churn_keys, sizes.churn_reps
@@ -557,104 +560,6 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut Table) {
 
 // ---------------------------------------------------------------------------
 // 2. Ring 0 put latency while checkpoints run
-
-/// A cycle-accurate timestamp source (as in `benches/ring0.rs`).
-#[cfg(target_arch = "x86_64")]
-mod clock {
-    use core::arch::x86_64::{__rdtscp, _mm_lfence, _rdtsc};
-
-    pub(crate) const METHOD: &str = "TSC (lfence; rdtsc; lfence / rdtscp; lfence)";
-
-    #[inline(always)]
-    pub(crate) fn start() -> u64 {
-        // SAFETY: `lfence` (SSE2) and `rdtsc` are present on every x86_64
-        // CPU; they only order instructions and read the time-stamp counter.
-        unsafe {
-            _mm_lfence();
-            let t = _rdtsc();
-            _mm_lfence();
-            t
-        }
-    }
-
-    #[inline(always)]
-    pub(crate) fn stop() -> u64 {
-        let mut aux = 0u32;
-        // SAFETY: `rdtscp` only reads the time-stamp counter and IA32_TSC_AUX
-        // into `aux`, a valid local; `usable` checked that the CPU has it
-        // before anything is timed. `lfence` is baseline SSE2.
-        unsafe {
-            let t = __rdtscp(&mut aux);
-            _mm_lfence();
-            t
-        }
-    }
-
-    /// Whether the TSC runs at a constant rate and the CPU has `rdtscp`.
-    pub(crate) fn usable() -> bool {
-        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-            let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-            has("constant_tsc") && has("rdtscp")
-        })
-    }
-}
-
-/// Fallback: `Instant` in nanoseconds since a fixed origin.
-#[cfg(not(target_arch = "x86_64"))]
-mod clock {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-
-    pub(crate) const METHOD: &str = "Instant::now() (monotonic clock), ns";
-
-    fn origin() -> Instant {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        *ORIGIN.get_or_init(Instant::now)
-    }
-    #[inline(always)]
-    pub(crate) fn start() -> u64 {
-        origin().elapsed().as_nanos() as u64
-    }
-    #[inline(always)]
-    pub(crate) fn stop() -> u64 {
-        start()
-    }
-    pub(crate) fn usable() -> bool {
-        true
-    }
-}
-
-/// Clock ticks per nanosecond, measured against `Instant` over `span`.
-fn calibrate(span: Duration) -> f64 {
-    let (i0, t0) = (Instant::now(), clock::start());
-    while i0.elapsed() < span {
-        std::hint::spin_loop();
-    }
-    let (t1, i1) = (clock::stop(), Instant::now());
-    (t1 - t0) as f64 / (i1 - i0).as_nanos() as f64
-}
-
-/// Sorted durations in clock ticks, with nearest-rank percentiles.
-struct Distribution {
-    sorted: Vec<u64>,
-}
-
-impl Distribution {
-    fn new(mut samples: Vec<u64>) -> Self {
-        samples.sort_unstable();
-        Self { sorted: samples }
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let rank = ((q * self.sorted.len() as f64).ceil() as usize).clamp(1, self.sorted.len());
-        self.sorted[rank - 1]
-    }
-
-    fn count_above(&self, ticks: u64) -> usize {
-        self.sorted.len() - self.sorted.partition_point(|&t| t <= ticks)
-    }
-}
 
 /// CPU time of this process's threads (from `/proc/self/task/*/schedstat`,
 /// nanoseconds on a CPU): the main thread's and all others'.
@@ -812,7 +717,7 @@ fn involuntary_switches() -> u64 {
         .unwrap_or(0)
 }
 
-fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut Table) {
+fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTable) {
     let section = "2. Ring 0 during checkpoints";
     if !clock::usable() {
         table.row(
@@ -1246,7 +1151,7 @@ fn recover_all(rt: &Runtime, built: &Built, sizes: &Sizes, files_only: bool) -> 
     r
 }
 
-fn recovery_section(rt: &Runtime, dir: &Path, sizes: &Sizes, files_only: bool, table: &mut Table) {
+fn recovery_section(rt: &Runtime, dir: &Path, sizes: &Sizes, files_only: bool, table: &mut FigureTable) {
     let section = "3. recovery";
     let large = (sizes.large_keys > 0).then(|| {
         eprintln!(
@@ -1341,7 +1246,7 @@ fn remove(dir: &Path) {
 }
 
 fn recovery_rows(
-    table: &mut Table,
+    table: &mut FigureTable,
     section: &str,
     case: &str,
     built: &Built,
@@ -1484,54 +1389,4 @@ fn mb(bytes: u64) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<[String; 4]>,
-}
-
-impl Table {
-    fn row(&mut self, section: &str, figure: &str, measured: String, target: String) {
-        self.rows.push([section.into(), figure.into(), measured, target]);
-    }
-
-    fn print(&self) {
-        let header = ["section", "figure", "measured", "target / note"];
-        let mut widths = header.map(|h| h.chars().count());
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[String; 4]| {
-            let padded: Vec<String> = cells
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-                .collect();
-            println!("| {} |", padded.join(" | "));
-        };
-        line(&header.map(String::from));
-        println!(
-            "|{}|",
-            widths
-                .iter()
-                .map(|w| "-".repeat(w + 2))
-                .collect::<Vec<_>>()
-                .join("|")
-        );
-        for (i, row) in self.rows.iter().enumerate() {
-            let mut row = row.clone();
-            // Name each section once.
-            if i > 0 && self.rows[i - 1][0] == row[0] {
-                row[0] = String::new();
-            }
-            line(&row);
-        }
-    }
 }

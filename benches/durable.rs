@@ -26,6 +26,8 @@
 //! not steal from, so a producer task that never yields would starve Ring 1.
 //! From a non-worker thread the wake-up goes through the shared queue.
 
+mod support;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -36,6 +38,7 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, ManagerStats, StateConfig,
     StateWriter, WalSyncMode,
 };
+use support::{FigureTable, verdict};
 use tokio::runtime::Runtime;
 
 /// W1's per-epoch WAL write as DESIGN.md sizes it (1,000 × (16 + 100) bytes).
@@ -128,7 +131,7 @@ fn main() {
         .build()
         .expect("building the tokio runtime");
 
-    let mut table = Table::default();
+    let mut table = FigureTable::default();
 
     // 1. Machine baselines.
     eprintln!("baseline: fdatasync after 116 KiB overwrites of a preallocated file");
@@ -861,55 +864,5 @@ fn rotation_note(run: &RunResult, sizes: &Sizes) -> String {
         "no segment rotation".into()
     } else {
         format!("segment rotations near epochs {}", rotations.join(", "))
-    }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<[String; 4]>,
-}
-
-impl Table {
-    fn row(&mut self, section: &str, figure: &str, measured: String, target: String) {
-        self.rows.push([section.into(), figure.into(), measured, target]);
-    }
-
-    fn print(&self) {
-        let header = ["section", "figure", "measured", "target / note"];
-        let mut widths = header.map(|h| h.chars().count());
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[String; 4]| {
-            let padded: Vec<String> = cells
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-                .collect();
-            println!("| {} |", padded.join(" | "));
-        };
-        line(&header.map(String::from));
-        println!(
-            "|{}|",
-            widths
-                .iter()
-                .map(|w| "-".repeat(w + 2))
-                .collect::<Vec<_>>()
-                .join("|")
-        );
-        for (i, row) in self.rows.iter().enumerate() {
-            let mut row = row.clone();
-            // Name each section once.
-            if i > 0 && self.rows[i - 1][0] == row[0] {
-                row[0] = String::new();
-            }
-            line(&row);
-        }
     }
 }

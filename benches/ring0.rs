@@ -27,6 +27,8 @@
 //! RING0_BENCH_KEYS=20000 cargo bench --bench ring0  # another number of distinct keys
 //! ```
 
+mod support;
+
 use std::hint::black_box;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use criterion::{Criterion, Throughput};
 use laminar_storage::incremental::{
     Change, IncrementalCheckpointError, StateConfig, StateDrain, StateWriter,
 };
+use support::{Distribution, calibrate, clock};
 
 const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
@@ -518,122 +521,6 @@ fn print_overflows(what: &str, totals: &Ring0Totals, consumer: &ConsumerReport) 
 // ---------------------------------------------------------------------------
 // Latency distribution
 // ---------------------------------------------------------------------------
-
-/// A cycle-accurate timestamp source and the name of its method.
-#[cfg(target_arch = "x86_64")]
-mod clock {
-    use core::arch::x86_64::{__rdtscp, _mm_lfence, _rdtsc};
-
-    pub(crate) const METHOD: &str = "TSC: `lfence; rdtsc; lfence` before, `rdtscp; lfence` after";
-
-    /// Timestamp before the timed code: earlier instructions finish first,
-    /// later ones do not start before it.
-    #[inline(always)]
-    pub(crate) fn start() -> u64 {
-        // SAFETY: `lfence` (SSE2) and `rdtsc` are present on every x86_64
-        // CPU; they only order instructions and read the time-stamp counter.
-        unsafe {
-            _mm_lfence();
-            let t = _rdtsc();
-            _mm_lfence();
-            t
-        }
-    }
-
-    /// Timestamp after the timed code: `rdtscp` waits for it to finish.
-    #[inline(always)]
-    pub(crate) fn stop() -> u64 {
-        let mut aux = 0u32;
-        // SAFETY: `rdtscp` only reads the time-stamp counter and IA32_TSC_AUX
-        // into `aux`, a valid local; `usable` checked that the CPU has it
-        // before anything is timed. `lfence` is baseline SSE2.
-        unsafe {
-            let t = __rdtscp(&mut aux);
-            _mm_lfence();
-            t
-        }
-    }
-
-    /// Whether the TSC runs at a constant rate and the CPU has `rdtscp`.
-    pub(crate) fn usable() -> bool {
-        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-            let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-            has("constant_tsc") && has("rdtscp")
-        })
-    }
-}
-
-/// Fallback: `Instant` in nanoseconds since a fixed origin.
-#[cfg(not(target_arch = "x86_64"))]
-mod clock {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-
-    pub(crate) const METHOD: &str = "Instant::now() (monotonic clock), ns";
-
-    fn origin() -> Instant {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        *ORIGIN.get_or_init(Instant::now)
-    }
-    #[inline(always)]
-    pub(crate) fn start() -> u64 {
-        origin().elapsed().as_nanos() as u64
-    }
-    #[inline(always)]
-    pub(crate) fn stop() -> u64 {
-        start()
-    }
-    pub(crate) fn usable() -> bool {
-        true
-    }
-}
-
-/// Clock ticks per nanosecond, measured against `Instant` over `span`.
-fn calibrate(span: Duration) -> f64 {
-    let (i0, t0) = (Instant::now(), clock::start());
-    while i0.elapsed() < span {
-        std::hint::spin_loop();
-    }
-    let (t1, i1) = (clock::stop(), Instant::now());
-    (t1 - t0) as f64 / (i1 - i0).as_nanos() as f64
-}
-
-/// Sorted durations in ticks, with nearest-rank percentiles.
-struct Distribution {
-    sorted: Vec<u64>,
-}
-
-impl Distribution {
-    fn new(mut samples: Vec<u64>) -> Self {
-        samples.sort_unstable();
-        Distribution { sorted: samples }
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let rank = ((q * self.sorted.len() as f64).ceil() as usize).clamp(1, self.sorted.len());
-        self.sorted[rank - 1]
-    }
-
-    fn mean(&self) -> f64 {
-        self.sorted.iter().map(|&t| t as f64).sum::<f64>() / self.sorted.len() as f64
-    }
-
-    /// The smallest step between two different samples: the clock's
-    /// effective resolution, as far as these samples show it.
-    fn quantum(&self) -> u64 {
-        self.sorted
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .filter(|&d| d > 0)
-            .min()
-            .unwrap_or(0)
-    }
-
-    fn count_above(&self, ticks: u64) -> usize {
-        self.sorted.len() - self.sorted.partition_point(|&t| t <= ticks)
-    }
-}
 
 const QUANTILES: [(&str, f64); 6] = [
     ("p50", 0.50),

@@ -168,3 +168,24 @@ impl IncrementalCheckpointError {
 
 /// Shorthand used throughout the crate.
 pub(crate) type Result<T, E = IncrementalCheckpointError> = std::result::Result<T, E>;
+
+/// Runs file work `f` (`what`, on `path`) on tokio's blocking pool, off the
+/// runtime's worker threads. A task that panicked or was cancelled becomes
+/// an [`Io`](IncrementalCheckpointError::Io) error naming it.
+pub(crate) async fn blocking<T, E>(
+    what: &'static str,
+    path: &std::path::Path,
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<IncrementalCheckpointError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(join) => Err(IncrementalCheckpointError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("{what} task failed: {join}")),
+        }),
+    }
+}

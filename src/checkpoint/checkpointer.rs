@@ -39,7 +39,7 @@ use super::manifest::{
 };
 use super::merge::{Merge, Source};
 use super::store::{CheckpointStore, StoredFile};
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{ReplayOp, ReplayRange, WalRecoveryMode, remove_segments_before, replay_range};
 
@@ -472,7 +472,7 @@ impl Checkpointer {
             after_epoch: self.parent.as_ref().map_or(0, |p| p.epoch),
             until_epoch: Some(epoch),
         };
-        let scan = tokio::task::spawn_blocking(move || -> Result<Scan> {
+        blocking("checkpoint WAL scan", &self.wal_dir, move || -> Result<Scan> {
             let mut delta = DeltaBuilder::new();
             let mut commit = None;
             let report = replay_range(
@@ -507,11 +507,6 @@ impl Checkpointer {
             })
         })
         .await
-        .map_err(|join| IncrementalCheckpointError::Io {
-            path: self.wal_dir.clone(),
-            source: io::Error::other(format!("checkpoint WAL scan task failed: {join}")),
-        })??;
-        Ok(scan)
     }
 
     /// Retention, orphan removal and WAL truncation.
@@ -589,13 +584,10 @@ impl Checkpointer {
                 .unwrap_or(0);
             let fs = Arc::clone(&self.fs);
             let wal_dir = self.wal_dir.clone();
-            let removed =
-                tokio::task::spawn_blocking(move || remove_segments_before(fs.as_ref(), &wal_dir, keep_from))
-                    .await
-                    .map_err(|join| IncrementalCheckpointError::Io {
-                        path: self.wal_dir.clone(),
-                        source: io::Error::other(format!("WAL truncation task failed: {join}")),
-                    })??;
+            let removed = blocking("WAL truncation", &self.wal_dir, move || {
+                remove_segments_before(fs.as_ref(), &wal_dir, keep_from)
+            })
+            .await?;
             if removed > 0 {
                 self.stats
                     .wal_segments_removed

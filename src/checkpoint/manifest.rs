@@ -128,11 +128,10 @@ fn u32_at(bytes: &mut &[u8], at: &mut usize) -> Result<u32, FormatError> {
 }
 
 impl Manifest {
-    /// The encoded manifest, its size field included (the size is part of
-    /// the bytes it describes, so encode once to learn it, set it, encode
-    /// again; see [`Self::finish_sizes`]).
+    /// The encoded manifest. Every field is fixed-width, so setting the
+    /// size fields ([`Self::finish_sizes`]) does not change its length.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(FIXED_BODY + 64 * self.files.len());
+        let mut body = Vec::with_capacity(FIXED_BODY + FILE_ENTRY_LEN * self.files.len());
         let mut flags = 0u32;
         if self.incremental {
             flags |= FLAG_INCREMENTAL;
@@ -181,11 +180,9 @@ impl Manifest {
         out
     }
 
-    /// Encoded length with this content (fixed-width fields, so setting the
-    /// size fields afterwards does not change it).
+    /// Encoded length with this content.
     pub(crate) fn encoded_len(&self) -> u64 {
-        let sources: usize = self.sources.iter().map(|(n, _)| 4 + n.len() + 8).sum();
-        (PREFIX_LEN + FIXED_BODY + sources + 4 + FILE_ENTRY_LEN * self.files.len() + 4) as u64
+        self.encode().len() as u64
     }
 
     /// Sets `size_bytes` (the chain's files and this manifest) and

@@ -49,7 +49,7 @@ use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{FileSystem, StdFs};
 use crate::recovery::{Recovery, RecoveryConfig, recover_with};
 use crate::state::StateWriter;
@@ -179,8 +179,7 @@ impl IncrementalCheckpointManager {
                 config.wal_dir.clone(),
                 config.store.is_some(),
             );
-            let joined = tokio::task::spawn_blocking(move || lock_dirs_for(&c, &w, !custom)).await;
-            Arc::new(joined.map_err(|_| IncrementalCheckpointError::Ring1Gone)??)
+            Arc::new(blocking("lock", &config.wal_dir, move || lock_dirs_for(&c, &w, !custom)).await?)
         };
         let store = config.store.clone().unwrap_or_else(|| {
             Arc::new(crate::checkpoint::LocalDirStore::with_fs(
@@ -209,9 +208,10 @@ impl IncrementalCheckpointManager {
                 config.wal,
                 report.resume.clone(),
             );
-            tokio::task::spawn_blocking(move || WalWriter::open(fs, &dir, wal_config, &resume))
-                .await
-                .map_err(|_| IncrementalCheckpointError::Ring1Gone)??
+            blocking("WAL open", &config.wal_dir, move || {
+                WalWriter::open(fs, &dir, wal_config, &resume)
+            })
+            .await?
         };
         let recovery = RecoverySummary {
             epoch: state.epoch,

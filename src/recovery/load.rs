@@ -10,7 +10,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::checkpointer::{Inventory, chain_sources, read_chain};
 use crate::checkpoint::manifest::Manifest;
 use crate::checkpoint::merge::Merge;
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
 use crate::state::{StateDrain, StateWriter};
 use crate::wal::{ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
@@ -31,17 +31,6 @@ pub(crate) struct Recovery {
 struct Loaded {
     writer: StateWriter,
     drain: StateDrain,
-}
-
-fn blocking_failed(
-    what: &str,
-    dir: &std::path::Path,
-    join: &tokio::task::JoinError,
-) -> IncrementalCheckpointError {
-    IncrementalCheckpointError::Io {
-        path: dir.to_path_buf(),
-        source: std::io::Error::other(format!("{what} task failed: {join}")),
-    }
 }
 
 /// Recovers per `config`, reading checkpoints through `store` and the WAL
@@ -171,7 +160,7 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
     let m = m.clone();
     let state = config.state.clone();
     let task_dir = dir.clone();
-    tokio::task::spawn_blocking(move || -> Result<Loaded> {
+    blocking("checkpoint load", &dir, move || -> Result<Loaded> {
         let (mut writer, drain) = StateWriter::with_first_epoch(state, 1)?;
         for entry in Merge::new(chain_sources(&chain, &task_dir), true) {
             if let (key, Some(value)) = entry? {
@@ -189,7 +178,6 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
         Ok(Loaded { writer, drain })
     })
     .await
-    .map_err(|join| blocking_failed("checkpoint load", &dir, &join))?
 }
 
 /// Replays the WAL after the checkpoint's epoch into `writer`.
@@ -207,7 +195,7 @@ async fn replay_wal(
         until_epoch: None,
     };
     let task_dir = wal_dir.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking("WAL replay", &wal_dir, move || {
         let report = replay_range(fs.as_ref(), &task_dir, mode, range, |op| {
             match op {
                 ReplayOp::Put { key, value } => writer.load_put(key, value)?,
@@ -236,7 +224,6 @@ async fn replay_wal(
         Ok((writer, report))
     })
     .await
-    .map_err(|join| blocking_failed("WAL replay", &wal_dir, &join))?
 }
 
 /// Errors raised while applying replayed records come back boxed; unbox

@@ -32,7 +32,7 @@ pub(crate) use load::{Recovery, recover_with};
 use crate::checkpoint::checkpointer::{chain_sources, read_chain, read_manifest};
 use crate::checkpoint::merge::Merge;
 use crate::checkpoint::{CheckpointStore, IncrementalCheckpointMetadata, LocalDirStore};
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::StdFs;
 use crate::state::{StateConfig, StateWriter};
 use crate::wal::WalRecoveryMode;
@@ -230,8 +230,8 @@ pub async fn validate_checkpoint(path: impl AsRef<Path>) -> Result<IncrementalCh
     let store = LocalDirStore::new(&dir);
     let manifest = read_manifest(&store, &dir, name).await?;
     let chain = read_chain(&store, &dir, &manifest.files).await?;
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    let manifest_path = path.to_path_buf();
+    blocking("checkpoint validation", path, move || {
         let mut keys = 0u64;
         for entry in Merge::new(chain_sources(&chain, &dir), true) {
             entry?;
@@ -239,7 +239,7 @@ pub async fn validate_checkpoint(path: impl AsRef<Path>) -> Result<IncrementalCh
         }
         if keys != manifest.key_count {
             return Err(IncrementalCheckpointError::Corruption {
-                file: path,
+                file: manifest_path,
                 offset: 0,
                 reason: "the chain's key count differs from the manifest's",
             });
@@ -247,8 +247,4 @@ pub async fn validate_checkpoint(path: impl AsRef<Path>) -> Result<IncrementalCh
         Ok(manifest.metadata())
     })
     .await
-    .map_err(|join| IncrementalCheckpointError::Io {
-        path: PathBuf::new(),
-        source: std::io::Error::other(format!("validation task failed: {join}")),
-    })?
 }
