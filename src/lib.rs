@@ -27,6 +27,9 @@
 mod changelog;
 mod checkpoint;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod incremental;
 mod io;
 mod manager;

@@ -63,6 +63,7 @@ pub(crate) struct CheckpointStats {
     pub(crate) bytes_written: AtomicU64,
     pub(crate) last_nanos: AtomicU64,
     pub(crate) wal_segments_removed: AtomicU64,
+    pub(crate) cleanup_failures: AtomicU64,
 }
 
 /// What a listing of the store found.
@@ -308,9 +309,7 @@ impl Checkpointer {
                     micros = nanos / 1000,
                     "checkpoint published"
                 );
-                if let Err(e) = self.collect_garbage().await {
-                    tracing::warn!(error = %e, "checkpoint garbage collection failed; retried after the next checkpoint");
-                }
+                self.clean_up().await;
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -507,6 +506,16 @@ impl Checkpointer {
             })
         })
         .await
+    }
+
+    /// [`collect_garbage`](Self::collect_garbage), whose failure loses
+    /// nothing (what it would have removed is found again by the next
+    /// listing): logged and counted in `cleanup_failures`, never returned.
+    pub(crate) async fn clean_up(&mut self) {
+        if let Err(e) = self.collect_garbage().await {
+            self.stats.cleanup_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "removing unneeded checkpoint and WAL files failed; retried after the next checkpoint");
+        }
     }
 
     /// Retention, orphan removal and WAL truncation.

@@ -140,6 +140,11 @@ pub struct ManagerStats {
     pub checkpoint_bytes_written: u64,
     /// WAL segments deleted because no retained checkpoint needs them.
     pub wal_segments_removed: u64,
+    /// Removals of files no retained checkpoint needs (old checkpoints,
+    /// leftovers of failed or crashed ones, WAL segments) that failed, at
+    /// open or after a checkpoint. Nothing is lost: the files are found
+    /// again and removed after the next checkpoint. Each is also logged.
+    pub cleanup_failures: u64,
 }
 
 impl IncrementalCheckpointManager {
@@ -261,9 +266,7 @@ impl IncrementalCheckpointManager {
             Arc::clone(&checkpoint_stats),
         );
         // Partial checkpoints left by a crash, and files no checkpoint needs.
-        if let Err(e) = checkpointer.collect_garbage().await {
-            tracing::warn!(error = %e, "removing leftover checkpoint files failed; retried after the next checkpoint");
-        }
+        checkpointer.clean_up().await;
         let (checkpoints_tx, checkpoints_rx) = mpsc::unbounded_channel();
         let (latest_tx, latest_rx) = watch::channel(checkpoint.as_ref().map(|m| m.metadata()));
         let (done_tx, done_rx) = watch::channel(false);
@@ -451,6 +454,7 @@ impl IncrementalCheckpointManager {
             last_checkpoint_duration: Duration::from_nanos(c.last_nanos.load(Ordering::Relaxed)),
             checkpoint_bytes_written: c.bytes_written.load(Ordering::Relaxed),
             wal_segments_removed: c.wal_segments_removed.load(Ordering::Relaxed),
+            cleanup_failures: c.cleanup_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -505,3 +509,6 @@ fn lock_dir(dir: &Path) -> Result<File> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_tests;

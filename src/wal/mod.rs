@@ -40,9 +40,12 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod corpus_tests;
+
 pub(crate) use batch::WalBatch;
 
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) use reader::replay;
 pub(crate) use reader::{ReplayOp, ReplayRange, ReplayReport, replay_range};
 

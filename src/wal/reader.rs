@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::commit::CommitRecord;
 use super::format::{
-    FRAME_HEADER_LEN, Frame, HeaderError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
+    FRAME_HEADER_LEN, Frame, FrameError, HeaderError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
     decode_segment_header, end_of_nonzero, parse_frame, parse_segment_file_name, segment_file_name,
 };
 use super::{WalError, WalRecoveryMode, io_err};
@@ -243,7 +243,7 @@ struct Replayer<F> {
 /// starts mid-epoch and that epoch is after `after_epoch` (in every mode),
 /// [`WalError::Io`] if reading fails, and
 /// [`WalError::Apply`] if `apply` fails (replay stops there).
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) fn replay<F>(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -358,7 +358,7 @@ where
         let path = dir.join(segment_file_name(seg));
         let buf = fs.read(&path).map_err(io_err("read", &path))?;
         r.report.segments_read += 1;
-        match r.scan_segment(seg, &path, &buf, seg == newest)? {
+        match r.scan_segment(seg, &path, &buf, seg == newest, seg == segments[0])? {
             Flow::NextSegment => {}
             Flow::Stop => break,
         }
@@ -488,7 +488,14 @@ where
         }
     }
 
-    fn scan_segment(&mut self, seg: u64, path: &Path, buf: &[u8], is_newest: bool) -> Result<Flow, WalError> {
+    fn scan_segment(
+        &mut self,
+        seg: u64,
+        path: &Path,
+        buf: &[u8],
+        is_newest: bool,
+        is_oldest: bool,
+    ) -> Result<Flow, WalError> {
         let header = match decode_segment_header(buf) {
             Ok(h) => h,
             Err(HeaderError::Version(found)) => {
@@ -538,7 +545,11 @@ where
         self.end = Some(start);
         if self.first_start.is_none() {
             self.first_start = Some(start);
-            self.head_partial = header.first_seq != 1 && !header.starts_at_epoch_boundary;
+            // Only the oldest segment on disk can start after removed ones;
+            // a later one is first here because SkipAnyCorruptedRecords
+            // skipped a damaged segment before it, whose records are lost
+            // like any other skipped range.
+            self.head_partial = is_oldest && header.first_seq != 1 && !header.starts_at_epoch_boundary;
         }
         let mut seg_gen: Option<u32> = None;
         let mut pos = SEGMENT_HEADER_LEN;
@@ -579,7 +590,8 @@ where
                 Ok(f) if f.seq < expect => ("stale record (sequence number from an earlier use)", false),
                 Ok(f) if f.seq > expect => ("sequence number gap", true),
                 Ok(_) => ("sync generation goes backwards", true),
-                Err(e) => (e.reason(), false),
+                // A CRC that holds over an unknown type is no torn write.
+                Err(e) => (e.reason(), e == FrameError::UnknownType),
             };
             if is_newest && end_nz <= pos {
                 // Nothing but zeros (preallocated space) from here: clean end.
