@@ -23,23 +23,17 @@
 //!
 //! `LAMINAR_FAULT_SEED=<seed>` replays the power-loss runs' randomness.
 
-// Shared with `tests/crash_kill.rs`; written for integration tests, hence
-// its `pub` items.
-#[allow(unreachable_pub)]
-#[path = "../../tests/common/workload.rs"]
-mod workload;
-
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::workload::{Snapshot, Step, Workload, WorkloadConfig};
 use super::*;
 use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::io::sim::{Rng, SimFs};
 use crate::io::{FileSystem, FsFile};
 use crate::wal::WalError;
-use workload::{Snapshot, Step, Workload, WorkloadConfig};
 
 /// One file-system operation as the manager issued it.
 #[derive(Debug, Clone)]

@@ -23,10 +23,6 @@
 //! replay repeats the workload and the crash points, not always the very
 //! same interleaving.
 
-#[allow(unreachable_pub)]
-#[path = "../../tests/common/workload.rs"]
-mod workload;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,11 +30,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use super::workload::{Model, Snapshot, Step, key};
 use super::*;
 use crate::io::FileSystem;
 use crate::io::sim::{Rng, SimFs};
 use crate::scheduler::CheckpointScheduler;
-use workload::{Model, Snapshot, Step, key};
 
 const SOURCES: &[&str] = &["orders-0", "orders-1", "payments"];
 
