@@ -15,7 +15,7 @@
 //! recovers the crashed log itself, keeps writing, and is killed again), so
 //! recovery of recovered logs is exercised too.
 //!
-//! `CRASH_KILL_ITERATIONS` (default 60) sets the number of kills,
+//! `CRASH_KILL_ITERATIONS` (default 300) sets the number of kills,
 //! `CRASH_KILL_SEED` replays a run. Kill instants are wall-clock based, so a
 //! replay reruns the same workloads and delays, not the very same crash.
 
@@ -30,23 +30,45 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, StateWriter,
+    CheckpointConfig, CheckpointScheduler, IncrementalCheckpointError, IncrementalCheckpointManager,
+    StateWriter,
 };
-use workload::{Rng, Snapshot, Step, Workload, mix};
+use workload::{Rng, Snapshot, Step, Workload, WorkloadConfig, mix};
 
 /// Set in the child: the directory to open.
 const CHILD_DIR: &str = "LAMINAR_CRASH_KILL_DIR";
 /// Set in the child: the workload seed.
 const CHILD_SEED: &str = "LAMINAR_CRASH_KILL_WORKLOAD";
 
-const DEFAULT_ITERATIONS: u64 = 60;
+const DEFAULT_ITERATIONS: u64 = 300;
 /// Iterations a directory is continued for before a fresh one starts.
 const MAX_CHAIN: u64 = 8;
 
 fn config(dir: &Path) -> CheckpointConfig {
-    // Small segments: rotations and spare preallocation happen often.
-    CheckpointConfig::new(dir).with_wal_segment_size(32 << 10)
+    // Small segments: rotations and spare preallocation happen often; short
+    // chains and little retention: bases, garbage collection and WAL
+    // truncation too.
+    CheckpointConfig::new(dir)
+        .with_wal_segment_size(32 << 10)
+        .with_max_chain_length(3)
+        .with_max_retained(2)
+        // The scheduler checkpoints every 30 ms, or after 64 KiB of WAL.
+        .with_interval(Duration::from_millis(30))
+        .with_wal_size_threshold(64 << 10)
+}
+
+/// The workload of `seed`: the default shape, with a checkpoint after one
+/// epoch in ten (the scheduler takes more).
+fn workload(seed: u64) -> Workload {
+    Workload::with_config(
+        seed,
+        WorkloadConfig {
+            checkpoint_percent: 10,
+            ..WorkloadConfig::default()
+        },
+    )
 }
 
 fn snapshot(writer: &StateWriter, epoch: u64, workload: &Workload) -> Snapshot {
@@ -99,7 +121,7 @@ fn crash_kill_child() {
         .expect("workload seed")
         .parse()
         .expect("numeric seed");
-    let workload = Workload::new(seed);
+    let workload = workload(seed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -116,6 +138,15 @@ fn crash_kill_child() {
             panic!("recovered epoch {recovered} differs from the model:\n{diff}");
         }
         say(&format!("OPENED {recovered}"));
+        // Scheduler ticks, concurrent with the workload's own checkpoints.
+        let mut scheduler = CheckpointScheduler::new(manager.clone());
+        tokio::spawn(async move {
+            while let Some(item) = scheduler.next().await {
+                let meta = item.unwrap_or_else(|e| panic!("scheduled checkpoint: {e}"));
+                // A published checkpoint's epoch is durable.
+                say(&format!("CHECKPOINT {}", meta.epoch));
+            }
+        });
         loop {
             let epoch = writer.epoch();
             for step in workload.epoch_steps(epoch) {
@@ -137,7 +168,13 @@ fn crash_kill_child() {
                             .unwrap_or_else(|e| panic!("wait_durable({epoch}): {e}"));
                         say(&format!("DURABLE {epoch}"));
                     }
-                    Step::Checkpoint => unreachable!("no checkpoints generated yet"),
+                    Step::Checkpoint => {
+                        let meta = manager
+                            .checkpoint()
+                            .await
+                            .unwrap_or_else(|e| panic!("checkpoint after epoch {epoch}: {e}"));
+                        say(&format!("CHECKPOINT {}", meta.epoch));
+                    }
                 }
             }
         }
@@ -167,6 +204,8 @@ struct Totals {
     recovered_non_empty: u64,
     torn_tails: u64,
     max_epoch: u64,
+    checkpoints: u64,
+    from_checkpoint: u64,
 }
 
 struct Replay {
@@ -228,6 +267,13 @@ fn verify(rt: &tokio::runtime::Runtime, chain: &mut Chain, totals: &mut Totals, 
     }
     totals.recoveries_verified += 1;
     totals.torn_tails += u64::from(summary.torn_tail_bytes > 0);
+    totals.from_checkpoint += u64::from(summary.checkpoint_id.is_some());
+    if summary.checkpoints_skipped > 0 {
+        replay.fail(
+            chain,
+            &format!("a crash left a checkpoint recovery skipped: {summary:?}"),
+        );
+    }
     totals.recovered_non_empty += u64::from(r > 0);
     totals.max_epoch = totals.max_epoch.max(r);
     chain.unverified = false;
@@ -273,7 +319,7 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
             }
             chain = Some(Chain {
                 dir: tmp.path().join(format!("run-{iteration}")),
-                workload: Workload::new(rng.next_u64()),
+                workload: workload(rng.next_u64()),
                 started_at: iteration,
                 kills: 0,
                 max_acked: 0,
@@ -369,6 +415,10 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
             if let Some(e) = tagged(line, "DURABLE ") {
                 acked_now = acked_now.max(e);
                 totals.acked += 1;
+            } else if let Some(e) = tagged(line, "CHECKPOINT ") {
+                // A published checkpoint acknowledges its epoch.
+                acked_now = acked_now.max(e);
+                totals.checkpoints += 1;
             } else if let Some(r) = tagged(line, "OPENED ") {
                 // The child recovered (and checked the state against the
                 // model itself before printing this).
@@ -409,7 +459,8 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
     eprintln!(
         "crash_kill: seed {master}: {iterations} kills ({} before the child had recovered, {} after) \
          in {:.1?}; {} epochs acknowledged, {} recoveries verified by the parent and {} by children \
-         ({} non-empty, {} with a torn tail), highest epoch {}",
+         ({} non-empty, {} with a torn tail, {} from a checkpoint), highest epoch {}; {} checkpoints \
+         published",
         totals.kills_before_open,
         totals.kills_after_open,
         started.elapsed(),
@@ -418,7 +469,9 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
         totals.child_recoveries,
         totals.recovered_non_empty,
         totals.torn_tails,
+        totals.from_checkpoint,
         totals.max_epoch,
+        totals.checkpoints,
     );
     // The runs reached the interesting states: the log had acknowledged
     // epochs when it was killed, and recoveries found them.
@@ -426,6 +479,10 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
         assert!(
             totals.acked > 0 && totals.recovered_non_empty > 0,
             "no epoch was ever acknowledged before a kill: {totals:?} (seed {master})"
+        );
+        assert!(
+            totals.checkpoints > 0 && totals.from_checkpoint > 0,
+            "no recovery started from a checkpoint: {totals:?} (seed {master})"
         );
     }
 }
