@@ -178,6 +178,7 @@ fn small_workload(seed: u64) -> Workload {
             max_updates: 6,
             max_value_len: 60,
             wait_percent: 50,
+            checkpoint_percent: 25,
             ..WorkloadConfig::default()
         },
     )
@@ -188,8 +189,13 @@ const SESSION_ENDS: [u64; 2] = [6, 12];
 
 fn config(dir: &Path) -> CheckpointConfig {
     // Small segments: the workload rotates a few times, so segment
-    // creation, spares, seals and renames are among the N operations.
-    CheckpointConfig::new(dir).with_wal_segment_size(1024)
+    // creation, spares, seals and renames are among the N operations;
+    // short chains and retention: base merges, garbage collection and WAL
+    // truncation too.
+    CheckpointConfig::new(dir)
+        .with_wal_segment_size(1024)
+        .with_max_chain_length(2)
+        .with_max_retained(1)
 }
 
 fn snapshot(writer: &StateWriter, epoch: u64, workload: &Workload) -> Snapshot {
@@ -224,6 +230,9 @@ struct Session {
     ops_at_end: usize,
     /// `stats().cleanup_failures` at the end.
     cleanup_failures: u64,
+    /// Checkpoints that failed: reported by `checkpoint()`, and the
+    /// session goes on (the WAL is unaffected).
+    checkpoint_errors: Vec<IncrementalCheckpointError>,
 }
 
 async fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
@@ -282,7 +291,20 @@ fn run_session(fs: Arc<dyn FileSystem>, dir: &Path, workload: &Workload, until: 
                         s.committed = e;
                     }),
                     Step::WaitDurable => manager.wait_durable(epoch).await.map(|()| s.acked = epoch),
-                    Step::Checkpoint => unreachable!("no checkpoints generated yet"),
+                    Step::Checkpoint => match manager.checkpoint().await {
+                        Ok(meta) => {
+                            // Published: its epoch is durable.
+                            assert!(meta.epoch <= s.committed, "{ctx}");
+                            s.acked = s.acked.max(meta.epoch);
+                            Ok(())
+                        }
+                        // A failed checkpoint leaves Ring 1 running.
+                        Err(e) if manager.is_running() => {
+                            s.checkpoint_errors.push(e);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
                 };
                 if let Err(e) = r {
                     s.durable_at_error = manager.durable_epoch();
@@ -415,8 +437,29 @@ fn faulty_run(total: usize, fault: Fault, workload: &Workload, cov: &mut Coverag
             // the removal of files nobody needs, which is retried later and
             // reported in the stats.
             let cleanups: u64 = sessions.iter().map(|s| s.cleanup_failures).sum();
+            let checkpoint_errors: Vec<_> = sessions.iter().flat_map(|s| &s.checkpoint_errors).collect();
             let mut unreported = ops.iter().filter(|o| o.injected() && !o.on_spare());
-            if let Some(op) = unreported.next() {
+            if let Some(err) = checkpoint_errors.first() {
+                // A failed checkpoint: reported by `checkpoint()` as the I/O
+                // error it is; the published ones and the WAL carry on.
+                assert_eq!(checkpoint_errors.len(), 1, "{ctx}: {checkpoint_errors:?}");
+                let cause = match err {
+                    IncrementalCheckpointError::CheckpointFailed { cause } => &**cause,
+                    other => other,
+                };
+                assert!(
+                    matches!(
+                        cause,
+                        IncrementalCheckpointError::Io { .. }
+                            | IncrementalCheckpointError::Wal(WalError::Io { .. })
+                    ),
+                    "{ctx}: checkpoint() reported {cause:?}"
+                );
+                assert!(!err.is_corruption() && !err.is_transient(), "{ctx}: {err}");
+                *cov.reported_by.entry("checkpoint").or_default() += 1;
+                assert_eq!(sessions.len(), SESSION_ENDS.len(), "{ctx}");
+                assert_eq!(acked, SESSION_ENDS[1], "{ctx}: a failed checkpoint cost an epoch");
+            } else if let Some(op) = unreported.next() {
                 assert!(
                     cleanups == 1 && matches!(op.kind, OpKind::ListDir | OpKind::Remove | OpKind::SyncDir),
                     "{ctx}: {op:?} failed and nobody reported it (cleanup failures: {cleanups})"
@@ -572,7 +615,9 @@ fn power_loss_after_every_operation_loses_nothing_acknowledged() {
         let committed = sessions.iter().map(|s| s.committed).max().unwrap_or(0);
         if (nth as usize) < total {
             assert!(
-                sessions.iter().any(|s| s.error.is_some()),
+                sessions
+                    .iter()
+                    .any(|s| s.error.is_some() || !s.checkpoint_errors.is_empty() || s.cleanup_failures > 0),
                 "{ctx}: the crash went unnoticed"
             );
         }
@@ -601,4 +646,101 @@ fn power_loss_after_every_operation_loses_nothing_acknowledged() {
          {second_losses} second losses cut a session short"
     );
     assert!(recovered_nonzero > runs / 2, "{recovered_nonzero} of {runs}");
+}
+
+/// An I/O error on any read at open (a manifest, a data file, a WAL
+/// segment) fails the open; it is never mistaken for damage and answered by
+/// falling back to an older checkpoint. (A fallback hides the failing disk,
+/// and its WAL may be truncated already.) Found by the every-N test once
+/// the workload checkpointed: an EIO reading the newest manifest made open
+/// skip that checkpoint silently.
+#[test]
+fn a_read_error_at_open_is_reported_never_a_fallback() {
+    let tmp = scratch();
+    let dir = tmp.path().join("wal");
+    let workload = small_workload(0xfa11);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Three checkpoints, then epochs after the last.
+    let expected = rt.block_on(async {
+        let (manager, mut writer) = IncrementalCheckpointManager::open(config(&dir)).await.unwrap();
+        for epoch in 1..=9 {
+            for step in workload.epoch_steps(epoch) {
+                match step {
+                    Step::Put { key, value } => retry(|| writer.put(&key, &value)).await.map(drop),
+                    Step::Delete { key } => retry(|| writer.delete(&key)).await.map(drop),
+                    Step::SetSourceOffset { source, offset } => {
+                        writer.set_source_offset(source, offset);
+                        Ok(())
+                    }
+                    Step::SetWatermark(w) => {
+                        writer.set_watermark(w);
+                        Ok(())
+                    }
+                    Step::Commit => retry(|| writer.commit_epoch()).await.map(drop),
+                    Step::WaitDurable | Step::Checkpoint => Ok(()),
+                }
+                .unwrap();
+            }
+            if epoch % 3 == 0 {
+                manager.wait_durable(epoch).await.unwrap();
+                manager.checkpoint().await.unwrap();
+            }
+        }
+        manager.shutdown().await.unwrap();
+        workload.model_at(9).snapshot()
+    });
+    let open = |fault: Option<Fault>| {
+        let faulty = FaultyFs::new(Arc::new(StdFs));
+        if let Some(f) = fault {
+            faulty.inject(f);
+        }
+        rt.block_on(async {
+            let opened =
+                IncrementalCheckpointManager::open_with_fs(config(&dir), Arc::new(faulty.clone())).await;
+            let outcome = opened.map(|(manager, writer)| {
+                let summary = manager.recovery().clone();
+                (manager, snapshot(&writer, summary.epoch, &workload), summary)
+            });
+            if let Ok((manager, ..)) = &outcome {
+                // Close without writing: the directory stays as it is.
+                manager.shutdown().await.unwrap();
+            }
+            (
+                outcome.map(|(_, snap, summary)| (snap, summary)),
+                faulty.count(OpKind::Read),
+            )
+        })
+    };
+    let (clean, reads) = open(None);
+    let (snap, summary) = clean.expect("clean open");
+    assert_eq!(summary.checkpoints_skipped, 0);
+    assert!(summary.checkpoint_id.is_some());
+    snap.check_eq(&expected).unwrap();
+    assert!(reads >= 2, "{reads} reads at open");
+    for nth in 1..=reads {
+        let fault = Fault {
+            kind: Some(OpKind::Read),
+            nth,
+            error: FaultError::Eio,
+            persistent: false,
+        };
+        match open(Some(fault)).0 {
+            Err(e) => assert!(
+                !e.is_corruption()
+                    && matches!(
+                        e,
+                        IncrementalCheckpointError::Io { .. }
+                            | IncrementalCheckpointError::Wal(WalError::Io { .. })
+                    ),
+                "read {nth}: {e:?}"
+            ),
+            Ok((snap, summary)) => panic!(
+                "read {nth} of {reads} failed, yet open recovered epoch {} (checkpoint {:?}, {} skipped)",
+                snap.epoch, summary.checkpoint_id, summary.checkpoints_skipped
+            ),
+        }
+    }
 }

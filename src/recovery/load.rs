@@ -41,20 +41,18 @@ pub(crate) async fn recover_with(
     store: &dyn CheckpointStore,
 ) -> Result<Recovery> {
     let dir = &config.checkpoint_dir;
-    let inventory = Inventory::read(store, dir).await?;
-    for m in inventory.manifests.values() {
-        if let Err(IncrementalCheckpointError::UnsupportedVersion {
-            file,
-            found,
-            supported,
-        }) = m
-        {
-            return Err(IncrementalCheckpointError::UnsupportedVersion {
-                file: file.clone(),
-                found: *found,
-                supported: *supported,
-            });
-        }
+    let mut inventory = Inventory::read(store, dir).await?;
+    // Only damage makes a checkpoint skippable. A manifest of a newer
+    // format, or one the disk failed to read, stops recovery: falling back
+    // past it would hide the failure (and the fallback's WAL may be gone).
+    let refused = inventory.manifests.iter().find_map(|(id, m)| match m {
+        Err(e) if !skippable(e) => Some(*id),
+        _ => None,
+    });
+    if let Some(id) = refused
+        && let Some(Err(e)) = inventory.manifests.remove(&id)
+    {
+        return Err(e);
     }
     let mut skipped = Vec::new();
     let mut chosen = None;
@@ -75,7 +73,7 @@ pub(crate) async fn recover_with(
                 chosen = Some((m.clone(), loaded));
                 break;
             }
-            Err(e) if e.is_corruption() || matches!(e, IncrementalCheckpointError::NotFound { .. }) => {
+            Err(e) if skippable(&e) => {
                 tracing::warn!(id, error = %e, "checkpoint failed validation; trying an older checkpoint");
                 skipped.push(SkippedCheckpoint {
                     id: *id,
@@ -150,6 +148,12 @@ pub(crate) async fn recover_with(
         checkpoint,
         inventory,
     })
+}
+
+/// Whether a checkpoint failing with `e` is damaged (recovery tries an
+/// older one) rather than unreadable now (recovery fails with `e`).
+fn skippable(e: &IncrementalCheckpointError) -> bool {
+    e.is_corruption() || matches!(e, IncrementalCheckpointError::NotFound { .. })
 }
 
 /// Loads a checkpoint's chain into a fresh writer, checking every byte and
