@@ -37,4 +37,6 @@ mod recovery;
 mod scheduler;
 mod state;
 mod sync;
+#[cfg(test)]
+mod test_alloc;
 mod wal;

@@ -57,7 +57,7 @@ impl FormatError {
     }
 
     /// Where the damage is.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn offset(&self) -> u64 {
         match self {
             Self::Corrupt { offset, .. } | Self::Crc { offset, .. } => *offset,
@@ -91,5 +91,7 @@ impl FormatError {
     }
 }
 
+#[cfg(test)]
+mod corpus_tests;
 #[cfg(test)]
 mod tests;

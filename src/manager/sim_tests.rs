@@ -497,6 +497,13 @@ fn run_plan(plan: &Plan) {
     );
 }
 
+/// One seed of the default size in a scratch directory (for the soak).
+pub(super) fn simulate(seed: u64) {
+    let steps = env_u64("LAMINAR_SIM_STEPS").unwrap_or(5_000);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    Sim::new(seed, steps).run(&tmp.path().join("state"));
+}
+
 // Two tests, so the two cores share the seeds.
 #[test]
 fn simulation_matches_the_model_seeds_a() {
