@@ -212,7 +212,9 @@ impl Ring1 {
         let mut commands_open = true;
         // Changes to log before stopping (set by a shutdown request).
         let mut stop_after: Option<u64> = None;
-        let mut last_sync = Instant::now();
+        // Tokio's clock, like the timer that wakes the loop for a sync: on
+        // a paused test clock, `std`'s would never see the interval pass.
+        let mut last_sync = tokio::time::Instant::now();
         loop {
             let stopping = stop_after.is_some();
             if self.batch.len_bytes() < MAX_BATCH_BYTES {
@@ -261,7 +263,7 @@ impl Ring1 {
                 done = async { io.as_mut().expect("guarded").await }, if io.is_some() => Event::Io(Box::new(done)),
                 made = async { spare.as_mut().expect("guarded").await }, if spare.is_some() => Event::Spare(made),
                 cmd = self.commands.recv(), if commands_open => Event::Command(cmd),
-                () = async { tokio::time::sleep_until(sync_due.expect("guarded").into()).await }, if sync_due.is_some() => Event::SyncDue,
+                () = async { tokio::time::sleep_until(sync_due.expect("guarded")).await }, if sync_due.is_some() => Event::SyncDue,
                 () = self.drain.ready() => Event::Doorbell,
             };
             match event {
@@ -275,7 +277,7 @@ impl Ring1 {
                         }
                     };
                     if done.synced {
-                        last_sync = Instant::now();
+                        last_sync = tokio::time::Instant::now();
                     }
                     if let Err(e) = self.finish_io(done) {
                         self.fail(e);
@@ -328,7 +330,7 @@ impl Ring1 {
 
     /// The write (and sync) to start now, if any; takes the writer and the
     /// filled batch.
-    fn next_io(&mut self, stopping: bool, last_sync: Instant) -> Option<IoJob> {
+    fn next_io(&mut self, stopping: bool, last_sync: tokio::time::Instant) -> Option<IoJob> {
         self.wal.as_ref()?;
         let has_commit = self.batch_epoch.is_some();
         let write =
