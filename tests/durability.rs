@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, WalSyncMode, wal_size,
+    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, ManagerStats, StateConfig,
+    WalSyncMode, wal_size,
 };
 
 fn config(dir: &std::path::Path) -> CheckpointConfig {
@@ -151,23 +152,154 @@ async fn every_sync_mode_acknowledges_epochs() {
     }
 }
 
+/// Every setting `open` checks, each refused with `InvalidConfig` naming
+/// it. Those of the manager are refused before anything touches the disk;
+/// Ring 0's are found while the state is built, and the lock is released.
 #[tokio::test]
 async fn invalid_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for (config, field) in [
+    let unused = dir.path().join("never-created");
+    let manager_settings = [
         (CheckpointConfig::new(""), "checkpoint_dir"),
+        (config(&unused).with_wal_path(""), "wal_path"),
+        (config(&unused).with_max_retained(0), "max_retained"),
+        (config(&unused).with_max_chain_length(0), "max_chain_length"),
+        (config(&unused).with_interval(Duration::ZERO), "interval"),
+        (config(&unused).with_wal_size_threshold(0), "wal_size_threshold"),
         (
-            config(dir.path()).with_sync_mode(WalSyncMode::Interval(Duration::ZERO)),
+            config(&unused).with_sync_mode(WalSyncMode::Interval(Duration::ZERO)),
             "sync_mode",
         ),
-    ] {
+    ];
+    for (config, field) in manager_settings {
         match IncrementalCheckpointManager::open(config).await {
-            Err(IncrementalCheckpointError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            Err(e @ IncrementalCheckpointError::InvalidConfig { field: f, .. }) => {
+                assert_eq!(f, field);
+                assert!(e.to_string().contains(field), "{e}");
+                assert!(!e.is_transient() && !e.is_corruption());
+            }
             other => panic!("expected InvalidConfig({field}), got {:?}", other.map(|_| ())),
         }
+        assert!(!unused.exists(), "{field}: nothing may be created");
+    }
+
+    let ring0 = config(dir.path()).with_state(StateConfig::new().with_changelog_capacity(0));
+    match IncrementalCheckpointManager::open(ring0).await {
+        Err(IncrementalCheckpointError::InvalidConfig { field, .. }) => {
+            assert_eq!(field, "changelog_capacity")
+        }
+        other => panic!(
+            "expected InvalidConfig(changelog_capacity), got {:?}",
+            other.map(|_| ())
+        ),
     }
     assert!(matches!(
         IncrementalCheckpointManager::open(config(dir.path()).with_wal_segment_size(10)).await,
         Err(IncrementalCheckpointError::Wal(_))
     ));
+    // Neither failed open kept the lock.
+    let (manager, _writer) = IncrementalCheckpointManager::open(config(dir.path()))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+}
+
+/// A wait for an epoch that is never committed ends at shutdown with the
+/// durable epoch then; a wait for a durable one succeeds even after it.
+#[tokio::test]
+async fn wait_durable_for_an_epoch_never_committed_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir.path()))
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.wait_durable(1_000).await }
+    });
+    writer.put(b"k", b"v").unwrap();
+    let epoch = writer.commit_epoch().unwrap();
+    manager.wait_durable(epoch).await.unwrap();
+    assert!(!waiter.is_finished());
+    manager.shutdown().await.unwrap();
+    match waiter.await.unwrap() {
+        Err(IncrementalCheckpointError::ShutDown { durable_epoch }) => assert_eq!(durable_epoch, epoch),
+        other => panic!("expected ShutDown, got {other:?}"),
+    }
+    manager.wait_durable(epoch).await.unwrap();
+    assert_eq!(manager.durable_epoch(), epoch);
+}
+
+/// `stats()` counts what Ring 0 pushed and had refused, what Ring 1
+/// drained and wrote, and agrees with the writer's own counts. On a
+/// current-thread runtime Ring 1 runs only when the producer yields, so a
+/// small changelog ring overflows at known points.
+#[tokio::test]
+async fn stats_count_pushes_overflows_drains_and_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path()).with_state(StateConfig::new().with_changelog_capacity(64));
+    let (manager, mut writer) = IncrementalCheckpointManager::open(cfg).await.unwrap();
+    assert_eq!(manager.stats(), ManagerStats::default());
+
+    let mut refused = 0u64;
+    let mut last = 0;
+    for i in 0..2_000u64 {
+        while let Err(e) = writer.put(&(i % 300).to_le_bytes(), &i.to_le_bytes()) {
+            assert!(
+                matches!(e, IncrementalCheckpointError::BufferOverflow { .. }),
+                "{e}"
+            );
+            refused += 1;
+            tokio::task::yield_now().await;
+        }
+        if i % 500 == 499 {
+            last = loop {
+                match writer.commit_epoch() {
+                    Ok(epoch) => break epoch,
+                    Err(e) if e.is_transient() => {
+                        refused += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+        }
+    }
+    manager.wait_durable(last).await.unwrap();
+    assert!(
+        refused >= 2_000 / 64,
+        "a 64-entry ring overflowed only {refused} times"
+    );
+
+    let stats = manager.stats();
+    let pushed = 2_000 + 4;
+    assert_eq!(stats.changes_pushed, pushed, "{stats:?}");
+    assert_eq!(stats.changes_drained, pushed, "{stats:?}");
+    assert_eq!(stats.changelog_overflows, refused, "{stats:?}");
+    assert_eq!(stats.epochs_drained, 4);
+    assert_eq!(stats.durable_epoch, last);
+    assert!(stats.wal_writes >= 1 && stats.fsyncs >= 1, "{stats:?}");
+    assert!(stats.wal_bytes_written > 2_000 * 16, "{stats:?}");
+    assert!(stats.fsync_max <= stats.fsync_total);
+    let own = writer.stats();
+    assert_eq!(
+        (
+            own.changelog_pushed,
+            own.changelog_overflows,
+            own.changelog_pending
+        ),
+        (pushed, refused, 0)
+    );
+
+    manager.checkpoint().await.unwrap();
+    let stats = manager.stats();
+    assert_eq!(
+        (
+            stats.checkpoints,
+            stats.last_checkpoint_id,
+            stats.last_checkpoint_epoch
+        ),
+        (1, Some(1), last)
+    );
+    manager.shutdown().await.unwrap();
+    assert_eq!(manager.stats().changes_drained, pushed);
 }

@@ -294,6 +294,19 @@ impl ChangelogConsumer {
         self.head as u64
     }
 
+    /// Entries the producer has pushed so far (reads its position: no
+    /// work for the producer).
+    pub fn pushed(&mut self) -> u64 {
+        self.cached_tail = self.shared.tail.load(Ordering::Acquire);
+        self.cached_tail as u64
+    }
+
+    /// Pushes refused because the ring was full, as counted by the
+    /// producer.
+    pub fn overflow_count(&self) -> u64 {
+        self.shared.overflows.load(Ordering::Relaxed)
+    }
+
     /// Number of entries the ring holds when full.
     pub fn capacity(&self) -> usize {
         self.shared.mask + 1
@@ -346,6 +359,8 @@ mod tests {
         assert_eq!(p.push(entry(99)), Err(PushError::Full(entry(99))));
         assert_eq!(p.push(entry(98)), Err(PushError::Full(entry(98))));
         assert_eq!(p.overflow_count(), 2);
+        // The consumer sees the producer's counts without the producer's help.
+        assert_eq!((c.pushed(), c.overflow_count()), (4, 2));
         assert_eq!(c.pop(), Some(entry(0)));
         p.push(entry(4)).unwrap();
         let mut got = Vec::new();

@@ -112,8 +112,19 @@ pub struct RecoverySummary {
 pub struct ManagerStats {
     /// Highest durable epoch.
     pub durable_epoch: u64,
-    /// Changes (puts, deletes, commits) Ring 1 has drained from Ring 0.
+    /// Changes (puts, deletes, commits) Ring 0 has pushed onto the
+    /// changelog, as of Ring 1's last look (it looks whenever it wakes: at
+    /// every commit, every quarter ring of updates and every refused
+    /// update). `changes_pushed - changes_drained` is Ring 1's backlog.
+    /// [`StateWriter::stats`] has the writer's own, exact count.
+    pub changes_pushed: u64,
+    /// Changes Ring 1 has drained from Ring 0.
     pub changes_drained: u64,
+    /// Updates (and commits) Ring 0 refused with
+    /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow)
+    /// because the changelog was full: how often Ring 1 fell a whole ring
+    /// behind. As of Ring 1's last look, like `changes_pushed`.
+    pub changelog_overflows: u64,
     /// Epoch commits drained.
     pub epochs_drained: u64,
     /// Bytes appended to the WAL.
@@ -434,13 +445,16 @@ impl IncrementalCheckpointManager {
         }
     }
 
-    /// Ring 1's counters.
+    /// Counters of Ring 0's changelog, Ring 1 and the checkpoints, cheap to
+    /// read (relaxed loads of counters the tasks keep).
     pub fn stats(&self) -> ManagerStats {
         let s = &self.inner.stats;
         let c = &self.inner.checkpoint_stats;
         ManagerStats {
             durable_epoch: self.durable_epoch(),
+            changes_pushed: s.changes_pushed.load(Ordering::Relaxed),
             changes_drained: s.changes_drained.load(Ordering::Relaxed),
+            changelog_overflows: s.changelog_overflows.load(Ordering::Relaxed),
             epochs_drained: s.epochs_drained.load(Ordering::Relaxed),
             wal_bytes_written: s.wal_bytes_written.load(Ordering::Relaxed),
             wal_writes: s.wal_writes.load(Ordering::Relaxed),

@@ -99,6 +99,10 @@ impl Ring1Watch {
 /// Counters Ring 1 keeps for [`stats`](super::IncrementalCheckpointManager::stats).
 #[derive(Debug, Default)]
 pub(crate) struct Ring1Stats {
+    /// Ring 0's counts, as Ring 1 last read them (Ring 0 only does what
+    /// it always does: publish its position and count refusals).
+    pub(crate) changes_pushed: AtomicU64,
+    pub(crate) changelog_overflows: AtomicU64,
     pub(crate) changes_drained: AtomicU64,
     pub(crate) epochs_drained: AtomicU64,
     pub(crate) wal_bytes_written: AtomicU64,
@@ -220,6 +224,12 @@ impl Ring1 {
             if self.batch.len_bytes() < MAX_BATCH_BYTES {
                 self.drain_into_batch();
             }
+            self.stats
+                .changes_pushed
+                .store(self.drain.pushed(), Ordering::Relaxed);
+            self.stats
+                .changelog_overflows
+                .store(self.drain.overflow_count(), Ordering::Relaxed);
             if let Some(wal) = self.wal.as_mut() {
                 if let Some(result) = spare_ready.take()
                     && let Err(e) = wal.install_spare(result)

@@ -112,6 +112,17 @@ impl StateDrain {
         self.consumer.drained()
     }
 
+    /// Changes the writer has pushed so far (drained or not).
+    pub fn pushed(&mut self) -> u64 {
+        self.consumer.pushed()
+    }
+
+    /// Updates the writer had refused because the changelog was full
+    /// ([`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow)).
+    pub fn overflow_count(&self) -> u64 {
+        self.consumer.overflow_count()
+    }
+
     /// Whether the writer has been dropped. Changes it made before that can
     /// still be drained.
     pub fn is_abandoned(&self) -> bool {
