@@ -4,6 +4,47 @@
 //! caller's thread and records each update in a [`StateChangelogBuffer`];
 //! Ring 1 drains those records into the write-ahead log.
 //!
+//! # Durable state, start to finish
+//!
+//! [`IncrementalCheckpointManager::open`] recovers whatever is on disk and
+//! returns the async handle and the Ring 0 writer. Updates go into the open
+//! epoch; [`commit_epoch`](StateWriter::commit_epoch) closes it with the
+//! source offsets, and the manager says when it is durable. After a restart,
+//! the state and the offsets to resume from come back.
+//!
+//! ```
+//! use laminar_storage::incremental::{CheckpointConfig, IncrementalCheckpointManager};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), laminar_storage::incremental::IncrementalCheckpointError> {
+//! let dir = tempfile::tempdir().expect("a temporary directory");
+//! let (manager, mut writer) = IncrementalCheckpointManager::open(CheckpointConfig::new(dir.path())).await?;
+//!
+//! writer.put(b"user:1", b"alice")?; // synchronous, allocation-free
+//! writer.set_source_offset("orders-0", 42); // committed with the epoch
+//! let epoch = writer.commit_epoch()?;
+//! manager.wait_durable(epoch).await?; // fdatasync'ed
+//!
+//! let checkpoint = manager.checkpoint().await?; // bounds what recovery replays
+//! assert_eq!(checkpoint.epoch, epoch);
+//! writer.put(b"user:2", b"bob")?; // never committed: not recovered
+//! manager.shutdown().await?; // flushes, stops Ring 1, unlocks the directory
+//! drop((manager, writer));
+//!
+//! // A restart: the committed state, and where to resume the source.
+//! let (manager, writer) = IncrementalCheckpointManager::open(CheckpointConfig::new(dir.path())).await?;
+//! assert_eq!(manager.recovery().checkpoint_id, Some(checkpoint.id));
+//! assert_eq!(writer.get(b"user:1"), Some(&b"alice"[..]));
+//! assert_eq!(writer.get(b"user:2"), None);
+//! assert_eq!(writer.source_offset("orders-0"), Some(42));
+//! assert_eq!(writer.epoch(), epoch + 1);
+//! manager.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Ring 0 on its own
+//!
 //! ```
 //! use laminar_storage::incremental::{Change, StateConfig, StateWriter};
 //!
