@@ -203,6 +203,6 @@ impl CheckpointConfig {
                 reason: "Interval(0): use WalSyncMode::Always".into(),
             });
         }
-        Ok(())
+        self.state.validate()
     }
 }

@@ -211,6 +211,34 @@ pub(crate) struct ArenaConfig {
     pub(crate) backing: ArenaBacking,
 }
 
+impl ArenaConfig {
+    /// Checks the limits without mapping anything.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let size = self.segment_size;
+        if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "arena_segment_size",
+                reason: format!("{size} is not a power of two between 4 KiB and 1 GiB"),
+            });
+        }
+        if self.slots() < 2 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "arena_max_bytes",
+                reason: format!(
+                    "{} must hold at least two segments of {size} bytes",
+                    self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Segments the address space holds.
+    fn slots(&self) -> usize {
+        (self.max_bytes / self.segment_size.max(1) as u64).min(u32::MAX as u64) as usize
+    }
+}
+
 /// Ring 0's side of the arena: allocation, writes, bookkeeping.
 #[derive(Debug)]
 pub(crate) struct Arena {
@@ -228,23 +256,9 @@ pub(crate) struct Arena {
 
 impl Arena {
     pub(crate) fn new(config: &ArenaConfig) -> Result<Self> {
+        config.validate()?;
         let size = config.segment_size;
-        if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
-            return Err(IncrementalCheckpointError::InvalidConfig {
-                field: "arena_segment_size",
-                reason: format!("{size} is not a power of two between 4 KiB and 1 GiB"),
-            });
-        }
-        let slots = (config.max_bytes / size as u64).min(u32::MAX as u64) as usize;
-        if slots < 2 {
-            return Err(IncrementalCheckpointError::InvalidConfig {
-                field: "arena_max_bytes",
-                reason: format!(
-                    "{} must hold at least two segments of {size} bytes",
-                    config.max_bytes
-                ),
-            });
-        }
+        let slots = config.slots();
         let mut arena = Self {
             maps: Arc::new(Mappings {
                 shift: size.trailing_zeros(),

@@ -1,6 +1,7 @@
 //! Ring 0 configuration.
 
 use super::arena::{ArenaBacking, ArenaConfig};
+use crate::error::{IncrementalCheckpointError, Result};
 
 /// Sizes and backing of Ring 0: the changelog ring, the arena and the index.
 ///
@@ -12,7 +13,9 @@ use super::arena::{ArenaBacking, ArenaConfig};
 /// | [`arena_backing`](Self::with_arena_backing) | anonymous memory |
 /// | [`expected_keys`](Self::with_expected_keys) | 1,024 |
 ///
-/// Invalid values are reported when the writer is built.
+/// Invalid values are reported when the writer is built, and by
+/// [`IncrementalCheckpointManager::open`](crate::incremental::IncrementalCheckpointManager::open)
+/// before it touches the disk.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub(crate) changelog_capacity: usize,
@@ -73,5 +76,16 @@ impl StateConfig {
     pub fn with_expected_keys(mut self, keys: usize) -> Self {
         self.expected_keys = keys;
         self
+    }
+
+    /// Checks every setting without allocating or mapping anything.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.changelog_capacity < 2 || self.changelog_capacity > 1 << 30 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "changelog_capacity",
+                reason: format!("{} is not between 2 and 2^30 entries", self.changelog_capacity),
+            });
+        }
+        self.arena.validate()
     }
 }

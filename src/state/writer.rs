@@ -110,12 +110,7 @@ impl StateWriter {
     }
 
     pub(crate) fn with_first_epoch(config: StateConfig, epoch: u64) -> Result<(StateWriter, StateDrain)> {
-        if config.changelog_capacity < 2 || config.changelog_capacity > 1 << 30 {
-            return Err(IncrementalCheckpointError::InvalidConfig {
-                field: "changelog_capacity",
-                reason: format!("{} is not between 2 and 2^30 entries", config.changelog_capacity),
-            });
-        }
+        config.validate()?;
         let store = StateStore::new(&config.arena, config.expected_keys)?;
         let (producer, consumer) = StateChangelogBuffer::with_capacity(config.changelog_capacity).split();
         let doorbell = Arc::new(Notify::new());
