@@ -3,7 +3,7 @@
 //!
 //! # One checkpoint, step by step
 //!
-//! 1. Scan the WAL from the parent's commit segment, collecting the last
+//! 1. Scan the WAL from the parent's commit position, collecting the last
 //!    write of every key in the epochs after the parent's, up to the
 //!    commit of the target epoch (`DeltaBuilder`). The epoch is durable, so
 //!    every byte scanned is final; Ring 1 keeps appending beyond it.
@@ -41,7 +41,9 @@ use super::merge::{Merge, Source};
 use super::store::{CheckpointStore, StoredFile};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
-use crate::wal::{ReplayOp, ReplayRange, WalRecoveryMode, remove_segments_before, replay_range};
+use crate::wal::{
+    ReplayFrom, ReplayOp, ReplayRange, WalPosition, WalRecoveryMode, remove_segments_before, replay_range,
+};
 
 /// Retention and compaction settings.
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +215,8 @@ struct Scan {
     sources: Vec<(String, u64)>,
     watermark: Option<i64>,
     live_keys: u64,
-    wal_segment: u64,
+    /// Where the target epoch's commit ends (`None` at epoch 0).
+    wal_position: Option<WalPosition>,
 }
 
 /// Where checkpoints go and where the WAL is.
@@ -414,7 +417,8 @@ impl Checkpointer {
             key_count: scan.live_keys,
             size_bytes: 0,
             delta_bytes: 0,
-            wal_segment: scan.wal_segment,
+            wal_segment: scan.wal_position.map_or(0, |p| p.segment),
+            wal_position: scan.wal_position,
             sources,
             files,
         };
@@ -461,13 +465,16 @@ impl Checkpointer {
                 sources: Vec::new(),
                 watermark: None,
                 live_keys: 0,
-                wal_segment: 0,
+                wal_position: None,
             });
         }
         let fs = Arc::clone(&self.fs);
         let wal_dir = self.wal_dir.clone();
         let range = ReplayRange {
-            from_segment: self.parent.as_ref().map_or(0, |p| p.wal_segment),
+            from: self
+                .parent
+                .as_ref()
+                .map_or(ReplayFrom::default(), Manifest::replay_from),
             after_epoch: self.parent.as_ref().map_or(0, |p| p.epoch),
             until_epoch: Some(epoch),
         };
@@ -489,7 +496,10 @@ impl Checkpointer {
                     Ok(())
                 },
             )?;
-            let Some(c) = commit.filter(|_| report.last_epoch == Some(epoch)) else {
+            let position = report
+                .last_commit_end
+                .filter(|_| report.last_epoch == Some(epoch));
+            let (Some(c), Some(position)) = (commit, position) else {
                 return Err(IncrementalCheckpointError::Recovery {
                     reason: format!(
                         "the WAL in {} does not hold the commit of epoch {epoch} to checkpoint",
@@ -502,7 +512,7 @@ impl Checkpointer {
                 sources: c.sources,
                 watermark: c.watermark,
                 live_keys: c.live_keys,
-                wal_segment: report.resume.segment(),
+                wal_position: Some(position),
             })
         })
         .await

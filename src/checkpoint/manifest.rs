@@ -8,24 +8,35 @@
 //!
 //! ```text
 //! 0   8  magic "LMNRMANI"
-//! 8   4  version (1)
+//! 8   4  version (2; version 1 is still read)
 //! 12  4  body length n
 //! 16  n  body
 //! 16+n 4 CRC32 of bytes [0, 16+n)
 //! ```
+//!
+//! Version 2 added the WAL position after the epoch's commit (offset,
+//! sequence number, sync generation), so a replay after the checkpoint
+//! starts there instead of at its segment's start. A version 1 manifest
+//! decodes without one.
 
 use std::collections::HashMap;
 
 use super::FormatError;
 use super::data_file::DataKind;
 use super::metadata::IncrementalCheckpointMetadata;
+use crate::wal::{ReplayFrom, WalPosition};
 
 const MAGIC: [u8; 8] = *b"LMNRMANI";
-const VERSION: u32 = 1;
+/// The version this build writes.
+const VERSION: u32 = 2;
+/// The oldest version this build reads: no WAL position.
+const VERSION_1: u32 = 1;
 const PREFIX_LEN: usize = 16;
 const FLAG_INCREMENTAL: u32 = 1;
 const FLAG_WATERMARK: u32 = 2;
-const FIXED_BODY: usize = 8 * 10 + 4 + 4;
+/// Version 2: the WAL position fields are set.
+const FLAG_WAL_POSITION: u32 = 4;
+const FIXED_BODY: usize = 8 * 11 + 4 + 4 + 4 + 4;
 const FILE_ENTRY_LEN: usize = 4 + 8 + 8 + 8 + 4 + 8 + 4;
 
 /// Prefix of a manifest's file name.
@@ -101,6 +112,9 @@ pub(crate) struct Manifest {
     /// The WAL segment holding this epoch's commit: replay after this
     /// checkpoint starts there, and truncation keeps it.
     pub(crate) wal_segment: u64,
+    /// Where in `wal_segment` the record after the commit starts (`None`:
+    /// a version 1 manifest, or the empty state at epoch 0).
+    pub(crate) wal_position: Option<WalPosition>,
     pub(crate) sources: Vec<(String, u64)>,
     /// The chain's data files, base first.
     pub(crate) files: Vec<FileRef>,
@@ -128,8 +142,17 @@ fn u32_at(bytes: &mut &[u8], at: &mut usize) -> Result<u32, FormatError> {
 }
 
 impl Manifest {
-    /// The encoded manifest. Every field is fixed-width, so setting the
-    /// size fields ([`Self::finish_sizes`]) does not change its length.
+    /// Where a WAL replay after this checkpoint starts.
+    pub(crate) fn replay_from(&self) -> ReplayFrom {
+        match self.wal_position {
+            Some(p) => ReplayFrom::Position(p),
+            None => ReplayFrom::Segment(self.wal_segment),
+        }
+    }
+
+    /// The encoded manifest (always the current version). Every field is
+    /// fixed-width, so setting the size fields ([`Self::finish_sizes`])
+    /// does not change its length.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(FIXED_BODY + FILE_ENTRY_LEN * self.files.len());
         let mut flags = 0u32;
@@ -139,6 +162,15 @@ impl Manifest {
         if self.watermark.is_some() {
             flags |= FLAG_WATERMARK;
         }
+        if self.wal_position.is_some() {
+            flags |= FLAG_WAL_POSITION;
+        }
+        let position = self.wal_position.unwrap_or(WalPosition {
+            segment: self.wal_segment,
+            offset: 0,
+            next_seq: 0,
+            sync_gen: 0,
+        });
         for v in [
             self.id,
             self.epoch,
@@ -149,10 +181,13 @@ impl Manifest {
             self.size_bytes,
             self.delta_bytes,
             self.wal_segment,
-            0, // reserved
+            position.offset,
+            position.next_seq,
         ] {
             body.extend_from_slice(&v.to_le_bytes());
         }
+        body.extend_from_slice(&position.sync_gen.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes()); // reserved
         body.extend_from_slice(&flags.to_le_bytes());
         body.extend_from_slice(&(self.sources.len() as u32).to_le_bytes());
         for (name, offset) in &self.sources {
@@ -193,8 +228,8 @@ impl Manifest {
         self.delta_bytes = written + own;
     }
 
-    /// Decodes a manifest read from disk. Never panics; allocations are
-    /// bounded by `bytes.len()`.
+    /// Decodes a manifest read from disk, of the current version or
+    /// version 1. Never panics; allocations are bounded by `bytes.len()`.
     ///
     /// # Errors
     ///
@@ -221,7 +256,7 @@ impl Manifest {
         let mut at = 8;
         let mut rest = &bytes[8..crc_at];
         let version = u32_at(&mut rest, &mut at)?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(FormatError::Version {
                 found: version,
                 supported: VERSION,
@@ -248,13 +283,50 @@ impl Manifest {
             size_bytes,
             delta_bytes,
             wal_segment,
-            _,
+            wal_offset, // version 1: reserved
         ] = v;
+        let position_at = at - 8;
+        let (wal_next_seq, wal_sync_gen) = if version == VERSION_1 {
+            (0, 0)
+        } else {
+            let seq = u64_at(&mut rest, &mut at)?;
+            let sync_gen = u32_at(&mut rest, &mut at)?;
+            let _reserved = u32_at(&mut rest, &mut at)?;
+            (seq, sync_gen)
+        };
         let flags_at = at;
         let flags = u32_at(&mut rest, &mut at)?;
-        if flags & !(FLAG_INCREMENTAL | FLAG_WATERMARK) != 0 {
+        let known = if version == VERSION_1 {
+            FLAG_INCREMENTAL | FLAG_WATERMARK
+        } else {
+            FLAG_INCREMENTAL | FLAG_WATERMARK | FLAG_WAL_POSITION
+        };
+        if flags & !known != 0 {
             return Err(FormatError::corrupt(flags_at as u64, "unknown manifest flags"));
         }
+        let wal_position = if flags & FLAG_WAL_POSITION != 0 {
+            let p = WalPosition {
+                segment: wal_segment,
+                offset: wal_offset,
+                next_seq: wal_next_seq,
+                sync_gen: wal_sync_gen,
+            };
+            if !p.follows_a_record() {
+                return Err(FormatError::corrupt(
+                    position_at as u64,
+                    "WAL position before the first possible commit",
+                ));
+            }
+            Some(p)
+        } else {
+            if version != VERSION_1 && (wal_offset, wal_next_seq, wal_sync_gen) != (0, 0, 0) {
+                return Err(FormatError::corrupt(
+                    position_at as u64,
+                    "WAL position fields set without their flag",
+                ));
+            }
+            None
+        };
         let count_at = at;
         let n = u32_at(&mut rest, &mut at)? as usize;
         if n > rest.len() / 12 {
@@ -333,6 +405,7 @@ impl Manifest {
             size_bytes,
             delta_bytes,
             wal_segment,
+            wal_position,
             sources,
             files,
         })
@@ -357,6 +430,28 @@ impl Manifest {
 }
 
 #[cfg(test)]
+impl Manifest {
+    /// This manifest as version 1 wrote it: the reserved word where
+    /// version 2 has the WAL offset, and no sequence number or sync
+    /// generation.
+    pub(crate) fn encode_version_1(&self) -> Vec<u8> {
+        let v2 = self.encode();
+        let at = PREFIX_LEN + 9 * 8;
+        let mut out = v2[..at].to_vec();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        let flags = u32::from_le_bytes(v2[at + 24..at + 28].try_into().unwrap()) & !FLAG_WAL_POSITION;
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&v2[at + 28..v2.len() - 4]);
+        out[8..12].copy_from_slice(&VERSION_1.to_le_bytes());
+        let body = (out.len() - PREFIX_LEN) as u32;
+        out[12..16].copy_from_slice(&body.to_le_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -372,6 +467,12 @@ mod tests {
             size_bytes: 0,
             delta_bytes: 0,
             wal_segment: 5,
+            wal_position: Some(WalPosition {
+                segment: 5,
+                offset: 4242,
+                next_seq: 901,
+                sync_gen: 77,
+            }),
             sources: vec![("orders-0".into(), 42), ("ü".into(), u64::MAX)],
             files: vec![
                 FileRef {
@@ -411,6 +512,73 @@ mod tests {
             Some((3, DataKind::Delta))
         );
         assert_eq!(parse_data_file_name("data_0000000000000003.delta.tmp"), None);
+    }
+
+    fn encode_v1(m: &Manifest) -> Vec<u8> {
+        m.encode_version_1()
+    }
+
+    #[test]
+    fn version_1_is_read_without_a_wal_position() {
+        let m = sample();
+        let decoded = Manifest::decode(&encode_v1(&m)).unwrap();
+        assert_eq!(decoded.wal_position, None);
+        assert_eq!(decoded.replay_from(), ReplayFrom::Segment(5));
+        assert_eq!(
+            decoded,
+            Manifest {
+                wal_position: None,
+                ..m.clone()
+            }
+        );
+        assert_eq!(m.replay_from(), ReplayFrom::Position(m.wal_position.unwrap()));
+        // A newer version is refused as such, not as damage.
+        let mut v3 = m.encode();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let n = v3.len() - 4;
+        let crc = crc32fast::hash(&v3[..n]);
+        v3[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Manifest::decode(&v3),
+            Err(FormatError::Version {
+                found: 3,
+                supported: VERSION
+            })
+        ));
+    }
+
+    #[test]
+    fn wal_position_round_trips_and_is_checked() {
+        let mut m = sample();
+        m.wal_position = None;
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // Re-encodes `m` with the CRC fixed after `edit`.
+        let forged = |m: &Manifest, edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = m.encode();
+            edit(&mut b);
+            let n = b.len() - 4;
+            let crc = crc32fast::hash(&b[..n]);
+            b[n..].copy_from_slice(&crc.to_le_bytes());
+            Manifest::decode(&b)
+        };
+        let at = PREFIX_LEN + 9 * 8;
+        // Position fields without the flag.
+        let e = forged(&m, &|b| b[at] = 1).unwrap_err();
+        assert_eq!(e.offset(), at as u64);
+        // A position that cannot follow a commit.
+        let mut early = sample();
+        if let Some(p) = early.wal_position.as_mut() {
+            p.offset = 40;
+        }
+        assert!(Manifest::decode(&early.encode()).is_err());
+        let mut first = sample();
+        if let Some(p) = first.wal_position.as_mut() {
+            p.next_seq = 1;
+        }
+        assert!(Manifest::decode(&first.encode()).is_err());
+        // An unknown flag.
+        let sample = sample();
+        assert!(forged(&sample, &|b| b[at + 24] |= 8).is_err());
     }
 
     #[test]

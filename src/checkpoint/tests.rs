@@ -243,3 +243,120 @@ async fn a_missing_wal_start_is_an_error_not_a_silent_loss() {
         "{err}"
     );
 }
+
+/// The newest published manifest in `dir`.
+fn newest_manifest(dir: &Path) -> (std::path::PathBuf, super::manifest::Manifest) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| super::manifest::parse_manifest_name(n).is_some())
+        .collect();
+    names.sort();
+    let path = dir.join(names.last().unwrap());
+    let m = super::manifest::Manifest::decode(&std::fs::read(&path).unwrap()).unwrap();
+    (path, m)
+}
+
+fn recovered_model(state: &crate::recovery::RecoveredState) -> Model {
+    state.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+#[tokio::test]
+async fn recovery_replays_from_the_wal_position_and_reads_version_1_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let models = history(dir, Arc::new(StdFs), 30, &[10, 20, 25]).await;
+    let (path, m) = newest_manifest(dir);
+    let p = m
+        .wal_position
+        .expect("a version 2 manifest records its WAL position");
+    assert_eq!((m.epoch, p.segment), (25, m.wal_segment));
+    let store = LocalDirStore::new(dir);
+    let r = recover_with(&recovery_config(dir), Arc::new(StdFs), &store)
+        .await
+        .unwrap();
+    assert_eq!((r.state.epoch, r.state.checkpoint_id), (30, Some(m.id)));
+    assert_eq!(recovered_model(&r.state), models[30]);
+    // The same checkpoint as version 1 wrote it: no position, the replay
+    // reads its segment from the start and skips the epochs it covers.
+    std::fs::write(&path, m.encode_version_1()).unwrap();
+    let r1 = recover_with(&recovery_config(dir), Arc::new(StdFs), &store)
+        .await
+        .unwrap();
+    assert_eq!((r1.state.epoch, r1.state.checkpoint_id), (30, Some(m.id)));
+    assert_eq!(recovered_model(&r1.state), models[30]);
+    assert_eq!(r1.state.wal_entries_replayed, r.state.wal_entries_replayed);
+    assert_eq!(r1.report.resume, r.report.resume);
+}
+
+#[tokio::test]
+async fn a_damaged_or_truncated_segment_at_the_wal_position_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    history(&base, Arc::new(StdFs), 40, &[12]).await;
+    let (_, m) = newest_manifest(&base);
+    let p = m.wal_position.unwrap();
+    let segment = base.join("wal").join(format!("wal_{:016x}.log", p.segment));
+    let newest = std::fs::read_dir(base.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .ends_with(".log")
+        })
+        .count() as u64;
+    assert!(p.segment < newest, "the position is in a sealed segment");
+    let run = |name: &str, damage: &dyn Fn(&mut Vec<u8>)| {
+        let dir = tmp.path().join(name);
+        copy_tree(&base, &dir);
+        let path = dir.join("wal").join(segment.file_name().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        damage(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    };
+    // A flipped bit in the record at the position.
+    let (dir, path) = run("flip", &|b| b[p.offset as usize + 2] ^= 1);
+    let err = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
+        .await
+        .unwrap_err();
+    match err {
+        IncrementalCheckpointError::Wal(crate::wal::WalError::Corruption { file, offset, .. }) => {
+            assert_eq!((file, offset), (path, p.offset));
+        }
+        other => panic!("{other}"),
+    }
+    // The segment cut short before the position.
+    let (dir, path) = run("cut", &|b| b.truncate(p.offset as usize - 1));
+    let err = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
+        .await
+        .unwrap_err();
+    match err {
+        IncrementalCheckpointError::Wal(crate::wal::WalError::Corruption { file, offset, .. }) => {
+            assert_eq!((file, offset), (path, p.offset));
+        }
+        other => panic!("{other}"),
+    }
+    // Damage before the position is in records the checkpoint holds: not
+    // read, and the recovery is complete.
+    let (dir, _) = run("before", &|b| b[p.offset as usize - 5] ^= 1);
+    let r = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
+        .await
+        .unwrap();
+    assert_eq!(r.state.epoch, 40);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

@@ -13,7 +13,7 @@ use crate::checkpoint::merge::Merge;
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
 use crate::state::{StateDrain, StateWriter};
-use crate::wal::{ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
+use crate::wal::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
 
 /// What `open` needs beyond the recovered state.
 #[derive(Debug)]
@@ -194,7 +194,7 @@ async fn replay_wal(
     let wal_dir: PathBuf = config.wal_dir.clone();
     let mode = config.recovery_mode;
     let range = ReplayRange {
-        from_segment: checkpoint.map_or(0, |m| m.wal_segment),
+        from: checkpoint.map_or(ReplayFrom::default(), Manifest::replay_from),
         after_epoch: checkpoint.map_or(0, |m| m.epoch),
         until_epoch: None,
     };

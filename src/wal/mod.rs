@@ -47,7 +47,7 @@ pub(crate) use batch::WalBatch;
 
 #[cfg(any(test, fuzzing))]
 pub(crate) use reader::replay;
-pub(crate) use reader::{ReplayOp, ReplayRange, ReplayReport, replay_range};
+pub(crate) use reader::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalPosition, replay_range};
 
 pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
 

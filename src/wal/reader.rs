@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use super::commit::CommitRecord;
 use super::format::{
     FRAME_HEADER_LEN, Frame, FrameError, HeaderError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
-    decode_segment_header, end_of_nonzero, parse_frame, parse_segment_file_name, segment_file_name,
+    decode_segment_header, end_of_nonzero, frame_payload_len, parse_frame, parse_segment_file_name,
+    segment_file_name,
 };
 use super::{WalError, WalRecoveryMode, io_err};
-use crate::io::FileSystem;
+use crate::io::{FileSystem, FsFile};
 
 /// One operation handed to the replay callback.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,7 @@ impl ResumePosition {
     }
 
     /// The segment the writer resumes in (or after, if it starts a new one).
+    #[cfg(test)]
     pub(crate) fn segment(&self) -> u64 {
         self.segment
     }
@@ -113,6 +115,33 @@ pub(crate) struct CorruptionReport {
     pub(crate) reason: &'static str,
 }
 
+/// A place in the log right after a commit record: where a replay can
+/// start without reading anything before it. A checkpoint's manifest
+/// records the one after its epoch's commit.
+///
+/// Starting there checks the frame chain exactly as a replay from the
+/// segment's start would: the first record must carry `next_seq`, and its
+/// sync generation may not be older than `sync_gen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalPosition {
+    /// The segment holding the commit.
+    pub(crate) segment: u64,
+    /// Byte offset of the record after the commit in `segment`.
+    pub(crate) offset: u64,
+    /// Sequence number of the record after the commit.
+    pub(crate) next_seq: u64,
+    /// Sync generation of the commit record.
+    pub(crate) sync_gen: u32,
+}
+
+impl WalPosition {
+    /// Whether it can follow a record: past a segment header and a frame,
+    /// and after sequence number 1.
+    pub(crate) fn follows_a_record(&self) -> bool {
+        self.offset >= (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64 && self.next_seq >= 2
+    }
+}
+
 /// What [`replay`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReplayReport {
@@ -120,6 +149,9 @@ pub(crate) struct ReplayReport {
     pub(crate) last_epoch: Option<u64>,
     /// Its commit: source offsets and watermark.
     pub(crate) last_commit: Option<CommitRecord>,
+    /// Where that commit record ends (only for a commit read by this
+    /// replay, not one it started after).
+    pub(crate) last_commit_end: Option<WalPosition>,
     /// Epochs handed to the callback (those after `after_epoch`).
     pub(crate) epochs_applied: u64,
     /// Puts and deletes handed to the callback.
@@ -147,7 +179,6 @@ struct EndPos {
     segment: u64,
     offset: u64,
     next_seq: u64,
-    zero_until: u64,
     sealed: bool,
 }
 
@@ -188,12 +219,38 @@ fn gen_not_before(g: u32, last: u32) -> bool {
     g.wrapping_sub(last) < 1 << 31
 }
 
+/// Where [`replay_range`] starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayFrom {
+    /// At the start of this segment; segments numbered below it are not
+    /// read (a checkpoint covers them).
+    Segment(u64),
+    /// Right after a commit (a checkpoint's): neither the segments before
+    /// its segment nor the bytes before it in its segment are read. If its
+    /// segment is gone, the next one is read from its start.
+    Position(WalPosition),
+}
+
+impl Default for ReplayFrom {
+    fn default() -> Self {
+        Self::Segment(0)
+    }
+}
+
+impl ReplayFrom {
+    fn segment(&self) -> u64 {
+        match self {
+            Self::Segment(s) => *s,
+            Self::Position(p) => p.segment,
+        }
+    }
+}
+
 /// Which part of the log [`replay_range`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct ReplayRange {
-    /// Segments numbered below this are not read (a checkpoint covers
-    /// them).
-    pub(crate) from_segment: u64,
+    /// Where reading starts.
+    pub(crate) from: ReplayFrom,
     /// Epochs up to this one are skipped.
     pub(crate) after_epoch: u64,
     /// Stop right after the commit of this epoch, without reading further
@@ -211,6 +268,9 @@ struct Replayer<F> {
     apply: F,
     expect_seq: Option<u64>,
     last_gen: Option<u32>,
+    /// Segments read to their end, and the end of their non-zero bytes:
+    /// what the next writer zero-fills after its resume offset.
+    written_ends: Vec<(u64, u64)>,
     end: Option<EndPos>,
     first_start: Option<EndPos>,
     last_commit_end: Option<EndPos>,
@@ -261,11 +321,18 @@ where
     replay_range(fs, dir, mode, range, apply)
 }
 
-/// [`replay`] of part of the log: from segment `range.from_segment`, the
-/// epochs after `range.after_epoch`, stopping after the commit of
-/// `range.until_epoch` if given. The first epoch applied must be
-/// `after_epoch + 1`: a gap means the log no longer holds epochs the caller
-/// needs.
+/// [`replay`] of part of the log: from `range.from` (a segment's start, or
+/// the position after a checkpoint's commit), the epochs after
+/// `range.after_epoch`, stopping after the commit of `range.until_epoch` if
+/// given. The first epoch applied must be `after_epoch + 1`: a gap means
+/// the log no longer holds epochs the caller needs.
+///
+/// Segments are read on demand, by positional reads of growing size: a
+/// scan that stops at `until_epoch` reads little past that commit, and one
+/// starting at a position reads nothing before it. A segment whose records
+/// end early (a torn tail, the newest segment's preallocated zeros, a
+/// seal) is read to its end, to classify the damage or to know what the
+/// next writer must zero-fill.
 ///
 /// With `until_epoch`, the resume position in the report is not meaningful
 /// (the scan stopped early) and the report's `last_epoch` tells whether that
@@ -285,7 +352,7 @@ where
     F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
 {
     let mut segments = list_segments(fs, dir)?;
-    segments.retain(|&s| s >= range.from_segment);
+    segments.retain(|&s| s >= range.from.segment());
     let mut r = Replayer {
         mode,
         after_epoch: range.after_epoch,
@@ -295,6 +362,7 @@ where
         apply,
         expect_seq: None,
         last_gen: None,
+        written_ends: Vec::new(),
         end: None,
         first_start: None,
         last_commit_end: None,
@@ -306,6 +374,7 @@ where
         report: ReplayReport {
             last_epoch: None,
             last_commit: None,
+            last_commit_end: None,
             epochs_applied: 0,
             records_replayed: 0,
             records_discarded: 0,
@@ -354,16 +423,106 @@ where
                 }
             }
         }
+        let start = match range.from {
+            ReplayFrom::Position(p) if prev.is_none() && p.segment == seg => Some(p),
+            _ => None,
+        };
         prev = Some(seg);
         let path = dir.join(segment_file_name(seg));
-        let buf = fs.read(&path).map_err(io_err("read", &path))?;
+        let mut bytes = SegmentBytes::open(fs, &path).map_err(io_err("read", &path))?;
         r.report.segments_read += 1;
-        match r.scan_segment(seg, &path, &buf, seg == newest, seg == segments[0])? {
+        match r.scan_segment(seg, &path, &mut bytes, start, seg == newest, seg == segments[0])? {
             Flow::NextSegment => {}
             Flow::Stop => break,
         }
     }
     Ok(r.finish(segments[0]))
+}
+
+/// The first read of a segment's records; later reads double, up to
+/// [`MAX_READ`].
+const FIRST_READ: usize = 1 << 20;
+const MAX_READ: usize = 16 << 20;
+
+/// A segment file's bytes, read on demand by positional reads.
+///
+/// `buf` is as long as the file (zero-initialised memory, which costs
+/// nothing until written); `buf[..loaded]` holds the file's bytes, except
+/// `[SEGMENT_HEADER_LEN, skipped_to)` when a replay starts at a position in
+/// the segment: that range is never read, stays zero and is never looked
+/// at (every check looks forward from the position).
+struct SegmentBytes {
+    file: Box<dyn FsFile>,
+    buf: Vec<u8>,
+    loaded: usize,
+    next_read: usize,
+}
+
+impl SegmentBytes {
+    /// Opens `path` and reads its header (or what there is of it).
+    fn open(fs: &dyn FileSystem, path: &Path) -> io::Result<Self> {
+        let mut file = fs.open_read(path)?;
+        let len = usize::try_from(file.file_len()?).map_err(io::Error::other)?;
+        let mut bytes = Self {
+            file,
+            buf: vec![0; len],
+            loaded: 0,
+            next_read: SEGMENT_HEADER_LEN,
+        };
+        bytes.ensure(SEGMENT_HEADER_LEN)?;
+        bytes.next_read = FIRST_READ;
+        Ok(bytes)
+    }
+
+    /// The file's length.
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bytes read so far.
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.loaded]
+    }
+
+    /// Leaves the bytes before `offset` unread (called once, right after
+    /// the header).
+    fn skip_to(&mut self, offset: usize) {
+        self.loaded = self.loaded.max(offset.min(self.len()));
+    }
+
+    /// Reads at least up to `upto` (or the end of the file).
+    fn ensure(&mut self, upto: usize) -> io::Result<()> {
+        let upto = upto.min(self.len());
+        if upto <= self.loaded {
+            return Ok(());
+        }
+        let end = upto
+            .max(self.loaded.saturating_add(self.next_read))
+            .min(self.len());
+        let at = self.loaded;
+        self.file.read_exact_at(&mut self.buf[at..end], at as u64)?;
+        self.loaded = end;
+        self.next_read = self.next_read.saturating_mul(2).min(MAX_READ);
+        Ok(())
+    }
+
+    /// Reads the frame starting at `pos`, as far as its header says it
+    /// extends (or to the end of the file).
+    fn ensure_frame(&mut self, pos: usize) -> io::Result<()> {
+        self.ensure(pos.saturating_add(FRAME_HEADER_LEN))?;
+        if let Some(len) = frame_payload_len(self.bytes(), pos) {
+            self.ensure(pos.saturating_add(FRAME_HEADER_LEN).saturating_add(len))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of the file; returns one past its last non-zero byte
+    /// at or after `from` (`from` if there is none).
+    fn read_to_end(&mut self, from: usize) -> io::Result<usize> {
+        self.ensure(self.len())?;
+        let from = from.min(self.len());
+        Ok(from + end_of_nonzero(&self.buf[from..]))
+    }
 }
 
 fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, WalError> {
@@ -441,6 +600,20 @@ fn plausible_frame(buf: &[u8], p: usize, min_seq: u64, max_seq: u64) -> Option<F
     parse_frame(buf, p).ok()
 }
 
+/// The offset of `p` in a segment of `len` bytes whose first record has
+/// sequence number `first_seq`, if it can be a position after a record of
+/// that segment: past the header and a frame, within the file (segments are
+/// preallocated, and a position is recorded only once durable), and after
+/// `next_seq - first_seq` records that each take at least a frame header.
+fn position_in_segment(p: &WalPosition, first_seq: u64, len: usize) -> Option<usize> {
+    let offset = usize::try_from(p.offset).ok()?;
+    let records = usize::try_from(p.next_seq.checked_sub(first_seq)?).ok()?;
+    let fits = records >= 1
+        && offset <= len
+        && records.checked_mul(FRAME_HEADER_LEN)? <= offset.checked_sub(SEGMENT_HEADER_LEN)?;
+    fits.then_some(offset)
+}
+
 fn corruption(path: &Path, offset: usize, reason: &'static str) -> WalError {
     WalError::Corruption {
         file: path.to_path_buf(),
@@ -488,15 +661,17 @@ where
         }
     }
 
+    /// Reads the records of one segment, from its start or from `start`.
     fn scan_segment(
         &mut self,
         seg: u64,
         path: &Path,
-        buf: &[u8],
+        bytes: &mut SegmentBytes,
+        start: Option<WalPosition>,
         is_newest: bool,
         is_oldest: bool,
     ) -> Result<Flow, WalError> {
-        let header = match decode_segment_header(buf) {
+        let header = match decode_segment_header(bytes.bytes()) {
             Ok(h) => h,
             Err(HeaderError::Version(found)) => {
                 return Err(WalError::UnsupportedVersion {
@@ -506,14 +681,14 @@ where
                 });
             }
             Err(HeaderError::Invalid(reason)) => {
-                return self.bad_header(path, 0, buf.len(), reason);
+                return self.bad_header(path, 0, bytes.len(), reason);
             }
         };
         if header.segment != seg {
             return self.bad_header(
                 path,
                 12,
-                buf.len(),
+                bytes.len(),
                 "segment number in the header does not match the file name",
             );
         }
@@ -529,32 +704,50 @@ where
                     reason,
                 });
             } else {
-                return self.bad_header(path, 20, buf.len(), reason);
+                return self.bad_header(path, 20, bytes.len(), reason);
             }
         }
-        let end_nz = end_of_nonzero(buf).max(SEGMENT_HEADER_LEN);
-        let mut expect = header.first_seq;
+        // Where the records read begin, the sequence number there, and the
+        // sync generation the first one may not be older than.
+        let (from, mut expect, mut seg_gen) = match start {
+            None => (SEGMENT_HEADER_LEN, header.first_seq, None),
+            Some(p) => {
+                let Some(offset) = position_in_segment(&p, header.first_seq, bytes.len()) else {
+                    let at = usize::try_from(p.offset).unwrap_or(usize::MAX);
+                    return self.bad_header(
+                        path,
+                        at,
+                        bytes.len(),
+                        "the checkpoint's WAL position does not fit this segment",
+                    );
+                };
+                bytes.skip_to(offset);
+                self.last_gen = Some(p.sync_gen);
+                (offset, p.next_seq, Some(p.sync_gen))
+            }
+        };
         self.expect_seq = Some(expect);
-        let start = EndPos {
+        let first = EndPos {
             segment: seg,
-            offset: SEGMENT_HEADER_LEN as u64,
+            offset: from as u64,
             next_seq: expect,
-            zero_until: end_nz as u64,
             sealed: false,
         };
-        self.end = Some(start);
+        self.end = Some(first);
         if self.first_start.is_none() {
-            self.first_start = Some(start);
+            self.first_start = Some(first);
             // Only the oldest segment on disk can start after removed ones;
             // a later one is first here because SkipAnyCorruptedRecords
             // skipped a damaged segment before it, whose records are lost
-            // like any other skipped range.
-            self.head_partial = is_oldest && header.first_seq != 1 && !header.starts_at_epoch_boundary;
+            // like any other skipped range. A position is right after a
+            // commit: an epoch boundary.
+            self.head_partial =
+                is_oldest && start.is_none() && header.first_seq != 1 && !header.starts_at_epoch_boundary;
         }
-        let mut seg_gen: Option<u32> = None;
-        let mut pos = SEGMENT_HEADER_LEN;
+        let mut pos = from;
         loop {
-            let bad: (&'static str, bool) = match parse_frame(buf, pos) {
+            bytes.ensure_frame(pos).map_err(io_err("read", path))?;
+            let bad: (&'static str, bool) = match parse_frame(bytes.bytes(), pos) {
                 Ok(f) if f.seq == expect && seg_gen.is_none_or(|g| gen_not_before(f.sync_gen, g)) => {
                     self.frame_offset = pos;
                     match self.record(path, &f)? {
@@ -569,17 +762,25 @@ where
                                 segment: seg,
                                 offset: pos as u64,
                                 next_seq: expect,
-                                zero_until: end_nz as u64,
                                 sealed,
                             };
                             self.end = Some(here);
                             if f.rtype == RecordType::Commit {
                                 self.last_commit_end = Some(here);
+                                self.report.last_commit_end = Some(WalPosition {
+                                    segment: seg,
+                                    offset: pos as u64,
+                                    next_seq: expect,
+                                    sync_gen: f.sync_gen,
+                                });
                                 if self.reached_until {
                                     return Ok(Flow::Stop);
                                 }
                             }
                             if sealed {
+                                // Nothing after a seal is a record, but a
+                                // writer resuming before it zero-fills it.
+                                self.read_to_end(seg, path, bytes, from)?;
                                 return Ok(if is_newest { Flow::Stop } else { Flow::NextSegment });
                             }
                             continue;
@@ -593,6 +794,8 @@ where
                 // A CRC that holds over an unknown type is no torn write.
                 Err(e) => (e.reason(), e == FrameError::UnknownType),
             };
+            let end_nz = self.read_to_end(seg, path, bytes, from)?;
+            let buf = bytes.bytes();
             if is_newest && end_nz <= pos {
                 // Nothing but zeros (preallocated space) from here: clean end.
                 return Ok(Flow::Stop);
@@ -607,6 +810,23 @@ where
                 }
             }
         }
+    }
+
+    /// Reads the rest of the segment and notes where its non-zero bytes
+    /// end (at least `from`, where reading began).
+    fn read_to_end(
+        &mut self,
+        seg: u64,
+        path: &Path,
+        bytes: &mut SegmentBytes,
+        from: usize,
+    ) -> Result<usize, WalError> {
+        let end_nz = bytes.read_to_end(from).map_err(io_err("read", path))?;
+        match self.written_ends.last_mut() {
+            Some((s, end)) if *s == seg => *end = end_nz as u64,
+            _ => self.written_ends.push((seg, end_nz as u64)),
+        }
+        Ok(end_nz)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -653,7 +873,6 @@ where
             segment: seg,
             offset: pos as u64,
             next_seq: expect,
-            zero_until: end_nz as u64,
             sealed: false,
         };
         let torn = TornTail {
@@ -825,13 +1044,22 @@ where
             self.end
         };
         let next_gen = self.last_gen.map_or(0, |g| g.wrapping_add(1));
+        // The writer zero-fills from its offset to the end of the
+        // segment's written bytes, known for every segment read to its end
+        // (any segment a full replay can resume in).
+        let zero_until = |e: &EndPos| {
+            self.written_ends
+                .iter()
+                .find(|(s, _)| *s == e.segment)
+                .map_or(e.offset, |&(_, end)| end.max(e.offset))
+        };
         self.report.resume = match at {
             Some(e) => ResumePosition {
                 segment: e.segment,
                 offset: e.offset,
                 next_seq: e.next_seq,
                 next_gen,
-                zero_until: e.zero_until,
+                zero_until: zero_until(&e),
                 start_new_segment: e.sealed,
                 discard_later_segments: discard,
             },

@@ -1139,3 +1139,420 @@ fn removed_oldest_segments_never_yield_half_an_epoch() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Replays starting at a checkpoint's position (after its epoch's commit)
+
+/// [`collect`] over a range.
+fn collect_range(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    mode: WalRecoveryMode,
+    range: ReplayRange,
+) -> Result<(Vec<Op>, ReplayReport), WalError> {
+    let mut ops = Vec::new();
+    let report = replay_range(fs, dir, mode, range, |op| {
+        ops.push(match op {
+            ReplayOp::Put { key, value } => Op::Put(key.to_vec(), value.to_vec()),
+            ReplayOp::Delete { key } => Op::Delete(key.to_vec()),
+            ReplayOp::Commit(c) => Op::Commit(c.epoch),
+        });
+        Ok(())
+    })?;
+    Ok((ops, report))
+}
+
+/// The position after the commit of `epoch`, as a checkpoint's scan finds
+/// it.
+fn position_after(fs: &dyn FileSystem, dir: &Path, epoch: u64) -> WalPosition {
+    let range = ReplayRange {
+        until_epoch: Some(epoch),
+        ..ReplayRange::default()
+    };
+    let (_, report) = collect_range(fs, dir, TOLERATE, range).unwrap();
+    assert_eq!(report.last_epoch, Some(epoch));
+    report.last_commit_end.unwrap()
+}
+
+fn from_position(p: WalPosition, after_epoch: u64) -> ReplayRange {
+    ReplayRange {
+        from: ReplayFrom::Position(p),
+        after_epoch,
+        until_epoch: None,
+    }
+}
+
+/// A [`FileSystem`] over `StdFs` that counts the bytes read and the
+/// lowest offset read after each file's header.
+#[derive(Debug, Default)]
+struct CountingFs {
+    read: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Box<dyn crate::io::FsFile>,
+    read: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+impl crate::io::FsFile for CountingFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut r = self.read.lock().unwrap();
+        r.0 += buf.len() as u64;
+        if offset >= SEGMENT_HEADER_LEN as u64 {
+            r.1 = r.1.min(offset);
+        }
+        drop(r);
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn file_len(&mut self) -> std::io::Result<u64> {
+        self.inner.file_len()
+    }
+}
+
+impl CountingFs {
+    /// Bytes read and the lowest record offset read since the last call.
+    fn take(&self) -> (u64, u64) {
+        std::mem::replace(&mut *self.read.lock().unwrap(), (0, u64::MAX))
+    }
+}
+
+impl FileSystem for CountingFs {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        StdFs.create(path)
+    }
+    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        StdFs.open_write(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        Ok(Box::new(CountingFile {
+            inner: StdFs.open_read(path)?,
+            read: Arc::clone(&self.read),
+        }))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let b = StdFs.read(path)?;
+        let mut r = self.read.lock().unwrap();
+        r.0 += b.len() as u64;
+        r.1 = 0;
+        Ok(b)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        StdFs.list_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+}
+
+#[test]
+fn replay_from_any_commit_position_is_the_suffix_of_the_full_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 2048);
+    write_epochs(&mut w, &mut model, 1..=40, 5, 30);
+    let newest = w.current_segment();
+    drop(w);
+    assert!(newest > 5, "several segments, so positions land in sealed ones");
+    let (all, full) = collect(fs.as_ref(), &dir, TOLERATE, 0).unwrap();
+    assert_eq!(all, model);
+    let mut sealed_positions = 0;
+    for e in 1..=40 {
+        let p = position_after(fs.as_ref(), &dir, e);
+        sealed_positions += u64::from(p.segment < newest);
+        let (ops, report) = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, e)).unwrap();
+        assert_eq!(
+            ops,
+            model[epochs_prefix(&model, e).len()..].to_vec(),
+            "after epoch {e}"
+        );
+        assert_eq!(report.last_epoch, (e < 40).then_some(40));
+        assert_eq!(report.resume, full.resume, "after epoch {e}");
+        assert_eq!(report.segments_read, newest - p.segment + 1);
+    }
+    assert!(sealed_positions > 10);
+}
+
+#[test]
+fn replay_reads_only_what_it_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let counting = Arc::new(CountingFs::default());
+    let fs: Arc<dyn FileSystem> = counting.clone();
+    let segment = 16u64 << 20;
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, segment);
+    write_epochs(&mut w, &mut model, 1..=200, 50, 100);
+    drop(w);
+    counting.take();
+    let p = position_after(fs.as_ref(), &dir, 150);
+    let (scanned, _) = counting.take();
+    // A checkpoint's scan stops at its commit, well before the
+    // preallocated zeros: it reads at most a first read past it.
+    assert!(scanned < p.offset + (1 << 20) + 4096, "{scanned} bytes read");
+    let (ops, report) = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 150)).unwrap();
+    assert_eq!(ops, model[epochs_prefix(&model, 150).len()..].to_vec());
+    assert_eq!(report.last_epoch, Some(200));
+    let (read, lowest) = counting.take();
+    // Nothing before the position is read (but the header); the newest
+    // segment is read to its end to see that only zeros follow.
+    assert_eq!(lowest, p.offset);
+    assert_eq!(read, SEGMENT_HEADER_LEN as u64 + segment - p.offset);
+    // An incremental scan reads from the parent's position to the target.
+    let q = position_after(fs.as_ref(), &dir, 160);
+    counting.take();
+    let range = ReplayRange {
+        until_epoch: Some(170),
+        ..from_position(q, 160)
+    };
+    let (ops, report) = collect_range(fs.as_ref(), &dir, TOLERATE, range).unwrap();
+    assert_eq!(report.last_epoch, Some(170));
+    assert_eq!(ops.iter().filter(|o| matches!(o, Op::Commit(_))).count(), 10);
+    let (read, lowest) = counting.take();
+    assert_eq!(lowest, q.offset);
+    assert!(read < (1 << 20) + 4096, "{read} bytes read");
+}
+
+#[test]
+fn a_writer_resuming_after_a_position_replay_continues_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 64 << 10);
+    write_epochs(&mut w, &mut model, 1..=10, 5, 30);
+    // An incomplete epoch after the last commit: dropped and zero-filled.
+    let mut batch = WalBatch::new();
+    batch.append_put(b"lost", b"never committed");
+    w.write_batch(&batch).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    for checkpoint in [10, 7] {
+        let run = tmp.path().join(format!("run-{checkpoint}"));
+        copy_dir(&dir, &run);
+        let mut model = epochs_prefix(&model, 10);
+        let p = position_after(fs.as_ref(), &run, checkpoint);
+        let (ops, report) = collect_range(fs.as_ref(), &run, TOLERATE, from_position(p, checkpoint)).unwrap();
+        assert_eq!(ops, model[epochs_prefix(&model, checkpoint).len()..].to_vec());
+        assert_eq!(report.records_discarded, 1);
+        let (_, full) = collect(fs.as_ref(), &run, TOLERATE, 0).unwrap();
+        assert_eq!(report.resume, full.resume);
+        // The writer continues the sequence numbers and sync generations:
+        // a replay of the whole log afterwards finds no damage.
+        let mut w = WalWriter::open(
+            fs.clone(),
+            &run,
+            WalConfig::new().with_segment_size(64 << 10),
+            &report.resume,
+        )
+        .unwrap();
+        write_epochs(&mut w, &mut model, 11..=12, 3, 30);
+        drop(w);
+        let (ops, full) = collect(fs.as_ref(), &run, TOLERATE, 0).unwrap();
+        assert_eq!(ops, model);
+        assert!(full.torn_tail.is_none() && full.skipped.is_empty());
+    }
+}
+
+#[test]
+fn a_clean_end_right_after_the_position_keeps_the_sync_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 64 << 10);
+    write_epochs(&mut w, &mut model, 1..=6, 5, 30);
+    drop(w);
+    let p = position_after(fs.as_ref(), &dir, 6);
+    assert!(p.sync_gen > 0, "one sync per epoch");
+    let (ops, report) = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 6)).unwrap();
+    assert!(ops.is_empty());
+    assert_eq!(report.last_epoch, None);
+    assert_eq!(
+        (report.resume.offset(), report.resume.next_seq()),
+        (p.offset, p.next_seq)
+    );
+    let mut w = WalWriter::open(
+        fs.clone(),
+        &dir,
+        WalConfig::new().with_segment_size(64 << 10),
+        &report.resume,
+    )
+    .unwrap();
+    write_epochs(&mut w, &mut model, 7..=8, 3, 30);
+    drop(w);
+    let (ops, full) = collect(fs.as_ref(), &dir, TOLERATE, 0).unwrap();
+    assert_eq!(ops, model);
+    assert!(full.torn_tail.is_none());
+}
+
+#[test]
+fn a_torn_tail_after_the_position_is_found_as_by_a_full_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 64 << 10);
+    write_epochs(&mut w, &mut model, 1..=8, 5, 30);
+    let newest = w.current_segment();
+    drop(w);
+    let p = position_after(fs.as_ref(), &dir, 5);
+    let frames = frames_of(&seg_path(&dir, newest));
+    let (last_start, last_end) = frames[frames.len() - 1];
+    patch(&seg_path(&dir, newest), |b| b[last_end - 3] ^= 0x40);
+    let (_, full) = collect(fs.as_ref(), &dir, TOLERATE, 0).unwrap();
+    let (ops, report) = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 5)).unwrap();
+    let torn = report.torn_tail.clone().unwrap();
+    assert_eq!(torn.offset, last_start as u64);
+    assert_eq!(report.torn_tail, full.torn_tail);
+    assert_eq!(report.resume, full.resume);
+    assert_eq!(
+        ops,
+        model[epochs_prefix(&model, 5).len()..epochs_prefix(&model, 7).len()].to_vec()
+    );
+    let strict = collect_range(
+        fs.as_ref(),
+        &dir,
+        WalRecoveryMode::AbsoluteConsistency,
+        from_position(p, 5),
+    );
+    assert!(matches!(strict, Err(WalError::TornTail { .. })), "{strict:?}");
+}
+
+#[test]
+fn a_position_that_does_not_match_the_log_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 2048);
+    write_epochs(&mut w, &mut model, 1..=20, 5, 30);
+    let newest = w.current_segment();
+    drop(w);
+    let p = position_after(fs.as_ref(), &dir, 3);
+    assert!(p.segment < newest);
+    let path = seg_path(&dir, p.segment);
+    let check = |p: WalPosition, what: &str| {
+        let r = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 3));
+        match r {
+            Err(e) if e.is_corruption() => {
+                let WalError::Corruption { file, .. } = &e else {
+                    panic!("{what}: {e:?}")
+                };
+                assert_eq!(file, &path, "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    };
+    // The sequence number there is not the one recorded (another log,
+    // or a recorded position that is off).
+    check(
+        WalPosition {
+            next_seq: p.next_seq + 1,
+            ..p
+        },
+        "sequence number ahead",
+    );
+    check(
+        WalPosition {
+            next_seq: p.next_seq - 1,
+            ..p
+        },
+        "sequence number behind",
+    );
+    // The offset is not a frame boundary.
+    check(
+        WalPosition {
+            offset: p.offset + 1,
+            ..p
+        },
+        "offset off by one",
+    );
+    // More records than fit before the offset, or an offset past the file.
+    check(
+        WalPosition {
+            next_seq: p.next_seq + 1000,
+            ..p
+        },
+        "too many records",
+    );
+    check(WalPosition { offset: 1 << 40, ..p }, "offset past the file");
+    // A later record whose sync generation is older than the commit's.
+    check(
+        WalPosition {
+            sync_gen: p.sync_gen + 5,
+            ..p
+        },
+        "generation",
+    );
+    // The segment was truncated before the position.
+    let mut full = std::fs::read(&path).unwrap();
+    full.truncate(p.offset as usize - 10);
+    std::fs::write(&path, &full).unwrap();
+    check(p, "truncated segment");
+    // The segment is gone: the next one is read from its start, and the
+    // epochs in between are missing.
+    std::fs::remove_file(&path).unwrap();
+    let r = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 3));
+    assert!(
+        matches!(
+            r,
+            Err(WalError::EpochGap { .. } | WalError::EpochStartMissing { .. })
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn point_in_time_recovery_from_a_position_stops_at_damage_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &dir, 2048);
+    write_epochs(&mut w, &mut model, 1..=20, 5, 30);
+    drop(w);
+    let p = position_after(fs.as_ref(), &dir, 3);
+    let q = position_after(fs.as_ref(), &dir, 9);
+    // Damage inside epoch 10, in a sealed segment: corruption.
+    patch(&seg_path(&dir, q.segment), |b| b[q.offset as usize + 25] ^= 1);
+    let r = collect_range(fs.as_ref(), &dir, TOLERATE, from_position(p, 3));
+    assert!(matches!(r, Err(WalError::Corruption { .. })), "{r:?}");
+    let (ops, report) = collect_range(
+        fs.as_ref(),
+        &dir,
+        WalRecoveryMode::PointInTimeRecovery,
+        from_position(p, 3),
+    )
+    .unwrap();
+    assert_eq!(report.last_epoch, Some(9));
+    assert_eq!(
+        ops,
+        model[epochs_prefix(&model, 3).len()..epochs_prefix(&model, 9).len()].to_vec()
+    );
+    assert_eq!(
+        (report.resume.offset(), report.resume.next_seq()),
+        (q.offset, q.next_seq)
+    );
+    assert!(report.stopped_at.is_some());
+}
