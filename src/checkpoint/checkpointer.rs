@@ -349,15 +349,20 @@ impl Checkpointer {
         let contents = Box::new(move |out: &mut dyn Write| -> io::Result<()> {
             let mut w = DataFileWriter::new(out, kind, id, epoch)?;
             let carry = |e: IncrementalCheckpointError| io::Error::other(e);
-            if base {
+            if chain.is_empty() {
+                // A delta, or a base with no chain to fold in (the first
+                // checkpoint): the sorted changes, less the deleted keys
+                // in a base.
+                for (key, value) in delta.sorted() {
+                    if value.is_some() || !base {
+                        w.push(key, value)?;
+                    }
+                }
+            } else {
                 let mut sources = chain_sources(&chain, &dir);
                 sources.push(Box::new(delta.sorted().map(Ok)));
                 for entry in Merge::new(sources, true) {
                     let (key, value) = entry.map_err(carry)?;
-                    w.push(key, value)?;
-                }
-            } else {
-                for (key, value) in delta.sorted() {
                     w.push(key, value)?;
                 }
             }
