@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use async_trait::async_trait;
 
@@ -133,37 +133,81 @@ impl fmt::Debug for LocalDirStore {
     }
 }
 
-/// Writes through an [`FsFile`] in large positional writes.
+/// Collects a file's content in large buffers and hands them to the
+/// thread that writes them ([`write_out`]).
 struct FileSink {
-    file: Box<dyn FsFile>,
     buf: Vec<u8>,
-    written: u64,
+    full: mpsc::SyncSender<Option<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
 }
 
 const SINK_BUFFER: usize = 1 << 20;
 
+/// While a large file is written, the writer syncs it every this many
+/// bytes, so the disk writes it back while the rest is produced and the
+/// final sync waits only for the tail.
+const SYNC_EVERY: u64 = 8 << 20;
+
+impl FileSink {
+    fn send(&mut self) -> io::Result<()> {
+        let next = self
+            .empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(SINK_BUFFER));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.full
+            .send(Some(full))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the checkpoint file writer stopped"))
+    }
+}
+
 impl Write for FileSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + data.len() > SINK_BUFFER {
-            self.flush()?;
-        }
-        if data.len() >= SINK_BUFFER {
-            self.file.write_all_at(data, self.written)?;
-            self.written += data.len() as u64;
-        } else {
-            self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= SINK_BUFFER {
+            self.send()?;
         }
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.written)?;
-            self.written += self.buf.len() as u64;
-            self.buf.clear();
+            self.send()?;
         }
         Ok(())
     }
+}
+
+/// Writes the buffers `full` brings at consecutive offsets, syncing every
+/// [`SYNC_EVERY`] bytes, until `None` says the content is complete; then
+/// syncs and returns the length. `Ok(None)` if the producer hung up
+/// without `None` (it failed): the file is abandoned, not synced.
+fn write_out(
+    mut file: Box<dyn FsFile>,
+    full: mpsc::Receiver<Option<Vec<u8>>>,
+    empty: mpsc::Sender<Vec<u8>>,
+) -> io::Result<Option<u64>> {
+    let mut written = 0u64;
+    let mut unsynced = 0u64;
+    loop {
+        let mut buf = match full.recv() {
+            Ok(Some(buf)) => buf,
+            Ok(None) => break,
+            Err(mpsc::RecvError) => return Ok(None),
+        };
+        file.write_all_at(&buf, written)?;
+        written += buf.len() as u64;
+        unsynced += buf.len() as u64;
+        if unsynced >= SYNC_EVERY {
+            file.sync_data()?;
+            unsynced = 0;
+        }
+        buf.clear();
+        // The producer may be gone already; the buffer is then dropped.
+        let _ = empty.send(buf);
+    }
+    file.sync_data()?;
+    Ok(Some(written))
 }
 
 /// Runs blocking file work off the runtime's worker threads.
@@ -203,6 +247,9 @@ impl LocalDirStore {
         }
     }
 
+    /// Produces the content on this thread while another writes it: for
+    /// a base, merging and encoding on one core, copying into the page
+    /// cache (and starting its write-back) on the other.
     fn write_blocking(
         fs: &dyn FileSystem,
         dir: &Path,
@@ -211,15 +258,33 @@ impl LocalDirStore {
     ) -> io::Result<u64> {
         fs.create_dir_all(dir)?;
         let file = fs.create(tmp)?;
-        let mut sink = FileSink {
-            file,
-            buf: Vec::with_capacity(SINK_BUFFER),
-            written: 0,
-        };
-        contents(&mut sink)?;
-        sink.flush()?;
-        sink.file.sync_data()?;
-        Ok(sink.written)
+        let (full_tx, full_rx) = mpsc::sync_channel(1);
+        let (empty_tx, empty_rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("checkpoint-file-writer".into())
+                .spawn_scoped(scope, move || write_out(file, full_rx, empty_tx))?;
+            let mut sink = FileSink {
+                buf: Vec::with_capacity(SINK_BUFFER),
+                full: full_tx,
+                empty: empty_rx,
+            };
+            let produced = contents(&mut sink).and_then(|()| sink.flush()).and_then(|()| {
+                sink.full.send(None).map_err(|_| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the checkpoint file writer stopped")
+                })
+            });
+            drop(sink);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the checkpoint file writer panicked")));
+            match (produced, written) {
+                (Ok(()), Ok(Some(n))) => Ok(n),
+                // The writer's error explains a producer that found it gone.
+                (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(None)) => Err(io::Error::other("the checkpoint file writer missed the end")),
+            }
+        })
     }
 }
 
