@@ -439,6 +439,56 @@ where
     Ok(r.finish(segments[0]))
 }
 
+/// Zero-initialised memory: an anonymous map (an empty slice for 0 bytes,
+/// which cannot be mapped).
+enum ZeroedBuf {
+    Empty,
+    Map(memmap2::MmapMut),
+}
+
+impl ZeroedBuf {
+    fn new(len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        let map = memmap2::MmapOptions::new().len(len).map_anon()?;
+        Ok(Self::Map(map))
+    }
+
+    /// Faults in `[from, to)` in one call before a read fills it: cheaper
+    /// than one page fault per page inside the read. Only a hint.
+    fn prefault(&self, from: usize, to: usize) {
+        #[cfg(target_os = "linux")]
+        if let Self::Map(m) = self {
+            let page = 4096;
+            let start = from / page * page;
+            let _ = m.advise_range(memmap2::Advice::PopulateWrite, start, to.min(m.len()) - start);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (from, to);
+    }
+}
+
+impl std::ops::Deref for ZeroedBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Map(m) => m,
+        }
+    }
+}
+
+impl std::ops::DerefMut for ZeroedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Empty => &mut [],
+            Self::Map(m) => m,
+        }
+    }
+}
+
 /// The first read of a segment's records; later reads double, up to
 /// [`MAX_READ`].
 const FIRST_READ: usize = 1 << 20;
@@ -446,14 +496,16 @@ const MAX_READ: usize = 16 << 20;
 
 /// A segment file's bytes, read on demand by positional reads.
 ///
-/// `buf` is as long as the file (zero-initialised memory, which costs
-/// nothing until written); `buf[..loaded]` holds the file's bytes, except
+/// `buf` is as long as the file (zero-initialised anonymous memory, which
+/// costs nothing until written; each read prefaults its pages in one call,
+/// as faulting them one by one inside the read costs more than the copy);
+/// `buf[..loaded]` holds the file's bytes, except
 /// `[SEGMENT_HEADER_LEN, skipped_to)` when a replay starts at a position in
 /// the segment: that range is never read, stays zero and is never looked
 /// at (every check looks forward from the position).
 struct SegmentBytes {
     file: Box<dyn FsFile>,
-    buf: Vec<u8>,
+    buf: ZeroedBuf,
     loaded: usize,
     next_read: usize,
 }
@@ -465,7 +517,7 @@ impl SegmentBytes {
         let len = usize::try_from(file.file_len()?).map_err(io::Error::other)?;
         let mut bytes = Self {
             file,
-            buf: vec![0; len],
+            buf: ZeroedBuf::new(len)?,
             loaded: 0,
             next_read: SEGMENT_HEADER_LEN,
         };
@@ -500,6 +552,7 @@ impl SegmentBytes {
             .max(self.loaded.saturating_add(self.next_read))
             .min(self.len());
         let at = self.loaded;
+        self.buf.prefault(at, end);
         self.file.read_exact_at(&mut self.buf[at..end], at as u64)?;
         self.loaded = end;
         self.next_read = self.next_read.saturating_mul(2).min(MAX_READ);
