@@ -55,6 +55,22 @@ impl StoredFile {
             bytes: Bytes::Mapped(map),
         }
     }
+
+    /// Asks the kernel to read `[offset, offset + len)` of a mapped file
+    /// ahead (`MADV_WILLNEED`), so that a reader finds it in the page cache
+    /// instead of waiting for the disk page by page. Only a hint; nothing
+    /// for bytes in memory.
+    pub(crate) fn prefetch(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(m) = &self.bytes
+            && offset < m.len()
+        {
+            let len = len.min(m.len() - offset);
+            let _ = m.advise_range(memmap2::Advice::WillNeed, offset, len);
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
 }
 
 impl Deref for StoredFile {

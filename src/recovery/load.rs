@@ -2,17 +2,18 @@
 //! and the manager's `open`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail};
-use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::checkpointer::{Inventory, chain_sources, read_chain};
-use crate::checkpoint::manifest::Manifest;
-use crate::checkpoint::merge::Merge;
+use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
+use crate::checkpoint::manifest::{FileRef, Manifest};
+use crate::checkpoint::merge::{Merge, Source};
+use crate::checkpoint::{CheckpointStore, StoredFile};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
-use crate::state::{StateDrain, StateWriter};
+use crate::state::{BulkLoader, StateDrain, StateWriter};
 use crate::wal::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
 
 /// What `open` needs beyond the recovered state.
@@ -166,11 +167,14 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
     let task_dir = dir.clone();
     blocking("checkpoint load", &dir, move || -> Result<Loaded> {
         let (mut writer, drain) = StateWriter::with_first_epoch(state, 1)?;
-        for entry in Merge::new(chain_sources(&chain, &task_dir), true) {
-            if let (key, Some(value)) = entry? {
-                writer.load_put(key, value)?;
-            }
-        }
+        // Room for the manifest's key count, but never more than the files
+        // can hold (an entry takes at least its header), whatever it says.
+        let room: u64 = chain
+            .iter()
+            .map(|(f, bytes)| f.entries.min((bytes.len() / ENTRY_HEADER_LEN) as u64))
+            .sum();
+        let mut loader = writer.bulk_loader(usize::try_from(m.key_count.min(room)).unwrap_or(usize::MAX))?;
+        load_entries(&chain, &task_dir, &mut loader)?;
         if writer.len() as u64 != m.key_count {
             return Err(IncrementalCheckpointError::Corruption {
                 file: task_dir.join(crate::checkpoint::manifest::manifest_name(m.id)),
@@ -182,6 +186,104 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
         Ok(Loaded { writer, drain })
     })
     .await
+}
+
+/// Live entries (key, value) handed from the decoding thread to the
+/// loading one.
+type Batch<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// Entries per batch handed from the decoding thread to the loading one.
+const LOAD_BATCH: usize = 1024;
+/// How far ahead of the decoder the chain's files are read.
+const PREFETCH: usize = 64 << 20;
+
+/// Loads the merged entries of `chain` through `loader`, on two threads:
+/// one reads the files (asking the kernel to read ahead), checks every
+/// block and merges, handing batches of entries (slices of the mapped
+/// files) through a bounded channel; this one inserts them. Decoding and
+/// inserting then overlap, and so does waiting for the disk.
+fn load_entries(chain: &[(FileRef, StoredFile)], dir: &Path, loader: &mut BulkLoader<'_>) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch<'_>>>(4);
+        std::thread::Builder::new()
+            .name("checkpoint-load-decoder".into())
+            .spawn_scoped(scope, move || decode_chain(chain, dir, &tx))
+            .map_err(|source| IncrementalCheckpointError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        for batch in rx {
+            for (key, value) in batch? {
+                loader.put(key, value)?;
+            }
+        }
+        // An early return drops `rx`: the decoder's next send fails and it
+        // stops; the scope joins it.
+        Ok(())
+    })
+}
+
+/// The decoding side of [`load_entries`]: sends batches of live entries in
+/// key order, then hangs up; the first error is sent and ends it.
+fn decode_chain<'a>(
+    chain: &'a [(FileRef, StoredFile)],
+    dir: &Path,
+    tx: &mpsc::SyncSender<Result<Batch<'a>>>,
+) {
+    // Read-ahead a window beyond where the decoder is in each file, so the
+    // disk streams while it works, without flooding memory.
+    let mut ahead: Vec<usize> = vec![0; chain.len()];
+    let mut read_ahead = |at: usize, i: usize| {
+        let bytes = &chain[i].1;
+        let want = at.saturating_add(2 * PREFETCH).min(bytes.len());
+        if ahead[i] < want && ahead[i] <= at.saturating_add(PREFETCH) {
+            bytes.prefetch(ahead[i], want - ahead[i]);
+            ahead[i] = want;
+        }
+    };
+    for i in 0..chain.len() {
+        read_ahead(0, i);
+    }
+    let mut sources = chain_sources(chain, dir);
+    let entries: Source<'a, IncrementalCheckpointError> = if sources.len() == 1 {
+        // A lone base: its entries are the state (the reader refuses a
+        // tombstone in a base); no merge needed.
+        sources.remove(0)
+    } else {
+        Box::new(Merge::new(sources, true))
+    };
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    for entry in entries {
+        match entry {
+            Ok((key, Some(value))) => batch.push((key, value)),
+            Ok((_, None)) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+        if batch.len() == LOAD_BATCH {
+            // Where the decoder is: the file the last key lies in.
+            if let Some((key, _)) = batch.last() {
+                let at = key.as_ptr() as usize;
+                for (i, (_, bytes)) in chain.iter().enumerate() {
+                    let start = bytes.as_ptr() as usize;
+                    if (start..start + bytes.len()).contains(&at) {
+                        read_ahead(at - start, i);
+                    }
+                }
+            }
+            if tx
+                .send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH))))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch));
+    }
 }
 
 /// Replays the WAL after the checkpoint's epoch into `writer`.

@@ -25,4 +25,5 @@ mod writer;
 pub use arena::ArenaBacking;
 pub use config::StateConfig;
 pub use drain::{Change, StateDrain};
+pub(crate) use writer::BulkLoader;
 pub use writer::{StateWriter, StateWriterStats};

@@ -325,6 +325,36 @@ impl<S: BuildHasher> StateStore<S> {
         Ok(Written { offset, key_hash })
     }
 
+    /// Makes room in the index for `additional` more keys.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.index.reserve(additional, |s| s.rehash(hasher));
+    }
+
+    /// Adds `key`, which the store must not hold, without looking it up:
+    /// for loading a checkpoint chain, whose merged keys are distinct
+    /// ([`StateWriter::bulk_loader`](super::StateWriter) guarantees it by
+    /// refusing keys that do not increase). Creates no garbage, so it
+    /// never compacts. Nothing changes on error.
+    pub(crate) fn insert_new(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        progress: &mut impl Progress,
+    ) -> Result<()> {
+        let size = self.check_size(key.len(), value.len())?;
+        let key_hash = self.hash(key);
+        debug_assert!(self.get(key).is_none(), "insert_new of a key the store holds");
+        let probe = Probe::new(key, key_hash);
+        let seq = progress.next_seq();
+        let offset = self.append(RecordKind::Put, key, value, seq, size, progress)?;
+        self.arena.add_live(offset, size);
+        let slot = Slot::new(&probe, offset, value.len(), seq);
+        let hasher = &self.hasher;
+        self.index.insert_unique(key_hash, slot, |s| s.rehash(hasher));
+        Ok(())
+    }
+
     /// Removes `key`, writing a tombstone for Ring 1. `Ok(None)` when the key
     /// is absent (nothing to log). Nothing changes on error.
     pub(crate) fn delete(&mut self, key: &[u8], progress: &mut impl Progress) -> Result<Option<Written>> {

@@ -57,6 +57,40 @@ pub struct StateWriter {
     committed: Arc<AtomicU64>,
 }
 
+/// Loads keys in strictly increasing order into an empty state
+/// ([`StateWriter::bulk_loader`]): distinct by construction, so no key is
+/// looked up, and one that does not increase is refused.
+#[derive(Debug)]
+pub(crate) struct BulkLoader<'w> {
+    store: &'w mut StateStore,
+    last: Vec<u8>,
+    any: bool,
+}
+
+impl BulkLoader<'_> {
+    /// Adds `key`, which must be greater than every key added before.
+    ///
+    /// # Errors
+    ///
+    /// [`Recovery`](IncrementalCheckpointError::Recovery) for a key that
+    /// does not increase; the store's errors
+    /// ([`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge),
+    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull)). Nothing is
+    /// added on error.
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.any && key <= self.last.as_slice() {
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: "bulk-loaded keys must strictly increase".into(),
+            });
+        }
+        self.store.insert_new(key, value, &mut Loading)?;
+        self.last.clear();
+        self.last.extend_from_slice(key);
+        self.any = true;
+        Ok(())
+    }
+}
+
 /// Progress while recovered state is loaded, before any entry is pushed:
 /// loaded records are named by no entry and nothing waits for Ring 1.
 struct Loading;
@@ -144,6 +178,30 @@ impl StateWriter {
             "recovered state loads before any update"
         );
         self.store.put(key, value, &mut Loading).map(drop)
+    }
+
+    /// Loads a checkpoint chain into this state, which must be empty and
+    /// have pushed nothing: the keys must come in strictly increasing
+    /// order (a merged chain's), so each is new and goes in without a
+    /// lookup. Reserves the index for `expected_keys` (the caller bounds
+    /// it by what it will load).
+    ///
+    /// # Errors
+    ///
+    /// [`Recovery`](IncrementalCheckpointError::Recovery) if the state is
+    /// not empty.
+    pub(crate) fn bulk_loader(&mut self, expected_keys: usize) -> Result<BulkLoader<'_>> {
+        if !self.is_empty() || self.producer.pushed() != 0 {
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: "a checkpoint chain is bulk-loaded only into an empty state".into(),
+            });
+        }
+        self.store.reserve(expected_keys);
+        Ok(BulkLoader {
+            store: &mut self.store,
+            last: Vec::new(),
+            any: false,
+        })
     }
 
     /// Loads a recovered delete, before Ring 1 starts: no changelog entry.
@@ -394,4 +452,54 @@ pub struct StateWriterStats {
     pub changelog_pending: u64,
     /// Updates refused because the changelog was full.
     pub changelog_overflows: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> StateWriter {
+        StateWriter::standalone(StateConfig::new()).unwrap().0
+    }
+
+    #[test]
+    fn bulk_load_inserts_increasing_keys_and_refuses_the_rest() {
+        let mut w = writer();
+        let mut loader = w.bulk_loader(1000).unwrap();
+        for i in 0..1000u32 {
+            loader.put(&i.to_be_bytes(), &[i as u8; 20]).unwrap();
+        }
+        // A duplicate or a smaller key is refused, and nothing changes.
+        for bad in [999u32, 5] {
+            let e = loader.put(&bad.to_be_bytes(), b"other").unwrap_err();
+            assert!(matches!(e, IncrementalCheckpointError::Recovery { .. }), "{e}");
+        }
+        // A value too large for the arena is refused, and loading goes on.
+        assert!(loader.put(&5000u32.to_be_bytes(), &vec![0; 1 << 30]).is_err());
+        loader.put(&6000u32.to_be_bytes(), b"last").unwrap();
+        assert_eq!(w.len(), 1001);
+        for i in 0..1000u32 {
+            assert_eq!(w.get(&i.to_be_bytes()), Some(&[i as u8; 20][..]));
+        }
+        assert_eq!(w.get(&6000u32.to_be_bytes()), Some(&b"last"[..]));
+        // Updates after the load find the loaded keys (no duplicates).
+        w.put(&7u32.to_be_bytes(), b"new").unwrap();
+        w.delete(&8u32.to_be_bytes()).unwrap();
+        assert_eq!(w.len(), 1000);
+        assert_eq!(w.get(&7u32.to_be_bytes()), Some(&b"new"[..]));
+        assert_eq!(w.iter().count(), 1000);
+    }
+
+    #[test]
+    fn bulk_load_only_into_an_empty_state() {
+        let mut w = writer();
+        w.put(b"k", b"v").unwrap();
+        assert!(matches!(
+            w.bulk_loader(10),
+            Err(IncrementalCheckpointError::Recovery { .. })
+        ));
+        let mut w = writer();
+        w.commit_epoch().unwrap();
+        assert!(w.bulk_loader(10).is_err(), "nothing pushed yet");
+    }
 }
