@@ -39,6 +39,7 @@ use super::data_file::{
 use super::manifest::{FileRef, Manifest};
 use crate::io::sim::Rng;
 use crate::test_alloc;
+use crate::wal::WalPosition;
 
 type Owned = (Vec<u8>, Option<Vec<u8>>);
 
@@ -371,6 +372,12 @@ fn manifest() -> Manifest {
         size_bytes: 5010,
         delta_bytes: 1004,
         wal_segment: 12,
+        wal_position: Some(WalPosition {
+            segment: 12,
+            offset: 4096 + 21,
+            next_seq: 9_000,
+            sync_gen: 77,
+        }),
         sources: vec![
             ("orders-0".into(), 7),
             ("payments".into(), u64::MAX),
@@ -505,5 +512,6 @@ fn write_fuzz_seeds() {
     base.watermark = None;
     base.sources.clear();
     base.files.truncate(1);
+    base.wal_position = None;
     std::fs::write(manifests.join("manifest-base"), base.encode()).unwrap();
 }
