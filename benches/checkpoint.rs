@@ -61,7 +61,7 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata, RecoveredState,
     RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
 };
-use support::{Distribution, FigureTable, calibrate, clock, verdict};
+use support::{Distribution, FigureTable, calibrate, clock, retrying, verdict};
 use tokio::runtime::Runtime;
 
 const KEY_LEN: usize = 16;
@@ -322,47 +322,6 @@ fn shutdown(rt: &Runtime, manager: IncrementalCheckpointManager, writer: StateWr
     drop(writer);
 }
 
-/// Yields the CPU while Ring 1 catches up; after a while, sleeps instead, so
-/// that a producer stuck on backpressure leaves a core to Ring 1.
-fn backoff(attempt: &mut u32) {
-    *attempt += 1;
-    if *attempt < 64 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-/// A put, retried on backpressure (counted).
-#[inline]
-fn put(writer: &mut StateWriter, key: &[u8], value: &[u8], overflows: &mut u64) {
-    let mut attempt = 0;
-    loop {
-        match writer.put(key, value) {
-            Ok(()) => return,
-            Err(e) if e.is_transient() => {
-                *overflows += 1;
-                backoff(&mut attempt);
-            }
-            Err(e) => panic!("put failed: {e}"),
-        }
-    }
-}
-
-fn commit(writer: &mut StateWriter, overflows: &mut u64) -> u64 {
-    let mut attempt = 0;
-    loop {
-        match writer.commit_epoch() {
-            Ok(epoch) => return epoch,
-            Err(e) if e.is_transient() => {
-                *overflows += 1;
-                backoff(&mut attempt);
-            }
-            Err(e) => panic!("commit_epoch failed: {e}"),
-        }
-    }
-}
-
 /// Puts `indices` with `version`, committing every 1,000 puts and at the
 /// end, without waiting (Ring 1 paces it through backpressure); then waits
 /// until the last epoch is durable. Returns the epochs committed.
@@ -379,16 +338,16 @@ fn write_keys(
     let mut epochs = 0;
     let mut last = None;
     for i in indices {
-        put(writer, &key(i), values.get(i, version), &mut overflows);
+        retrying(&mut overflows, || writer.put(&key(i), values.get(i, version)));
         in_epoch += 1;
         if in_epoch == PUTS_PER_EPOCH {
-            last = Some(commit(writer, &mut overflows));
+            last = Some(retrying(&mut overflows, || writer.commit_epoch()));
             in_epoch = 0;
             epochs += 1;
         }
     }
     if in_epoch > 0 {
-        last = Some(commit(writer, &mut overflows));
+        last = Some(retrying(&mut overflows, || writer.commit_epoch()));
         epochs += 1;
     }
     if let Some(epoch) = last {
@@ -658,11 +617,11 @@ fn window(
             let k = key(i);
             let v = values.get(i, *seed);
             let t0 = clock::start();
-            put(writer, &k, v, &mut overflows);
+            retrying(&mut overflows, || writer.put(&k, v));
             let t1 = clock::stop();
             samples.push(t1.wrapping_sub(t0));
         }
-        let epoch = commit(writer, &mut overflows);
+        let epoch = retrying(&mut overflows, || writer.commit_epoch());
         rt.block_on(manager.wait_durable(epoch))
             .unwrap_or_else(|e| panic!("wait_durable({epoch}): {e}"));
     }

@@ -38,7 +38,7 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, ManagerStats, StateConfig,
     StateWriter, WalSyncMode,
 };
-use support::{FigureTable, verdict};
+use support::{FigureTable, retrying, verdict};
 use tokio::runtime::Runtime;
 
 /// W1's per-epoch WAL write as DESIGN.md sizes it (1,000 × (16 + 100) bytes).
@@ -644,47 +644,6 @@ fn open(
     opened
 }
 
-/// Yields the CPU while Ring 1 catches up; after a while, sleeps instead, so
-/// that a producer stuck on backpressure does not take a core from Ring 1 on
-/// a small machine.
-fn backoff(attempt: &mut u32) {
-    *attempt += 1;
-    if *attempt < 64 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-#[inline]
-fn put(writer: &mut StateWriter, key: &[u8], value: &[u8], overflows: &mut u64) {
-    let mut attempt = 0;
-    loop {
-        match writer.put(key, value) {
-            Ok(()) => return,
-            Err(e) if e.is_transient() => {
-                *overflows += 1;
-                backoff(&mut attempt);
-            }
-            Err(e) => panic!("put failed: {e}"),
-        }
-    }
-}
-
-fn commit(writer: &mut StateWriter, overflows: &mut u64) -> u64 {
-    let mut attempt = 0;
-    loop {
-        match writer.commit_epoch() {
-            Ok(epoch) => return epoch,
-            Err(e) if e.is_transient() => {
-                *overflows += 1;
-                backoff(&mut attempt);
-            }
-            Err(e) => panic!("commit_epoch failed: {e}"),
-        }
-    }
-}
-
 /// Puts the whole workload, calling `on_commit(epoch)` after each epoch.
 fn produce(
     writer: &mut StateWriter,
@@ -696,9 +655,9 @@ fn produce(
     let mut expected_epoch = writer.epoch();
     for (i, &k) in workload.order.iter().enumerate() {
         value[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        put(writer, &workload.keys[k as usize], &value, overflows);
+        retrying(overflows, || writer.put(&workload.keys[k as usize], &value));
         if (i + 1) % PUTS_PER_EPOCH == 0 {
-            let epoch = commit(writer, overflows);
+            let epoch = retrying(overflows, || writer.commit_epoch());
             assert_eq!(epoch, expected_epoch, "epochs are numbered consecutively");
             expected_epoch += 1;
             on_commit(epoch);

@@ -38,5 +38,5 @@ mod scheduler;
 mod state;
 mod sync;
 #[cfg(test)]
-mod test_alloc;
+mod test_support;
 mod wal;

@@ -72,17 +72,13 @@ fn workload(seed: u64) -> Workload {
 }
 
 fn snapshot(writer: &StateWriter, epoch: u64, workload: &Workload) -> Snapshot {
-    Snapshot {
+    Snapshot::capture(
         epoch,
-        state: writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-        sources: workload
-            .config
-            .sources
-            .iter()
-            .filter_map(|s| writer.source_offset(s).map(|o| (s.to_string(), o)))
-            .collect(),
-        watermark: writer.watermark(),
-    }
+        writer.iter(),
+        workload.config.sources,
+        |s| writer.source_offset(s),
+        writer.watermark(),
+    )
 }
 
 /// Retries an update refused for backpressure (Ring 1 catches up on its

@@ -173,3 +173,34 @@ impl FigureTable {
         }
     }
 }
+
+/// Runs a Ring 0 call, retrying while backpressure refuses it (each
+/// refusal counted in `overflows`): yields for the first 64 attempts, then
+/// sleeps 50 µs between them, so that a producer stuck on backpressure
+/// leaves a core to Ring 1 on a small machine.
+///
+/// # Panics
+///
+/// On any other error.
+#[inline]
+pub fn retrying<T>(
+    overflows: &mut u64,
+    mut call: impl FnMut() -> Result<T, laminar_storage::incremental::IncrementalCheckpointError>,
+) -> T {
+    let mut attempt = 0u32;
+    loop {
+        match call() {
+            Ok(v) => return v,
+            Err(e) if e.is_transient() => {
+                *overflows += 1;
+                attempt += 1;
+                if attempt < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            Err(e) => panic!("Ring 0 call failed: {e}"),
+        }
+    }
+}

@@ -318,27 +318,21 @@ async fn a_damaged_or_truncated_segment_at_the_wal_position_is_reported() {
         std::fs::write(&path, bytes).unwrap();
         (dir, path)
     };
-    // A flipped bit in the record at the position.
-    let (dir, path) = run("flip", &|b| b[p.offset as usize + 2] ^= 1);
-    let err = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
-        .await
-        .unwrap_err();
-    match err {
-        IncrementalCheckpointError::Wal(crate::wal::WalError::Corruption { file, offset, .. }) => {
-            assert_eq!((file, offset), (path, p.offset));
+    // A flipped bit in the record at the position, and the segment cut
+    // short before it: corruption at the position.
+    let flip: &dyn Fn(&mut Vec<u8>) = &|b| b[p.offset as usize + 2] ^= 1;
+    let cut: &dyn Fn(&mut Vec<u8>) = &|b| b.truncate(p.offset as usize - 1);
+    for (name, damage) in [("flip", flip), ("cut", cut)] {
+        let (dir, path) = run(name, damage);
+        let err = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
+            .await
+            .unwrap_err();
+        match err {
+            IncrementalCheckpointError::Wal(crate::wal::WalError::Corruption { file, offset, .. }) => {
+                assert_eq!((file, offset), (path, p.offset), "{name}");
+            }
+            other => panic!("{name}: {other}"),
         }
-        other => panic!("{other}"),
-    }
-    // The segment cut short before the position.
-    let (dir, path) = run("cut", &|b| b.truncate(p.offset as usize - 1));
-    let err = recover_with(&recovery_config(&dir), Arc::new(StdFs), &LocalDirStore::new(&dir))
-        .await
-        .unwrap_err();
-    match err {
-        IncrementalCheckpointError::Wal(crate::wal::WalError::Corruption { file, offset, .. }) => {
-            assert_eq!((file, offset), (path, p.offset));
-        }
-        other => panic!("{other}"),
     }
     // Damage before the position is in records the checkpoint holds: not
     // read, and the recovery is complete.

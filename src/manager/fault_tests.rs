@@ -33,6 +33,7 @@ use super::*;
 use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::io::sim::{Rng, SimFs};
 use crate::io::{FileSystem, FsFile};
+use crate::test_support::env_seed;
 use crate::wal::WalError;
 
 /// One file-system operation as the manager issued it.
@@ -199,16 +200,30 @@ fn config(dir: &Path) -> CheckpointConfig {
 }
 
 fn snapshot(writer: &StateWriter, epoch: u64, workload: &Workload) -> Snapshot {
-    Snapshot {
+    Snapshot::capture(
         epoch,
-        state: writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-        sources: workload
-            .config
-            .sources
-            .iter()
-            .filter_map(|s| writer.source_offset(s).map(|o| (s.to_string(), o)))
-            .collect(),
-        watermark: writer.watermark(),
+        writer.iter(),
+        workload.config.sources,
+        |s| writer.source_offset(s),
+        writer.watermark(),
+    )
+}
+
+/// Applies a step that changes only Ring 0: a put, a delete, a source
+/// offset or the watermark.
+async fn apply_update(writer: &mut StateWriter, step: &Step) -> Result<()> {
+    match step {
+        Step::Put { key, value } => retry(|| writer.put(key, value)).await,
+        Step::Delete { key } => retry(|| writer.delete(key)).await.map(drop),
+        Step::SetSourceOffset { source, offset } => {
+            writer.set_source_offset(source, *offset);
+            Ok(())
+        }
+        Step::SetWatermark(w) => {
+            writer.set_watermark(*w);
+            Ok(())
+        }
+        Step::Commit | Step::WaitDurable | Step::Checkpoint => unreachable!("{step:?} is not an update"),
     }
 }
 
@@ -276,16 +291,6 @@ fn run_session(fs: Arc<dyn FileSystem>, dir: &Path, workload: &Workload, until: 
             let epoch = writer.epoch();
             for step in workload.epoch_steps(epoch) {
                 let r = match step {
-                    Step::Put { key, value } => retry(|| writer.put(&key, &value)).await.map(drop),
-                    Step::Delete { key } => retry(|| writer.delete(&key)).await.map(drop),
-                    Step::SetSourceOffset { source, offset } => {
-                        writer.set_source_offset(source, offset);
-                        Ok(())
-                    }
-                    Step::SetWatermark(w) => {
-                        writer.set_watermark(w);
-                        Ok(())
-                    }
                     Step::Commit => retry(|| writer.commit_epoch()).await.map(|e| {
                         assert_eq!(e, epoch, "{ctx}");
                         s.committed = e;
@@ -305,6 +310,7 @@ fn run_session(fs: Arc<dyn FileSystem>, dir: &Path, workload: &Workload, until: 
                         }
                         Err(e) => Err(e),
                     },
+                    update => apply_update(&mut writer, &update).await,
                 };
                 if let Err(e) = r {
                     s.durable_at_error = manager.durable_epoch();
@@ -582,18 +588,6 @@ fn io_error_at_every_operation(seed: u64) -> Coverage {
     cov
 }
 
-fn fault_seed() -> u64 {
-    std::env::var("LAMINAR_FAULT_SEED")
-        .ok()
-        .map(|s| s.parse().expect("LAMINAR_FAULT_SEED is a u64"))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 const POWER_LOSS_ROUNDS: u64 = 4;
 
 /// The SimFs variant: the process dies after operation N (every later one
@@ -601,7 +595,7 @@ const POWER_LOSS_ROUNDS: u64 = 4;
 /// until a second, random, power loss, and recovered once more.
 #[test]
 fn power_loss_after_every_operation_loses_nothing_acknowledged() {
-    power_loss_after_every_operation(0x5eed, fault_seed());
+    power_loss_after_every_operation(0x5eed, env_seed("LAMINAR_FAULT_SEED"));
 }
 
 /// The power-loss runs for the workload of `workload_seed`, with `seed`
@@ -698,18 +692,9 @@ fn a_read_error_at_open_is_reported_never_a_fallback() {
         for epoch in 1..=9 {
             for step in workload.epoch_steps(epoch) {
                 match step {
-                    Step::Put { key, value } => retry(|| writer.put(&key, &value)).await.map(drop),
-                    Step::Delete { key } => retry(|| writer.delete(&key)).await.map(drop),
-                    Step::SetSourceOffset { source, offset } => {
-                        writer.set_source_offset(source, offset);
-                        Ok(())
-                    }
-                    Step::SetWatermark(w) => {
-                        writer.set_watermark(w);
-                        Ok(())
-                    }
                     Step::Commit => retry(|| writer.commit_epoch()).await.map(drop),
                     Step::WaitDurable | Step::Checkpoint => Ok(()),
+                    update => apply_update(&mut writer, &update).await,
                 }
                 .unwrap();
             }
@@ -789,7 +774,7 @@ fn soak() {
         .map_or(600, |s| s.parse().expect("LAMINAR_SOAK_SECS is a number"));
     let started = std::time::Instant::now();
     let deadline = started + std::time::Duration::from_secs(secs);
-    let mut rng = Rng::new(fault_seed());
+    let mut rng = Rng::new(env_seed("LAMINAR_FAULT_SEED"));
     let mut runs = std::collections::BTreeMap::<&str, (u64, Vec<u64>)>::new();
     let mut last_report = started;
     let replay: Option<u64> = std::env::var("LAMINAR_SOAK_SEED")

@@ -135,15 +135,13 @@ fn config(dir: &Path, rng: &mut Rng) -> CheckpointConfig {
 }
 
 fn snapshot_of(writer: &StateWriter, epoch: u64) -> Snapshot {
-    Snapshot {
+    Snapshot::capture(
         epoch,
-        state: writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
-        sources: SOURCES
-            .iter()
-            .filter_map(|s| writer.source_offset(s).map(|o| (s.to_string(), o)))
-            .collect(),
-        watermark: writer.watermark(),
-    }
+        writer.iter(),
+        SOURCES,
+        |s| writer.source_offset(s),
+        writer.watermark(),
+    )
 }
 
 /// A writer call that may hit backpressure while Ring 1 catches up.

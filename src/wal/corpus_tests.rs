@@ -49,7 +49,7 @@ use super::format::{
 use super::*;
 use crate::io::FileSystem;
 use crate::io::sim::{Rng, SimFs};
-use crate::test_alloc as alloc_count;
+use crate::test_support::{self as alloc_count, env_seed};
 
 const DIR: &str = "/corpus/wal";
 const SEGMENT_SIZE: u64 = 1024;
@@ -762,18 +762,6 @@ fn run_case(base: &Base, case: &Case, seed: u64, stats: &mut Stats) {
     }
 }
 
-fn seed() -> u64 {
-    std::env::var("LAMINAR_CORPUS_SEED")
-        .ok()
-        .map(|s| s.parse().expect("LAMINAR_CORPUS_SEED is a u64"))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 /// The segments the corpus damages: the oldest (non-newest) and the newest.
 fn targets(base: &Base) -> [usize; 2] {
     [0, base.newest()]
@@ -800,7 +788,7 @@ fn run_all(base: &Base, cases: impl Iterator<Item = Case>, seed: u64) -> Stats {
 #[test]
 fn every_bit_flip() {
     let base = build_base();
-    let seed = seed();
+    let seed = env_seed("LAMINAR_CORPUS_SEED");
     let cases = targets(&base).into_iter().flat_map(|seg| {
         let bytes = &base.segments[seg].bytes;
         (0..bytes.len() * 8).map(move |bit| {
@@ -819,7 +807,7 @@ fn every_bit_flip() {
 #[test]
 fn every_truncation() {
     let base = build_base();
-    let seed = seed();
+    let seed = env_seed("LAMINAR_CORPUS_SEED");
     let cases = targets(&base).into_iter().flat_map(|seg| {
         let bytes = &base.segments[seg].bytes;
         (0..bytes.len()).map(move |cut| case(format!("truncate at {cut}"), seg, bytes[..cut].to_vec()))
@@ -832,7 +820,7 @@ fn every_truncation() {
 #[test]
 fn zeroed_sectors_and_random_ranges() {
     let base = build_base();
-    let seed = seed();
+    let seed = env_seed("LAMINAR_CORPUS_SEED");
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
     for seg in targets(&base) {
@@ -879,7 +867,7 @@ fn zeroed_sectors_and_random_ranges() {
 #[test]
 fn garbage_appended_and_after_the_end() {
     let base = build_base();
-    let seed = seed();
+    let seed = env_seed("LAMINAR_CORPUS_SEED");
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
     for seg in targets(&base) {
@@ -923,7 +911,7 @@ fn fix_frame_crc(b: &mut [u8], start: usize) {
 #[test]
 fn headers_lengths_and_counts() {
     let base = build_base();
-    let seed = seed();
+    let seed = env_seed("LAMINAR_CORPUS_SEED");
     let mut cases = Vec::new();
     for seg in 0..base.segments.len() {
         let s = &base.segments[seg];

@@ -29,18 +29,13 @@ fn collect(
     fs: &dyn FileSystem,
     dir: &Path,
     mode: WalRecoveryMode,
-    after: u64,
+    after_epoch: u64,
 ) -> Result<(Vec<Op>, ReplayReport), WalError> {
-    let mut ops = Vec::new();
-    let report = replay(fs, dir, mode, after, |op| {
-        ops.push(match op {
-            ReplayOp::Put { key, value } => Op::Put(key.to_vec(), value.to_vec()),
-            ReplayOp::Delete { key } => Op::Delete(key.to_vec()),
-            ReplayOp::Commit(c) => Op::Commit(c.epoch),
-        });
-        Ok(())
-    })?;
-    Ok((ops, report))
+    let range = ReplayRange {
+        after_epoch,
+        ..ReplayRange::default()
+    };
+    collect_range(fs, dir, mode, range)
 }
 
 fn key(epoch: u64, i: u64) -> Vec<u8> {
@@ -1143,7 +1138,7 @@ fn removed_oldest_segments_never_yield_half_an_epoch() {
 // ---------------------------------------------------------------------------
 // Replays starting at a checkpoint's position (after its epoch's commit)
 
-/// [`collect`] over a range.
+/// Replays `range`, collecting the operations.
 fn collect_range(
     fs: &dyn FileSystem,
     dir: &Path,

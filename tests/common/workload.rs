@@ -275,6 +275,28 @@ fn show(b: &[u8]) -> String {
 }
 
 impl Snapshot {
+    /// What a writer shows at `epoch`: its `entries`, the offset of each of
+    /// `sources` that has one, and its watermark. (A function of the parts,
+    /// as the unit tests' and the integration tests' `StateWriter` are
+    /// different paths to one type.)
+    pub fn capture<'a>(
+        epoch: u64,
+        entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        sources: &[&str],
+        offset: impl Fn(&str) -> Option<u64>,
+        watermark: Option<i64>,
+    ) -> Self {
+        Self {
+            epoch,
+            state: entries.map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            sources: sources
+                .iter()
+                .filter_map(|s| offset(s).map(|o| (s.to_string(), o)))
+                .collect(),
+            watermark,
+        }
+    }
+
     /// `Ok` if equal, otherwise the first differences, readably.
     pub fn check_eq(&self, expected: &Snapshot) -> Result<(), String> {
         if self == expected {

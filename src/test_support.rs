@@ -1,7 +1,12 @@
-//! A counting global allocator for the unit-test binary (the only global
-//! allocator there): the corpus tests measure the heap bytes a reader
-//! requests on bytes read from disk. Counting is per thread and off unless
-//! a test asks, so other tests pay one thread-local read per allocation.
+//! Helpers shared by the crate's unit tests.
+//!
+//! * A counting global allocator for the unit-test binary (the only global
+//!   allocator there): the corpus tests measure the heap bytes a reader
+//!   requests on bytes read from disk. Counting is per thread and off
+//!   unless a test asks, so other tests pay one thread-local read per
+//!   allocation.
+//! * [`env_seed`]: the seed of a randomized test, from the environment
+//!   (to replay a failure) or from the clock.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -60,4 +65,20 @@ pub(crate) fn measure<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let out = f();
     ON.with(|o| o.set(false));
     (out, REQUESTED.with(Cell::get), LARGEST.with(Cell::get))
+}
+
+/// The seed in the environment variable `var`, or one from the clock. A
+/// test prints it with the command that sets `var` to replay the run.
+///
+/// # Panics
+///
+/// If `var` is set but is not a `u64`.
+pub(crate) fn env_seed(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("{var} is a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64,
+    }
 }
