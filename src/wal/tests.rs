@@ -778,6 +778,9 @@ proptest! {
         for (kind, at, byte, len) in seed_ops {
             let path = &files[at % files.len()];
             patch(path, |b| {
+                if b.is_empty() {
+                    return;
+                }
                 let i = at % b.len();
                 match kind {
                     0 => b[i] ^= byte | 1,
