@@ -11,9 +11,10 @@
 //!    merge of the parent's chain and the delta.
 //! 3. Write the manifest; publish (data files, directory sync, manifest
 //!    rename, directory sync).
-//! 4. Retention: keep the newest `max_retained` checkpoints; delete older
-//!    manifests, then every data file no kept manifest names, then the WAL
-//!    segments older than the oldest kept checkpoint needs.
+//! 4. Retention: keep the newest `max_retained` checkpoints and, when more
+//!    than one is retained, a fallback for each file of the newest chain;
+//!    delete older manifests, then every data file no kept manifest names,
+//!    then the WAL segments older than the oldest kept checkpoint needs.
 //!
 //! All of it runs off Ring 0 and Ring 1: WAL reading and file writing on
 //! blocking threads, the store's own I/O through its async methods.
@@ -533,7 +534,33 @@ impl Checkpointer {
         }
     }
 
+    /// The checkpoints recovery falls back to when one file of `newest`'s
+    /// chain is damaged: for each of its files, the newest older checkpoint
+    /// whose chain does not use it; `None` for a file without one (the
+    /// first base: its fallback is the empty state and the whole WAL).
+    fn fallbacks(&self, newest: &Manifest) -> Vec<Option<u64>> {
+        let older: Vec<&Manifest> = self
+            .manifests
+            .range(..newest.id)
+            .rev()
+            .flat_map(|(_, m)| m)
+            .collect();
+        let uses = |m: &Manifest, f: &FileRef| m.files.iter().any(|g| (g.kind, g.id) == (f.kind, f.id));
+        newest
+            .files
+            .iter()
+            .map(|f| older.iter().find(|m| !uses(m, f)).map(|m| m.id))
+            .collect()
+    }
+
     /// Retention, orphan removal and WAL truncation.
+    ///
+    /// Kept: the newest `max_retained` readable checkpoints, the one the
+    /// state descends from, and (when more than one is retained) a fallback
+    /// for every file of the newest chain, so damage to any one file,
+    /// a base shared by every retained delta included, costs nothing:
+    /// recovery uses the fallback and the WAL after it. Until a fallback
+    /// exists for every file, no WAL is truncated.
     pub(crate) async fn collect_garbage(&mut self) -> Result<()> {
         let mut keep: BTreeSet<u64> = self
             .manifests
@@ -543,8 +570,14 @@ impl Checkpointer {
             .take(self.policy.max_retained)
             .map(|(id, _)| *id)
             .collect();
+        let mut truncate = self.parent.is_some();
         if let Some(p) = &self.parent {
             keep.insert(p.id);
+            if self.policy.max_retained > 1 {
+                let fallbacks = self.fallbacks(p);
+                truncate = fallbacks.iter().all(Option::is_some);
+                keep.extend(fallbacks.into_iter().flatten());
+            }
         }
         let newest_kept = keep.last().copied().unwrap_or(0);
         let drop: Vec<u64> = self
@@ -597,8 +630,9 @@ impl Checkpointer {
         }
 
         // The WAL before the oldest kept checkpoint's commit segment; never
-        // while no good checkpoint exists (the state then needs all of it).
-        if self.parent.is_some() {
+        // while no good checkpoint, or no fallback for every file of the
+        // newest, exists (the state then needs all of it).
+        if truncate {
             let keep_from = self
                 .manifests
                 .values()

@@ -78,7 +78,8 @@ pub use crate::checkpoint::{
 pub use crate::error::IncrementalCheckpointError;
 pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
 pub use crate::recovery::{
-    RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, validate_checkpoint,
+    RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, WalDamage,
+    validate_checkpoint,
 };
 pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{ArenaBacking, Change, StateConfig, StateDrain, StateWriter, StateWriterStats};

@@ -83,6 +83,15 @@ impl CheckpointConfig {
     /// How many published checkpoints to keep (at least 1). Older ones are
     /// deleted, with every file and WAL segment only they need; the kept
     /// ones are the fallbacks if the newest fails validation.
+    ///
+    /// With 2 or more, a few more are kept so that damage to any one file
+    /// of the newest checkpoint's chain loses nothing: for each of its
+    /// files, the newest older checkpoint that does not use it. For the
+    /// base every delta shares, that is the newest checkpoint of the
+    /// previous chain (its files and the WAL after it stay until the next
+    /// base is written); in the very first chain it is the empty state and
+    /// the whole WAL, which is then not truncated. With 1, the WAL is
+    /// truncated up to the only checkpoint, and damage to it is an error.
     pub fn with_max_retained(mut self, n: usize) -> Self {
         self.max_retained = n;
         self

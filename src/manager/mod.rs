@@ -51,7 +51,7 @@ use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{FileSystem, StdFs};
-use crate::recovery::{Recovery, RecoveryConfig, recover_with};
+use crate::recovery::{Recovery, RecoveryConfig, WalDamage, recover_with};
 use crate::state::StateWriter;
 use crate::wal::{WalBatch, WalWriter};
 
@@ -104,6 +104,9 @@ pub struct RecoverySummary {
     /// Bytes of a torn record at the end of the log, dropped and repaired
     /// (a crash artefact).
     pub torn_tail_bytes: u64,
+    /// WAL damage the configured recovery mode accepted (passed over, or
+    /// where replay stopped); empty under the default modes.
+    pub wal_damage: Vec<WalDamage>,
 }
 
 /// Figures from [`IncrementalCheckpointManager::stats`].
@@ -236,6 +239,7 @@ impl IncrementalCheckpointManager {
             wal_entries_replayed: state.wal_entries_replayed,
             wal_entries_discarded: state.wal_entries_discarded,
             torn_tail_bytes: state.torn_tail.as_ref().map_or(0, |t| t.bytes),
+            wal_damage: state.wal_damage.clone(),
         };
         let mut writer = state.writer;
         let (status_tx, status_rx) = watch::channel(DurableStatus {

@@ -13,7 +13,13 @@
 //! * after a clean shutdown the reopened state is exactly the last
 //!   committed epoch's; after a crash it is exactly the state (keys, source
 //!   offsets, watermark) of one committed epoch at or after the last
-//!   acknowledged one (contract points 1 and 2), and recovery never fails.
+//!   acknowledged one (contract points 1 and 2), and recovery never fails;
+//! * after a clean shutdown, in seeds that always retain at least two
+//!   checkpoints, one checkpoint file (a manifest or a data file, chosen at
+//!   random) is damaged (a bit flipped or the file truncated) and recovery
+//!   must still return the last committed epoch exactly (contract point 5:
+//!   a fallback exists for every file, a base shared by every retained
+//!   checkpoint included); the file is then restored.
 //!
 //! `LAMINAR_SIM_SEEDS` (default 250 per test, two tests) and
 //! `LAMINAR_SIM_STEPS` (default 5,000) size a run; `LAMINAR_SIM_SEED=<seed>` runs that one seed. A failure
@@ -122,13 +128,17 @@ struct Sim {
     crashes: u64,
     checkpoints: u64,
     scheduler_checkpoints: u64,
+    /// Fewest checkpoints any session of this seed retains.
+    min_retained: usize,
+    /// Damaged checkpoint files recovered past.
+    damaged: u64,
 }
 
-fn config(dir: &Path, rng: &mut Rng) -> CheckpointConfig {
+fn config(dir: &Path, rng: &mut Rng, min_retained: usize) -> CheckpointConfig {
     CheckpointConfig::new(dir)
         // Small segments: rotations, spares, seals and truncation often.
         .with_wal_segment_size(2048 << rng.below(3))
-        .with_max_retained(1 + rng.below(3) as usize)
+        .with_max_retained(min_retained + rng.below(4 - min_retained as u64) as usize)
         .with_max_chain_length(1 + rng.below(4) as usize)
         // The scheduler runs on WAL growth; its interval never fires.
         .with_interval(Duration::from_secs(3600))
@@ -156,9 +166,12 @@ async fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 impl Sim {
     fn new(seed: u64, steps: u64) -> Self {
+        let mut rng = Rng::new(seed);
         Self {
             seed,
-            rng: Rng::new(seed),
+            min_retained: 1 + rng.below(2) as usize,
+            damaged: 0,
+            rng,
             fs: SimFs::new(),
             steps_left: steps,
             truth: Truth::new(),
@@ -176,13 +189,15 @@ impl Sim {
         )
     }
 
-    /// Runs the seed; returns sessions, crashes, epochs, checkpoints and
-    /// scheduler checkpoints.
-    fn run(mut self, dir: &Path) -> [u64; 5] {
+    /// Runs the seed; returns sessions, crashes, epochs, checkpoints,
+    /// scheduler checkpoints and damaged files recovered past.
+    fn run(mut self, dir: &Path) -> [u64; 6] {
         let mut end = End::Clean;
         while !matches!(end, End::Done) {
-            if matches!(end, End::Crash) {
-                self.fs.crash(&mut self.rng);
+            match end {
+                End::Crash => self.fs.crash(&mut self.rng),
+                _ if self.min_retained > 1 && self.sessions > 0 => self.damage_one_file(dir),
+                _ => {}
             }
             end = self.session(dir, matches!(end, End::Crash));
         }
@@ -200,7 +215,61 @@ impl Sim {
             self.truth.last_committed(),
             self.checkpoints,
             self.scheduler_checkpoints,
+            self.damaged,
         ]
+    }
+
+    /// Damages one checkpoint file at random (a bit flipped or the file
+    /// cut short), checks that recovery still returns the last committed
+    /// epoch exactly, and puts the file back (synced, so no later power
+    /// loss brings the damage back).
+    fn damage_one_file(&mut self, dir: &Path) {
+        let fs = self.fs.clone();
+        let mut names: Vec<_> = fs
+            .list_dir(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| (n.starts_with("checkpoint_") || n.starts_with("data_")) && !n.ends_with(".tmp"))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        names.sort();
+        let path = dir.join(&names[self.rng.below(names.len() as u64) as usize]);
+        let original = fs.read(&path).unwrap_or_else(|e| panic!("{}: {e}", self.ctx()));
+        let mut damaged = original.clone();
+        let what = if original.is_empty() || self.rng.below(4) == 0 {
+            damaged.truncate(self.rng.below(original.len() as u64) as usize);
+            format!("cut to {} of {} bytes", damaged.len(), original.len())
+        } else {
+            let at = self.rng.below(original.len() as u64) as usize;
+            damaged[at] ^= 1 << self.rng.below(8);
+            format!("bit flipped at {at}")
+        };
+        let overwrite = |bytes: &[u8]| {
+            let mut f = fs.open_write(&path)?;
+            f.set_len(bytes.len() as u64)?;
+            f.write_all_at(bytes, 0)?;
+            f.sync_data()
+        };
+        let ctx = format!("{}: {} {what}", self.ctx(), path.display());
+        overwrite(&damaged).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+
+        let config = config(dir, &mut self.rng, self.min_retained);
+        let recovery_config = RecoveryConfig::new(&config.checkpoint_dir, &config.wal_dir);
+        let store = crate::checkpoint::LocalDirStore::with_fs(dir, Arc::new(fs.clone()));
+        let recovered = Self::runtime()
+            .block_on(recover_with(&recovery_config, Arc::new(fs.clone()), &store))
+            .unwrap_or_else(|e| panic!("{ctx}: recovery failed: {e}"));
+        let last = self.truth.last_committed();
+        assert_eq!(recovered.state.epoch, last, "{ctx}");
+        let got = snapshot_of(&recovered.state.writer, last);
+        if let Err(diff) = got.check_eq(&self.truth.committed[&last].snapshot()) {
+            panic!("{ctx}: recovered wrongly:\n{diff}");
+        }
+        self.damaged += 1;
+        overwrite(&original).unwrap_or_else(|e| panic!("{ctx}: restoring: {e}"));
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -212,7 +281,7 @@ impl Sim {
 
     fn reopen_only(&mut self, dir: &Path) -> Snapshot {
         let fs: Arc<dyn FileSystem> = Arc::new(self.fs.clone());
-        let config = config(dir, &mut self.rng);
+        let config = config(dir, &mut self.rng, self.min_retained);
         let ctx = self.ctx();
         Self::runtime().block_on(async {
             let (manager, writer) = IncrementalCheckpointManager::open_with_fs(config, fs)
@@ -236,7 +305,7 @@ impl Sim {
 
     async fn session_inner(&mut self, dir: &Path, after_crash: bool) -> End {
         let fs: Arc<dyn FileSystem> = Arc::new(self.fs.clone());
-        let config = config(dir, &mut self.rng);
+        let config = config(dir, &mut self.rng, self.min_retained);
         let (manager, mut writer) = match IncrementalCheckpointManager::open_with_fs(config, fs).await {
             Ok(opened) => opened,
             Err(e) => panic!("{}: open failed (no crash armed): {e}", self.ctx()),
@@ -476,7 +545,7 @@ impl Sim {
 
 fn run_plan(plan: &Plan) {
     let started = std::time::Instant::now();
-    let mut totals = [0u64; 5];
+    let mut totals = [0u64; 6];
     for &seed in &plan.seeds {
         // The lock file lives on the real disk; everything else in SimFs.
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -485,10 +554,11 @@ fn run_plan(plan: &Plan) {
             *t += c;
         }
     }
-    let [sessions, crashes, epochs, checkpoints, scheduled] = totals;
+    let [sessions, crashes, epochs, checkpoints, scheduled, damaged] = totals;
     eprintln!(
         "simulation: {} seeds × {} steps in {:.1?}: {sessions} sessions, {crashes} crashes, \
-         {epochs} epochs, {checkpoints} checkpoints (+{scheduled} by the scheduler)",
+         {epochs} epochs, {checkpoints} checkpoints (+{scheduled} by the scheduler), \
+         {damaged} damaged checkpoint files recovered past",
         plan.seeds.len(),
         plan.steps,
         started.elapsed()

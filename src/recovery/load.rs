@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail};
+use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail, WalDamage};
 use crate::checkpoint::checkpointer::{Inventory, chain_sources, read_chain};
 use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
 use crate::checkpoint::manifest::{FileRef, Manifest};
@@ -128,8 +128,22 @@ pub(crate) async fn recover_with(
             bytes: t.bytes_dropped,
         }),
         checkpoints_skipped: skipped,
+        wal_damage: (report.skipped.iter().map(|c| (c, false)))
+            .chain(report.stopped_at.iter().map(|c| (c, true)))
+            .map(|(c, stopped)| WalDamage {
+                file: c.file.clone(),
+                offset: c.offset,
+                bytes: c.bytes,
+                reason: c.reason,
+                stopped,
+            })
+            .collect(),
         writer,
     };
+    for d in &state.wal_damage {
+        tracing::warn!(file = %d.file.display(), offset = d.offset, bytes = d.bytes, reason = d.reason,
+            stopped = d.stopped, "WAL damage accepted by the recovery mode");
+    }
     if let Some(t) = &state.torn_tail {
         tracing::warn!(file = %t.file.display(), offset = t.offset, bytes = t.bytes,
             "dropped a torn record at the end of the WAL (a crash artefact)");

@@ -114,6 +114,25 @@ pub struct TornTail {
     pub bytes: u64,
 }
 
+/// Damage in the WAL that the recovery mode accepted:
+/// [`PointInTimeRecovery`](crate::wal::WalRecoveryMode::PointInTimeRecovery)
+/// stops at it, [`SkipAnyCorruptedRecords`](crate::wal::WalRecoveryMode::SkipAnyCorruptedRecords)
+/// passes over it. (The default modes refuse it with an error instead.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalDamage {
+    /// The WAL segment (for a missing segment, the name it should have).
+    pub file: PathBuf,
+    /// Offset of the damage in `file`.
+    pub offset: u64,
+    /// Bytes skipped or dropped from there in `file`.
+    pub bytes: u64,
+    /// What is wrong.
+    pub reason: &'static str,
+    /// Replay stopped here: nothing after it was recovered.
+    pub stopped: bool,
+}
+
 /// The state recovery rebuilt: the data, and where it came from.
 ///
 /// Returned by [`RecoveryManager::recover`]; the manager's `open` loads the
@@ -137,6 +156,9 @@ pub struct RecoveredState {
     pub torn_tail: Option<TornTail>,
     /// Newer checkpoints that failed validation and were passed over.
     pub checkpoints_skipped: Vec<SkippedCheckpoint>,
+    /// WAL damage the recovery mode accepted (always empty under the
+    /// default modes, which refuse damage with an error).
+    pub wal_damage: Vec<WalDamage>,
     pub(crate) writer: StateWriter,
 }
 

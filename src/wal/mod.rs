@@ -250,7 +250,11 @@ pub enum WalSyncMode {
 /// during a write can produce: a partial or CRC-failing record, zeros where
 /// a record should be, or stale records, in the last write window (see
 /// `docs/format.md`, "Telling a torn tail from corruption"). Everything else
-/// is *corruption*.
+/// is *corruption*. A missing segment (a gap in the numbering, or the
+/// segment holding a checkpoint's commit gone) is corruption too.
+///
+/// What the lenient modes accepted is listed in
+/// [`RecoveredState::wal_damage`](crate::incremental::RecoveredState::wal_damage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WalRecoveryMode {

@@ -386,7 +386,7 @@ where
         },
     };
     let Some(&newest) = segments.last() else {
-        return Ok(r.report);
+        return r.no_segments(range.from, dir);
     };
     let mut prev: Option<u64> = None;
     for &seg in &segments {
@@ -1086,6 +1086,46 @@ where
             Ok(())
         };
         run().map_err(WalError::Apply)
+    }
+
+    /// No segment at or after `from`. From the very start that is a new
+    /// log; after a checkpoint it means the segment holding the
+    /// checkpoint's commit is gone, and with it whatever was acknowledged
+    /// after the checkpoint: an error, unless the mode accepts the loss.
+    /// The log then goes on after the lost segment, never again at a
+    /// number the checkpoint's replay would pass over.
+    fn no_segments(mut self, from: ReplayFrom, dir: &Path) -> Result<ReplayReport, WalError> {
+        let (segment, next_seq, next_gen) = match from {
+            ReplayFrom::Segment(0) => return Ok(self.report),
+            ReplayFrom::Segment(s) => (s, 1, 0),
+            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
+        };
+        let lost = CorruptionReport {
+            file: dir.join(segment_file_name(segment)),
+            offset: 0,
+            bytes: 0,
+            reason: "missing segment",
+        };
+        match self.mode {
+            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                return Err(WalError::MissingSegment {
+                    dir: dir.to_path_buf(),
+                    segment,
+                });
+            }
+            WalRecoveryMode::PointInTimeRecovery => self.report.stopped_at = Some(lost),
+            WalRecoveryMode::SkipAnyCorruptedRecords => self.report.skipped.push(lost),
+        }
+        self.report.resume = ResumePosition {
+            segment,
+            offset: 0,
+            next_seq,
+            next_gen,
+            zero_until: 0,
+            start_new_segment: true,
+            discard_later_segments: false,
+        };
+        Ok(self.report)
     }
 
     fn finish(mut self, first_segment: u64) -> ReplayReport {
