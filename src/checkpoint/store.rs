@@ -106,6 +106,18 @@ impl fmt::Debug for StoredFile {
 /// plain `io::Error`s; the manager reports them as
 /// [`Io`](crate::incremental::IncrementalCheckpointError::Io) naming the
 /// file.
+///
+/// # Cancel safety
+///
+/// The manager may drop any of these futures at an await point (a caller
+/// dropped its `checkpoint()` future and the runtime shut down, say), so an
+/// implementation must leave the store valid when dropped midway: a
+/// `write` dropped early leaves at most an unpublished file, which the next
+/// [`list`](Self::list) shows and garbage collection deletes; a `publish`
+/// dropped early leaves the manifest either unpublished or published
+/// complete, never half visible; a `delete` dropped early deletes a subset.
+/// Work handed to another thread (as [`LocalDirStore`] does) may go on
+/// after the drop; that is fine as long as the rules above hold.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + fmt::Debug {
     /// The names of every file in the store, published or not, in any

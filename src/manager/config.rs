@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::state::StateConfig;
-use crate::wal::{WalConfig, WalRecoveryMode, WalSyncMode};
+use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 
 /// Configuration of a manager: where state is kept and how durability is
 /// traded against throughput.
@@ -145,7 +145,7 @@ impl CheckpointConfig {
 
     /// Size of a WAL segment. Segments are preallocated (zero-filled and
     /// synced ahead of need, off the hot path) and rotated at record
-    /// boundaries; a record must fit in one.
+    /// boundaries; a record must fit in one. At least 256 bytes.
     pub fn with_wal_segment_size(mut self, bytes: u64) -> Self {
         self.wal = self.wal.with_segment_size(bytes);
         self
@@ -212,6 +212,13 @@ impl CheckpointConfig {
                 reason: "Interval(0): use WalSyncMode::Always".into(),
             });
         }
+        self.wal.validate().map_err(|e| match e {
+            WalError::InvalidConfig { reason, .. } => IncrementalCheckpointError::InvalidConfig {
+                field: "wal_segment_size",
+                reason: reason.into(),
+            },
+            other => other.into(),
+        })?;
         self.state.validate()
     }
 }

@@ -70,7 +70,7 @@ impl WalConfig {
         self
     }
 
-    fn validate(&self) -> Result<(), WalError> {
+    pub(crate) fn validate(&self) -> Result<(), WalError> {
         if self.segment_size < MIN_SEGMENT_SIZE {
             return Err(WalError::InvalidConfig {
                 field: "segment_size",
