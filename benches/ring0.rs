@@ -7,16 +7,28 @@
 //!
 //! Two parts:
 //!
-//! 1. Criterion benchmarks `ring0_w1/put`, `ring0_w1/get` and
-//!    `ring0_w1/get_miss`, in steady state: the index and arena are warmed by
-//!    a full pass over the keys before anything is timed, and the consumer
-//!    thread is started outside the timing. `put` times puts only; the
-//!    commit every 1,000 puts happens between timed stretches.
+//! 1. Criterion benchmarks `ring0_w1/put`, `ring0_w1/put_batch_{8,32,128}`,
+//!    `ring0_w1/get` and `ring0_w1/get_miss`, in steady state: the index and
+//!    arena are warmed by a full pass over the keys before anything is
+//!    timed, and the consumer thread is started outside the timing. `put`
+//!    times puts only; the commit every 1,000 puts happens between timed
+//!    stretches. `put_batch_N` times `StateWriter::put_batch` of N W1 puts
+//!    (one iteration = one batch; criterion's throughput line is puts per
+//!    second), committing once 1,000 or more puts have gone in since the
+//!    last commit.
 //! 2. A latency distribution: every one of 1,000,000 W1 puts (then gets) is
 //!    timed on its own, and p50 / p99 / p99.9 / max are printed raw and with
-//!    the timer's own overhead subtracted, beside the DESIGN targets.
+//!    the timer's own overhead subtracted, beside the DESIGN targets. Then,
+//!    on the same warmed Ring 0 and the same key stream: single puts each
+//!    preceded by `prefetch` of the key 8 puts ahead (timed together), and
+//!    `put_batch` of 8, 32 and 128 puts. A batch is timed as a whole and
+//!    its time divided by its length: those rows give the distribution of
+//!    that *amortized per-put* time over all batches, not of any single
+//!    put (a batch's first put waits for its own cache misses; the
+//!    pipeline hides the later ones).
 //!
-//! A put refused for backpressure (`BufferOverflow`) is retried, and counted.
+//! A put or batch refused for backpressure (`BufferOverflow`) is retried,
+//! and counted.
 //!
 //! ```text
 //! cargo bench --bench ring0                      # full run, about 30 s
@@ -43,6 +55,15 @@ const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
 const COMMIT_EVERY: u32 = 1_000;
 const CHANGELOG_CAPACITY: usize = 1 << 16;
+/// Batch lengths of the `put_batch` figures.
+const BATCH_LENS: [usize; 3] = [8, 32, 128];
+/// How far ahead the prefetch-hinted single puts look.
+const PREFETCH_AHEAD: usize = 8;
+/// Every put writes this value.
+static VALUE: [u8; VALUE_LEN] = [0xab; VALUE_LEN];
+
+/// A batch of W1 puts, borrowing keys from the stream.
+type Batch<'a> = Vec<(&'a Key, &'static [u8; VALUE_LEN])>;
 /// Entries the consumer takes per drain call.
 const DRAIN_BATCH: usize = 4096;
 
@@ -361,6 +382,39 @@ impl Ring0 {
         }
     }
 
+    /// One `put_batch` (and its pushes), retried while the ring is full.
+    #[inline(always)]
+    fn put_batch(&mut self, batch: &[(&Key, &[u8; VALUE_LEN])]) {
+        if let Err(e) = self.writer.put_batch(batch) {
+            self.put_batch_retrying(batch, e);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn put_batch_retrying(&mut self, batch: &[(&Key, &[u8; VALUE_LEN])], first: IncrementalCheckpointError) {
+        let mut error = first;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_retry(&error, deadline);
+            self.overflows += 1;
+            thread::yield_now();
+            match self.writer.put_batch(batch) {
+                Ok(()) => return,
+                Err(e) => error = e,
+            }
+        }
+    }
+
+    /// Counts a batch of `n` puts towards the epoch, and commits once 1,000
+    /// or more have gone in.
+    fn count_batch(&mut self, n: usize) {
+        self.since_commit += n as u32;
+        if self.since_commit >= COMMIT_EVERY {
+            self.commit();
+        }
+    }
+
     /// Counts a put towards the epoch; `true` when it is time to commit.
     #[inline(always)]
     fn count_put(&mut self) -> bool {
@@ -452,6 +506,29 @@ fn criterion_benches(c: &mut Criterion, workload: &Workload) -> (Ring0Totals, Co
             timed
         });
     });
+
+    for len in BATCH_LENS {
+        let mut batch: Batch<'_> = Vec::with_capacity(len);
+        group.throughput(Throughput::Elements(len as u64));
+        group.bench_function(format!("put_batch_{len}"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    // Build the batch untimed, as events would arrive.
+                    batch.clear();
+                    batch.extend((0..len).map(|j| (&stream[(next + j) % stream.len()], &VALUE)));
+                    next = (next + len) % stream.len();
+                    let start = Instant::now();
+                    ring.put_batch(&batch);
+                    timed += start.elapsed();
+                    puts += len as u64;
+                    ring.count_batch(len);
+                }
+                timed
+            });
+        });
+    }
+    group.throughput(Throughput::Elements(1));
 
     for (name, keys) in [("get", stream), ("get_miss", &workload.misses)] {
         let hit = name == "get";
@@ -583,14 +660,31 @@ impl Table {
         self.row(&format!("{op} raw"), dist, false);
         self.row(&format!("{op} minus timer"), dist, true);
     }
+
+    /// Rows for batches of `len` puts: each batch's time (raw, or minus
+    /// one timer overhead) divided by `len`.
+    fn per_put(&self, op: &str, dist: &Distribution, len: usize) {
+        for (suffix, minus) in [("raw", 0), ("minus timer", self.overhead_ticks)] {
+            let ns = |ticks: u64| ticks.saturating_sub(minus) as f64 / self.ticks_per_ns / len as f64;
+            print!("{:<34}", format!("{op} {suffix}"));
+            for (_, q) in QUANTILES {
+                print!("{:>10.1}", ns(dist.quantile(q)));
+            }
+            println!(
+                "{:>10.1}",
+                (dist.mean() - minus as f64).max(0.0) / self.ticks_per_ns / len as f64
+            );
+        }
+    }
 }
 
 fn latency_report(workload: &Workload, sizes: &Sizes) {
     let n = sizes.latency_ops;
     println!();
     println!(
-        "== Ring 0 latency distribution, W1: {n} puts (then {n} gets, {n} missing gets), {} distinct \
-         16-byte keys, 100-byte values, commit every {COMMIT_EVERY} puts, consumer thread draining ==",
+        "== Ring 0 latency distribution, W1: {n} puts (then {n} gets, {n} missing gets, {n} puts with a \
+         prefetch hint, {n} puts in batches of each of {BATCH_LENS:?}), {} distinct 16-byte keys, \
+         100-byte values, commit every {COMMIT_EVERY} puts, consumer thread draining ==",
         workload.keys.len()
     );
     if !clock::usable() {
@@ -671,8 +765,45 @@ fn latency_report(workload: &Workload, sizes: &Sizes) {
         }))
     };
     let commits = Distribution::new(commits);
+
+    // Single puts with a prefetch hint, then batches: same ring, same keys.
+    let hinted = {
+        let mut samples = sample_buffer(n);
+        for i in 0..n {
+            let key = &stream[i % stream.len()];
+            let ahead = &stream[(i + PREFETCH_AHEAD) % stream.len()];
+            let t0 = clock::start();
+            ring.writer.prefetch(ahead);
+            ring.put(key);
+            let t1 = clock::stop();
+            samples.push(t1.wrapping_sub(t0));
+            if ring.count_put() {
+                ring.commit();
+            }
+        }
+        Distribution::new(samples)
+    };
+    let batched: Vec<(usize, Distribution)> = BATCH_LENS
+        .iter()
+        .map(|&len| {
+            let mut samples = sample_buffer(n / len);
+            let mut batch: Batch<'_> = Vec::with_capacity(len);
+            for first in (0..n - n % len).step_by(len) {
+                batch.clear();
+                batch.extend((first..first + len).map(|j| (&stream[j % stream.len()], &VALUE)));
+                let t0 = clock::start();
+                ring.put_batch(&batch);
+                let t1 = clock::stop();
+                samples.push(t1.wrapping_sub(t0));
+                ring.count_batch(len);
+            }
+            (len, Distribution::new(samples))
+        })
+        .collect();
+    let batched_puts: usize = batched.iter().map(|(len, d)| len * d.sorted.len()).sum();
+
     let totals = Ring0Totals {
-        puts: n as u64,
+        puts: (2 * n + batched_puts) as u64,
         overflows: ring.overflows,
         commit_overflows: ring.commit_overflows,
         library_overflows: 0,
@@ -704,6 +835,31 @@ fn latency_report(workload: &Workload, sizes: &Sizes) {
         verdict(0.99, 150.0),
         verdict(0.999, 1000.0)
     );
+    table.both(&format!("put+push, prefetch {PREFETCH_AHEAD} ahead"), &hinted);
+    for (len, dist) in &batched {
+        table.per_put(&format!("put_batch({len}) per put"), dist, *len);
+    }
+    println!(
+        "(put_batch rows: each batch of N puts timed as a whole, divided by N: the amortized cost \
+         of a put in a batch, over {} / {} / {} batches)",
+        batched[0].1.sorted.len(),
+        batched[1].1.sorted.len(),
+        batched[2].1.sorted.len(),
+    );
+    let batch_verdict = |dist: &Distribution, len: usize, q: f64, target_ns: f64| {
+        let net = dist.quantile(q).saturating_sub(table.overhead_ticks) as f64 / ticks_per_ns / len as f64;
+        if net <= target_ns { "met" } else { "MISSED" }
+    };
+    for (len, dist) in &batched {
+        println!(
+            "{:<34}{:>10}{:>10}{:>10}{:>10}",
+            format!("  put_batch({len}) (minus timer) verdict"),
+            batch_verdict(dist, *len, 0.5, 60.0),
+            "",
+            batch_verdict(dist, *len, 0.99, 150.0),
+            batch_verdict(dist, *len, 0.999, 1000.0)
+        );
+    }
     table.both("get (hit)", &gets);
     table.both("get (miss)", &misses);
     table.both(&format!("commit_epoch (x{})", commits.sorted.len()), &commits);

@@ -91,6 +91,15 @@ pub enum IncrementalCheckpointError {
         /// Whether waiting for Ring 1 can free space.
         transient: bool,
     },
+    /// A batch of updates is longer than the changelog ring, so it could
+    /// never be applied at once. Nothing was applied; split the batch.
+    #[error("batch of {len} updates is longer than the changelog ring ({max} entries)")]
+    BatchTooLarge {
+        /// Updates in the batch.
+        len: usize,
+        /// The most a batch may hold: the changelog's capacity.
+        max: usize,
+    },
     /// A key or value is larger than the arena can hold in one record.
     #[error("record too large: key {key_len} + value {value_len} bytes, at most {max} per record")]
     RecordTooLarge {

@@ -166,11 +166,29 @@ impl ChangelogProducer {
         self.tail.wrapping_sub(self.cached_head) <= self.shared.mask
     }
 
+    /// Whether `n` pushes in a row would all succeed now. Re-reads the
+    /// consumer's position only when the cached one says they would not.
+    #[inline]
+    pub fn has_room_for(&mut self, n: usize) -> bool {
+        let free = |head: usize| (self.shared.mask + 1) - self.tail.wrapping_sub(head);
+        if free(self.cached_head) >= n {
+            return true;
+        }
+        self.cached_head = self.shared.head.load(Ordering::Acquire);
+        free(self.cached_head) >= n
+    }
+
     /// Counts an update refused for lack of room, for callers that check
     /// [`has_room`](Self::has_room) before preparing an entry.
     #[inline]
     pub(crate) fn count_overflow(&self) {
-        self.shared.overflows.fetch_add(1, Ordering::Relaxed);
+        self.count_overflows(1);
+    }
+
+    /// Counts `n` updates refused at once for lack of room (a batch).
+    #[inline]
+    pub(crate) fn count_overflows(&self, n: u64) {
+        self.shared.overflows.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Entries pushed so far.

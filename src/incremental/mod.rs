@@ -82,5 +82,7 @@ pub use crate::recovery::{
     validate_checkpoint,
 };
 pub use crate::scheduler::CheckpointScheduler;
-pub use crate::state::{ArenaBacking, Change, StateConfig, StateDrain, StateWriter, StateWriterStats};
+pub use crate::state::{
+    ArenaBacking, BatchOp, Change, StateConfig, StateDrain, StateWriter, StateWriterStats,
+};
 pub use crate::wal::{WalError, WalRecoveryMode, WalSyncMode, wal_size};

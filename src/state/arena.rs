@@ -388,15 +388,59 @@ impl Arena {
         if self.segments.len() < self.maps.bases.len() {
             return self.map_segment();
         }
+        Err(self.full())
+    }
+
+    fn full(&self) -> IncrementalCheckpointError {
         // Waiting helps if Ring 1 has yet to release a pending segment, or
         // if there is a segment's worth of garbage for compaction to free.
         let transient = self.dead_bytes() >= self.segment_size() as u64
             || self.segments.iter().any(|s| s.state == SegState::Pending);
-        Err(IncrementalCheckpointError::ArenaFull {
+        IncrementalCheckpointError::ArenaFull {
             live_bytes: self.live_bytes,
             limit_bytes: self.limit_bytes(),
             transient,
-        })
+        }
+    }
+
+    /// Makes sure that records of `sizes` (`total` bytes in all), allocated
+    /// in this order, will all get space: takes the released pending
+    /// segments and maps new ones onto the free list, as many as the
+    /// records will move on to. Until anything else allocates, those
+    /// allocations cannot fail. Segments mapped before an error stay free
+    /// for later; nothing else changes.
+    pub(crate) fn reserve(
+        &mut self,
+        total: usize,
+        sizes: impl Iterator<Item = usize>,
+        released: &mut impl FnMut() -> u64,
+    ) -> Result<()> {
+        let segment = self.segment_size();
+        let mut room = segment - self.segments[self.active as usize].used as usize;
+        if total <= room {
+            return Ok(());
+        }
+        // The segments `allocate` will move to, record by record.
+        let mut needed = 0;
+        for size in sizes {
+            if size > room {
+                needed += 1;
+                room = segment;
+            }
+            room -= size;
+        }
+        if self.free.len() < needed {
+            self.reclaim_pending(released());
+        }
+        while self.free.len() < needed {
+            if self.segments.len() >= self.maps.bases.len() {
+                return Err(self.full());
+            }
+            let slot = self.map_segment()?;
+            // Capacity for every slot is reserved: no allocation.
+            self.free.push(slot);
+        }
+        Ok(())
     }
 
     /// Frees pending segments whose every entry Ring 1 has released.
@@ -477,6 +521,13 @@ impl Arena {
         // SAFETY: only offsets handed out by `allocate` reach here; their
         // segment is mapped and `within` is inside it.
         unsafe { base.add(within) }
+    }
+
+    /// The address of `offset`, for a prefetch hint only (never
+    /// dereferenced through this).
+    #[inline]
+    pub(crate) fn address(&self, offset: u64) -> usize {
+        self.base(offset).addr()
     }
 
     /// Reads a record this arena wrote.

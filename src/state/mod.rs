@@ -17,12 +17,15 @@
 //! pushed before; the arena mappings are unmapped when both halves are gone.
 
 mod arena;
+mod batch;
 mod config;
 mod drain;
+mod prefetch;
 mod store;
 mod writer;
 
 pub use arena::ArenaBacking;
+pub use batch::BatchOp;
 pub use config::StateConfig;
 pub use drain::{Change, StateDrain};
 pub(crate) use writer::BulkLoader;

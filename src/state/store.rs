@@ -41,6 +41,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
+use super::prefetch::prefetch;
 use crate::error::{IncrementalCheckpointError, Result};
 
 /// Each update scans up to this many times its own size of the victim.
@@ -167,6 +168,13 @@ impl<'k> Probe<'k> {
         Probe { key, inline, tag }
     }
 
+    /// Whether `slot` may hold this key, without reading the arena: exact
+    /// for an inline key, hash and length for a long one. For hints only.
+    #[inline]
+    fn may_match(&self, slot: &Slot) -> bool {
+        slot.key == self.inline && slot.tag() == self.tag
+    }
+
     /// Whether `slot` holds this key. Only a long key whose hash and length
     /// match reads the arena.
     #[inline]
@@ -198,6 +206,24 @@ fn released(arena: &Arena, slot: &Slot, progress: &mut impl Progress) -> bool {
     back >= next.saturating_sub(released) || arena.record(slot.offset()).seq <= released
 }
 
+/// Where the index keeps a key's slot, as far as a prefetch needs to know.
+///
+/// hashbrown's SwissTable stores its control bytes from `ctrl` up and its
+/// slots below `ctrl`, bucket `i` in the 32 bytes ending at
+/// `ctrl - 32 * i`; a key's probe starts at bucket `hash & mask`. `ctrl` is
+/// learned from the address of a slot the table hands back with its bucket
+/// index, after every insert (the only thing that moves the table) and
+/// every reserve. hashbrown does not promise this layout: were it to
+/// change, prefetches would fetch the wrong lines, which is slower but
+/// never wrong, since a prefetch is only a hint (a test checks the layout).
+#[derive(Debug, Clone, Copy, Default)]
+struct IndexLayout {
+    /// Address of the control bytes; 0 until learned.
+    ctrl: usize,
+    /// Buckets minus one.
+    mask: usize,
+}
+
 /// Keys to arena records. `S` hashes keys (tests substitute one that
 /// collides).
 #[derive(Debug)]
@@ -209,6 +235,7 @@ pub(crate) struct StateStore<S = foldhash::fast::RandomState> {
     victim: Option<Victim>,
     /// Arena bytes in use when a victim search last found nothing worth it.
     quiet_until: u64,
+    layout: IndexLayout,
 }
 
 /// Where an update landed, for its changelog entry.
@@ -232,6 +259,7 @@ impl<S: BuildHasher> StateStore<S> {
             hasher,
             victim: None,
             quiet_until: 0,
+            layout: IndexLayout::default(),
         })
     }
 
@@ -288,7 +316,25 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], progress: &mut impl Progress) -> Result<Written> {
         let size = self.check_size(key.len(), value.len())?;
-        let key_hash = self.hash(key);
+        let (written, garbage) = self.put_hashed(key, value, self.hash(key), size, progress)?;
+        self.compact(garbage, progress);
+        Ok(written)
+    }
+
+    /// [`put`](Self::put) with the key's [`hash`](Self::hash) and record
+    /// size ([`check_size`](Self::check_size)) already known, and without
+    /// compacting: returns the compaction budget the update earned (0 for
+    /// an overwrite in place), for the caller to spend with
+    /// [`compact`](Self::compact). Nothing changes on error.
+    #[inline]
+    pub(crate) fn put_hashed(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        key_hash: u64,
+        size: usize,
+        progress: &mut impl Progress,
+    ) -> Result<(Written, usize)> {
         let probe = Probe::new(key, key_hash);
         let seq = progress.next_seq();
         let bucket = self.find(key_hash, &probe);
@@ -302,7 +348,7 @@ impl<S: BuildHasher> StateStore<S> {
                 self.arena.overwrite_value(offset, key.len(), value, seq);
                 slot.value_len = value.len() as u32;
                 slot.seq_lo = seq as u32;
-                return Ok(Written { offset, key_hash });
+                return Ok((Written { offset, key_hash }, 0));
             }
             old = Some((bucket, offset, old_size));
         }
@@ -316,19 +362,93 @@ impl<S: BuildHasher> StateStore<S> {
                     *old = slot;
                 }
             }
-            None => {
-                let hasher = &self.hasher;
-                self.index.insert_unique(key_hash, slot, |s| s.rehash(hasher));
-            }
+            None => self.insert_slot(key_hash, slot),
         }
-        self.compact(COMPACTION_SCAN_FACTOR * size, progress);
-        Ok(Written { offset, key_hash })
+        Ok((Written { offset, key_hash }, COMPACTION_SCAN_FACTOR * size))
+    }
+
+    /// Adds a slot for a key the index does not hold.
+    #[inline]
+    fn insert_slot(&mut self, key_hash: u64, slot: Slot) {
+        let hasher = &self.hasher;
+        let entry = self.index.insert_unique(key_hash, slot, |s| s.rehash(hasher));
+        // An insert may have moved the table: learn where it is now.
+        let bucket = entry.bucket_index();
+        let at = std::ptr::from_ref(entry.get()).addr();
+        self.layout = IndexLayout {
+            ctrl: at + (bucket + 1) * std::mem::size_of::<Slot>(),
+            mask: self.index.num_buckets() - 1,
+        };
+    }
+
+    /// Starts loading into the cache what an update or a get of the key
+    /// with this [`hash`](Self::hash) will read first: the control bytes
+    /// where its probe starts and the slots after them. A hint only: it
+    /// changes nothing and cannot fail.
+    #[inline]
+    pub(crate) fn prefetch(&self, key_hash: u64) {
+        let IndexLayout { ctrl, mask } = self.layout;
+        if ctrl == 0 {
+            return;
+        }
+        let bucket = key_hash as usize & mask;
+        prefetch(ctrl.wrapping_add(bucket));
+        // The home slot and the one after it (the next lower 32 bytes),
+        // where a key displaced by one bucket lives.
+        let home = ctrl.wrapping_sub((bucket + 1) * std::mem::size_of::<Slot>());
+        prefetch(home);
+        prefetch(home.wrapping_sub(std::mem::size_of::<Slot>()));
+    }
+
+    /// Starts loading into the cache the arena record of `key` (whose
+    /// [`hash`](Self::hash) is `key_hash`), which an update will overwrite
+    /// or a get read. Looks the key up in the index, so it pays only once
+    /// the key's slot is cached (after [`prefetch`](Self::prefetch)). A
+    /// hint only: it changes nothing and cannot fail.
+    #[inline]
+    pub(crate) fn prefetch_record(&self, key_hash: u64, key: &[u8]) {
+        let probe = Probe::new(key, key_hash);
+        let Some(slot) = self.index.find(key_hash, |slot| probe.may_match(slot)) else {
+            return;
+        };
+        let start = self.arena.address(slot.offset());
+        let end = start + record_size(key.len(), slot.value_len as usize);
+        let mut line = start & !63;
+        while line < end {
+            prefetch(line);
+            line += 64;
+        }
+    }
+
+    /// Checks that records of `sizes` (the bytes [`check_size`](Self::check_size)
+    /// returned, `total` in all), appended in this order, will all find
+    /// room in the arena, taking the segments they will need now: after
+    /// this succeeds, updates of at most those sizes cannot fail for lack
+    /// of arena space until [`compact`](Self::compact) runs (it allocates
+    /// too). Nothing visible changes on error.
+    pub(crate) fn reserve_records(
+        &mut self,
+        total: usize,
+        sizes: impl Iterator<Item = usize>,
+        progress: &mut impl Progress,
+    ) -> Result<()> {
+        self.arena.reserve(total, sizes, &mut || progress.released_now())
     }
 
     /// Makes room in the index for `additional` more keys.
     pub(crate) fn reserve(&mut self, additional: usize) {
         let hasher = &self.hasher;
         self.index.reserve(additional, |s| s.rehash(hasher));
+        // The table may have moved: learn where it is from any slot.
+        let first =
+            (0..self.index.num_buckets()).find_map(|bucket| Some((bucket, self.index.get_bucket(bucket)?)));
+        self.layout = match first {
+            Some((bucket, slot)) => IndexLayout {
+                ctrl: std::ptr::from_ref(slot).addr() + (bucket + 1) * std::mem::size_of::<Slot>(),
+                mask: self.index.num_buckets() - 1,
+            },
+            None => IndexLayout::default(),
+        };
     }
 
     /// Adds `key`, which the store must not hold, without looking it up:
@@ -350,8 +470,7 @@ impl<S: BuildHasher> StateStore<S> {
         let offset = self.append(RecordKind::Put, key, value, seq, size, progress)?;
         self.arena.add_live(offset, size);
         let slot = Slot::new(&probe, offset, value.len(), seq);
-        let hasher = &self.hasher;
-        self.index.insert_unique(key_hash, slot, |s| s.rehash(hasher));
+        self.insert_slot(key_hash, slot);
         Ok(())
     }
 
@@ -359,13 +478,28 @@ impl<S: BuildHasher> StateStore<S> {
     /// is absent (nothing to log). Nothing changes on error.
     pub(crate) fn delete(&mut self, key: &[u8], progress: &mut impl Progress) -> Result<Option<Written>> {
         let size = self.check_size(key.len(), 0)?;
-        let key_hash = self.hash(key);
+        let (written, garbage) = self.delete_hashed(key, self.hash(key), size, progress)?;
+        self.compact(garbage, progress);
+        Ok(written)
+    }
+
+    /// [`delete`](Self::delete) with the key's hash and tombstone size known,
+    /// and without compacting; returns the compaction budget earned, as
+    /// [`put_hashed`](Self::put_hashed) does. Nothing changes on error.
+    #[inline]
+    pub(crate) fn delete_hashed(
+        &mut self,
+        key: &[u8],
+        key_hash: u64,
+        size: usize,
+        progress: &mut impl Progress,
+    ) -> Result<(Option<Written>, usize)> {
         let probe = Probe::new(key, key_hash);
         let Some(bucket) = self.find(key_hash, &probe) else {
-            return Ok(None);
+            return Ok((None, 0));
         };
         let Some(&old) = self.index.get_bucket(bucket) else {
-            return Ok(None);
+            return Ok((None, 0));
         };
         let seq = progress.next_seq();
         let offset = self.append(RecordKind::Tombstone, key, &[], seq, size, progress)?;
@@ -374,8 +508,7 @@ impl<S: BuildHasher> StateStore<S> {
         if let Ok(entry) = self.index.get_bucket_entry(bucket) {
             entry.remove();
         }
-        self.compact(COMPACTION_SCAN_FACTOR * size, progress);
-        Ok(Some(Written { offset, key_hash }))
+        Ok((Some(Written { offset, key_hash }), COMPACTION_SCAN_FACTOR * size))
     }
 
     /// Writes an epoch's commit payload for Ring 1. Nothing changes on error.
@@ -401,7 +534,7 @@ impl<S: BuildHasher> StateStore<S> {
 
     /// Evacuates live records from the emptiest sealed segment, scanning at
     /// most `budget` bytes of it.
-    fn compact(&mut self, mut budget: usize, progress: &mut impl Progress) {
+    pub(crate) fn compact(&mut self, mut budget: usize, progress: &mut impl Progress) {
         let segment = self.arena.segment_size() as u64;
         while budget > 0 {
             let mut victim = match self.victim {
