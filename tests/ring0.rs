@@ -6,10 +6,11 @@ mod common;
 use std::collections::HashMap;
 use std::thread;
 
-use common::{Rng, checked_value, commit_retrying, consume, put_retrying, verify_value};
+use common::{Rng, checked_value, commit_retrying, consume, put_retrying, retrying, verify_value};
 use laminar_storage::incremental::{
-    ArenaBacking, Change, IncrementalCheckpointError, StateConfig, StateWriter,
+    ArenaBacking, BatchOp, Change, IncrementalCheckpointError, StateConfig, StateDrain, StateWriter,
 };
+use proptest::prelude::*;
 
 #[test]
 fn concurrent_stress_reads_every_value_through_its_offset() {
@@ -181,5 +182,353 @@ fn arena_limit_is_reported_not_exceeded() {
     assert!(stored > 200, "only {stored} records fit");
     for k in 0..stored {
         assert_eq!(writer.get(&k.to_le_bytes()), Some(&value[..]));
+    }
+}
+
+/// The stress test above with updates in batches of 1 to 300, keys
+/// repeating within a batch: the consumer, on another thread, reads every
+/// value through its offset, in order (write numbers only grow per key).
+#[test]
+fn concurrent_stress_with_batches_reads_every_value_in_order() {
+    const PUTS: u64 = 2_000_000;
+    const KEYS: u64 = 50_000;
+    let config = StateConfig::new()
+        .with_changelog_capacity(1024)
+        .with_arena_segment_size(1 << 20)
+        .with_expected_keys(KEYS as usize);
+    let (mut writer, drain) = StateWriter::standalone(config).unwrap();
+    let consumer = thread::spawn(move || consume(drain));
+    let mut rng = Rng(0xba7c4);
+    let mut model = HashMap::new();
+    let mut batch: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+    let mut n = 0;
+    let mut commits = 0;
+    while n < PUTS {
+        batch.clear();
+        let len = 1 + rng.next() % 300;
+        // A narrow key range now and then, so keys repeat in a batch.
+        let range = if rng.next() % 4 == 0 { 20 } else { KEYS };
+        for _ in 0..len.min(PUTS - n) {
+            n += 1;
+            let key = (rng.next() % range).to_le_bytes();
+            let value = checked_value(u64::from_le_bytes(key), n, 20 + (rng.next() % 200) as usize);
+            model.insert(key.to_vec(), n);
+            batch.push((key, value));
+        }
+        retrying(|| writer.put_batch(&batch));
+        if n / 1000 > commits {
+            commits = n / 1000;
+            commit_retrying(&mut writer);
+        }
+    }
+    for (key, n) in &model {
+        assert_eq!(verify_value(key, writer.get(key).unwrap()), *n);
+    }
+    assert_eq!(writer.stats().changelog_pushed, PUTS + commits);
+    drop(writer);
+    let (seen, committed) = consumer.join().unwrap();
+    assert_eq!(committed, commits);
+    assert_eq!(
+        seen, model,
+        "the consumer's last write per key differs from the writer's"
+    );
+}
+
+#[test]
+fn batch_backpressure_applies_nothing() {
+    let config = StateConfig::new().with_changelog_capacity(8);
+    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+    assert_eq!(writer.max_batch_len(), 8);
+    writer
+        .put_batch(&[(b"a", b"1"), (b"b", b"1"), (b"c", b"1")])
+        .unwrap();
+    // Room for 5 more: a batch of 6 is refused whole, even though its
+    // first 5 would fit.
+    let six: Vec<([u8; 1], &[u8])> = (0..6u8).map(|i| ([b'a' + i], &b"2"[..])).collect();
+    let full = writer.put_batch(&six).unwrap_err();
+    assert!(
+        matches!(full, IncrementalCheckpointError::BufferOverflow { epoch: 1 }),
+        "{full}"
+    );
+    assert!(full.is_transient());
+    assert_eq!(writer.get(b"a"), Some(&b"1"[..]));
+    assert_eq!(writer.get(b"d"), None);
+    assert_eq!(writer.len(), 3);
+    let stats = writer.stats();
+    assert_eq!((stats.changelog_pushed, stats.changelog_overflows), (3, 6));
+    // A batch of 5 fits exactly.
+    writer.put_batch(&six[..5]).unwrap();
+    assert_eq!(writer.get(b"a"), Some(&b"2"[..]));
+    assert!(matches!(
+        writer.apply_batch(&[BatchOp::<&[u8], &[u8]>::Delete(b"a")]),
+        Err(IncrementalCheckpointError::BufferOverflow { .. })
+    ));
+    assert_eq!(writer.get(b"a"), Some(&b"2"[..]));
+
+    // Longer than the ring: a typed error, never a wait.
+    let nine: Vec<([u8; 1], [u8; 1])> = (0..9u8).map(|i| ([i], [i])).collect();
+    assert_eq!(drain.drain(usize::MAX, |_| {}), 8);
+    let long = writer.put_batch(&nine).unwrap_err();
+    assert!(
+        matches!(long, IncrementalCheckpointError::BatchTooLarge { len: 9, max: 8 }),
+        "{long}"
+    );
+    assert!(!long.is_transient());
+    assert_eq!(writer.get(&[0]), None);
+    writer.put_batch(&nine[..8]).unwrap();
+    assert_eq!(writer.len(), 13);
+
+    // An empty batch is a no-op, even on a full ring.
+    assert_eq!(writer.put_batch::<&[u8], &[u8]>(&[]).map(drop).ok(), Some(()));
+    assert_eq!(writer.apply_batch::<&[u8], &[u8]>(&[]).unwrap(), 0);
+    assert_eq!(writer.stats().changelog_pushed, 16);
+}
+
+#[test]
+fn batch_with_an_oversized_record_applies_nothing() {
+    let config = StateConfig::new().with_arena_segment_size(64 << 10);
+    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+    let too_big = vec![0u8; 64 << 10];
+    let err = writer
+        .apply_batch(&[
+            BatchOp::Put(&b"ok"[..], &b"v"[..]),
+            BatchOp::Delete(b"ok"),
+            BatchOp::Put(b"big", &too_big),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(err, IncrementalCheckpointError::RecordTooLarge { key_len: 3, .. }),
+        "{err}"
+    );
+    assert!(writer.is_empty());
+    assert_eq!(drain.drain(usize::MAX, |_| {}), 0);
+}
+
+/// A batch the arena cannot hold is refused whole; at the limit, the same
+/// updates still go in as smaller batches and single puts.
+#[test]
+fn batch_the_arena_cannot_hold_applies_nothing() {
+    let config = StateConfig::new()
+        .with_arena_segment_size(64 << 10)
+        .with_arena_max_bytes(256 << 10);
+    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+    let value = [7u8; 1000];
+    let keys: Vec<[u8; 8]> = (0..150u64).map(u64::to_le_bytes).collect();
+    let batch: Vec<(&[u8; 8], &[u8; 1000])> = keys.iter().map(|k| (k, &value)).collect();
+    // 150 records of 1,024 bytes: more than the first 3 segments hold.
+    writer.put_batch(&batch[..120]).unwrap();
+    drain.drain(usize::MAX, |_| {});
+    let before = writer.stats();
+    let err = writer.put_batch(&batch).unwrap_err();
+    assert!(
+        matches!(err, IncrementalCheckpointError::ArenaFull { .. }),
+        "{err}"
+    );
+    let after = writer.stats();
+    assert_eq!(
+        (after.keys, after.changelog_pushed, after.arena_live_bytes),
+        (before.keys, before.changelog_pushed, before.arena_live_bytes)
+    );
+    assert_eq!(writer.get(&keys[130]), None);
+    // Overwrites in place of the keys already there need no new space,
+    // but a batch is only applied with room for all its records as new
+    // ones: smaller batches get there.
+    for chunk in batch[120..].chunks(10) {
+        writer.put_batch(chunk).unwrap();
+        drain.drain(usize::MAX, |_| {});
+    }
+    for key in &keys {
+        assert_eq!(writer.get(key), Some(&value[..]));
+    }
+}
+
+/// One step of the model test.
+#[derive(Debug, Clone)]
+enum Step {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    Batch(Vec<BatchOp<u8, Vec<u8>>>),
+    Commit,
+    /// Ring 1 drains this many entries.
+    Drain(usize),
+}
+
+fn value_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..120),
+        1 => (0..3usize, any::<u8>()).prop_map(|(i, b)| vec![b; [5_000, 20_000, 40_000][i]]),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = BatchOp<u8, Vec<u8>>> {
+    prop_oneof![
+        4 => (0..24u8, value_strategy()).prop_map(|(k, v)| BatchOp::Put(k, v)),
+        1 => (0..24u8).prop_map(BatchOp::Delete),
+    ]
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..24u8, value_strategy()).prop_map(|(k, v)| Step::Put(k, v)),
+        1 => (0..24u8).prop_map(Step::Delete),
+        4 => proptest::collection::vec(op_strategy(), 0..80).prop_map(Step::Batch),
+        1 => Just(Step::Commit),
+        2 => (0..100usize).prop_map(Step::Drain),
+    ]
+}
+
+/// Key `k`: short keys inline in the index, every fourth one longer than
+/// 16 bytes.
+fn model_key(k: u8) -> Vec<u8> {
+    if k % 4 == 0 {
+        vec![k; 17 + usize::from(k)]
+    } else {
+        vec![k; 1 + usize::from(k % 9)]
+    }
+}
+
+/// What Ring 1 should see, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Logged {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Commit(u64),
+}
+
+fn drain_into(drain: &mut StateDrain, max: usize, seen: &mut Vec<Logged>) {
+    drain.drain(max, |change| {
+        seen.push(match change {
+            Change::Put { key, value, .. } => Logged::Put(key.to_vec(), value.to_vec()),
+            Change::Delete { key, .. } => Logged::Delete(key.to_vec()),
+            Change::Commit { epoch, .. } => Logged::Commit(epoch),
+            other => panic!("unexpected {other:?}"),
+        });
+    });
+}
+
+fn check_state(writer: &StateWriter, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), TestCaseError> {
+    prop_assert_eq!(writer.len(), model.len());
+    for k in 0..24u8 {
+        let key = model_key(k);
+        prop_assert_eq!(writer.get(&key), model.get(&key).map(Vec::as_slice), "key {}", k);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Batches and single updates, mixed, against a `HashMap`, with a ring
+    /// smaller than some batches, small arena segments (batches cross
+    /// them, compaction runs) and Ring 1 draining irregularly: the state
+    /// always matches; a refused batch changes nothing; Ring 1 reads every
+    /// update, key and value, in order.
+    #[test]
+    fn batches_match_a_hashmap_and_log_every_update_in_order(
+        steps in proptest::collection::vec(step_strategy(), 1..60),
+    ) {
+        let config = StateConfig::new()
+            .with_changelog_capacity(64)
+            .with_arena_segment_size(64 << 10);
+        let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut expected = Vec::new();
+        let mut seen = Vec::new();
+        for step in steps {
+            match step {
+                Step::Put(k, v) => {
+                    let key = model_key(k);
+                    retry_after_drain(&mut drain, &mut seen, || writer.put(&key, &v));
+                    expected.push(Logged::Put(key.clone(), v.clone()));
+                    model.insert(key, v);
+                }
+                Step::Delete(k) => {
+                    let key = model_key(k);
+                    let present = retry_after_drain(&mut drain, &mut seen, || writer.delete(&key));
+                    prop_assert_eq!(present, model.remove(&key).is_some());
+                    if present {
+                        expected.push(Logged::Delete(key));
+                    }
+                }
+                Step::Batch(ops) => {
+                    let ops: Vec<BatchOp<Vec<u8>, Vec<u8>>> = ops
+                        .into_iter()
+                        .map(|op| match op {
+                            BatchOp::Put(k, v) => BatchOp::Put(model_key(k), v),
+                            BatchOp::Delete(k) => BatchOp::Delete(model_key(k)),
+                        })
+                        .collect();
+                    let result = if ops.len() > writer.max_batch_len() {
+                        let err = writer.apply_batch(&ops).unwrap_err();
+                        prop_assert!(
+                            matches!(err, IncrementalCheckpointError::BatchTooLarge { .. }),
+                            "{}", err
+                        );
+                        check_state(&writer, &model)?;
+                        ops.chunks(writer.max_batch_len())
+                            .map(|chunk| retry_after_drain(&mut drain, &mut seen, || writer.apply_batch(chunk)))
+                            .sum()
+                    } else {
+                        match writer.apply_batch(&ops) {
+                            Ok(applied) => applied,
+                            Err(e) => {
+                                prop_assert!(
+                                    matches!(e, IncrementalCheckpointError::BufferOverflow { .. }),
+                                    "{}", e
+                                );
+                                // Refused whole: nothing changed.
+                                check_state(&writer, &model)?;
+                                retry_after_drain(&mut drain, &mut seen, || writer.apply_batch(&ops))
+                            }
+                        }
+                    };
+                    let mut changed = 0;
+                    for op in ops {
+                        match op {
+                            BatchOp::Put(key, value) => {
+                                changed += 1;
+                                expected.push(Logged::Put(key.clone(), value.clone()));
+                                model.insert(key, value);
+                            }
+                            BatchOp::Delete(key) => {
+                                if model.remove(&key).is_some() {
+                                    changed += 1;
+                                    expected.push(Logged::Delete(key));
+                                }
+                            }
+                        }
+                    }
+                    prop_assert_eq!(result, changed);
+                }
+                Step::Commit => {
+                    let epoch = retry_after_drain(&mut drain, &mut seen, || writer.commit_epoch());
+                    expected.push(Logged::Commit(epoch));
+                }
+                Step::Drain(n) => drain_into(&mut drain, n, &mut seen),
+            }
+            check_state(&writer, &model)?;
+        }
+        drain_into(&mut drain, usize::MAX, &mut seen);
+        prop_assert_eq!(seen, expected);
+        let listed: HashMap<Vec<u8>, Vec<u8>> =
+            writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        prop_assert_eq!(listed, model);
+    }
+}
+
+/// Runs `update`; on backpressure, lets Ring 1 drain everything and tries
+/// once more, which must succeed.
+fn retry_after_drain<T>(
+    drain: &mut StateDrain,
+    seen: &mut Vec<Logged>,
+    mut update: impl FnMut() -> Result<T, IncrementalCheckpointError>,
+) -> T {
+    match update() {
+        Ok(done) => done,
+        Err(IncrementalCheckpointError::BufferOverflow { .. }) => {
+            drain_into(drain, usize::MAX, seen);
+            update().expect("an update with the ring empty")
+        }
+        Err(e) => panic!("update failed: {e}"),
     }
 }

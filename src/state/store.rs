@@ -811,6 +811,83 @@ mod tests {
         }
     }
 
+    /// The prefetch hint aims at the right memory: every key's slot is at
+    /// the address the learned layout gives for its bucket, and most keys
+    /// sit in the home bucket of their hash or the one after (the two
+    /// slots the hint fetches). Checked after growth and after a reserve
+    /// (both move the table); fails if hashbrown changes its layout.
+    #[test]
+    fn prefetch_layout_matches_the_table() {
+        let mut s = StateStore::new(&small_config(), 16).unwrap();
+        let mut p = Instant::default();
+        let check = |s: &StateStore, keys: u64| {
+            let IndexLayout { ctrl, mask } = s.layout;
+            assert_eq!(mask + 1, s.index.num_buckets());
+            let mut near = 0;
+            for k in 0..keys {
+                let key = k.to_le_bytes();
+                let hash = s.hash(&key);
+                let bucket = s.find(hash, &Probe::new(&key, hash)).unwrap();
+                let at = std::ptr::from_ref(s.index.get_bucket(bucket).unwrap()).addr();
+                assert_eq!(at, ctrl - (bucket + 1) * std::mem::size_of::<Slot>());
+                near += usize::from(bucket.wrapping_sub(hash as usize) & mask <= 1);
+            }
+            assert!(near * 10 >= keys as usize * 6, "{near} of {keys} keys near home");
+        };
+        for k in 0..20_000u64 {
+            s.put(&k.to_le_bytes(), b"v", &mut p).unwrap();
+            p.0 += 1;
+        }
+        check(&s, 20_000);
+        s.reserve(200_000);
+        check(&s, 20_000);
+    }
+
+    /// After `reserve_records`, updates of those sizes find arena room even
+    /// when Ring 1 releases nothing; a reservation the limit cannot meet
+    /// fails and changes no record.
+    #[test]
+    fn reserved_records_cannot_run_out_of_arena() {
+        let config = ArenaConfig {
+            max_bytes: 5 * 64 * 1024,
+            ..small_config()
+        };
+        let mut s = StateStore::new(&config, 16).unwrap();
+        let mut p = Manual::default();
+        let value = [3u8; 1000];
+        let size = record_size(8, 1000);
+        assert_eq!(size, 1024);
+        let put = |s: &mut StateStore, k: u64, p: &mut Manual| {
+            s.put(&k.to_le_bytes(), &value, p).unwrap();
+            p.pushed += 1;
+        };
+        for k in 0..64 * 3 + 10 {
+            put(&mut s, k, &mut p);
+        }
+        // 54 more fit the active segment; 54 + 64 + 1 need two new
+        // segments and one is left.
+        s.reserve_records(54 * size, std::iter::repeat_n(size, 54), &mut p)
+            .unwrap();
+        let live = s.arena().live_bytes();
+        let err = s
+            .reserve_records(119 * size, std::iter::repeat_n(size, 119), &mut p)
+            .unwrap_err();
+        assert!(
+            matches!(err, IncrementalCheckpointError::ArenaFull { .. }),
+            "{err}"
+        );
+        assert_eq!((s.arena().live_bytes(), s.len()), (live, 64 * 3 + 10));
+        // 118 fit exactly: they go in with nothing released.
+        s.reserve_records(118 * size, std::iter::repeat_n(size, 118), &mut p)
+            .unwrap();
+        for k in 1000..1118 {
+            put(&mut s, k, &mut p);
+        }
+        assert_eq!(s.len(), 64 * 3 + 10 + 118);
+        assert!(s.put(b"one more", &value, &mut p).is_err());
+        s.check_index();
+    }
+
     #[test]
     fn put_get_delete_and_sizes() {
         let mut s = small_store();
