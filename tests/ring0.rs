@@ -207,7 +207,7 @@ fn concurrent_stress_with_batches_reads_every_value_in_order() {
         batch.clear();
         let len = 1 + rng.next() % 300;
         // A narrow key range now and then, so keys repeat in a batch.
-        let range = if rng.next() % 4 == 0 { 20 } else { KEYS };
+        let range = if rng.next().is_multiple_of(4) { 20 } else { KEYS };
         for _ in 0..len.min(PUTS - n) {
             n += 1;
             let key = (rng.next() % range).to_le_bytes();
@@ -380,7 +380,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 /// Key `k`: short keys inline in the index, every fourth one longer than
 /// 16 bytes.
 fn model_key(k: u8) -> Vec<u8> {
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         vec![k; 17 + usize::from(k)]
     } else {
         vec![k; 1 + usize::from(k % 9)]
