@@ -155,6 +155,36 @@ impl ChangelogProducer {
         Ok(())
     }
 
+    /// Writes `entry` into the next slot like [`push`](Self::push), but
+    /// leaves it invisible to the consumer until [`publish`](Self::publish):
+    /// a batch of entries is published with one store to the shared
+    /// position instead of one per entry (each such store may have to pull
+    /// the position's cache line back from the consumer's core).
+    ///
+    /// # Errors
+    ///
+    /// As for [`push`](Self::push).
+    #[inline]
+    pub(crate) fn push_unpublished(&mut self, entry: StateChangelogEntry) -> Result<(), PushError> {
+        if !self.has_room() {
+            self.count_overflow();
+            return Err(PushError::Full(entry));
+        }
+        let slot = &self.shared.slots[self.tail & self.shared.mask];
+        // SAFETY: as in `push`: `has_room` saw `tail - head < capacity`, so
+        // the consumer has finished with this slot, and it will not read
+        // it before a later Release store of `tail` covers it.
+        slot.with_mut(|p| unsafe { p.write(entry) });
+        self.tail = self.tail.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Makes every entry written so far visible to the consumer.
+    #[inline]
+    pub(crate) fn publish(&mut self) {
+        self.shared.tail.store(self.tail, Ordering::Release);
+    }
+
     /// Whether a push would succeed now. Re-reads the consumer's position
     /// only when the cached one says the ring is full.
     #[inline]

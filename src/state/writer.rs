@@ -456,6 +456,7 @@ impl StateWriter {
         }
         let mut garbage = 0;
         let mut applied = 0;
+        let pushed_before = self.producer.pushed();
         for (i, item) in items.iter().enumerate() {
             let key_hash = hashes[i % (2 * LOOKAHEAD)];
             if let Some(ahead) = items.get(i + 2 * LOOKAHEAD) {
@@ -478,7 +479,7 @@ impl StateWriter {
                         self.store
                             .put_hashed(key, value, key_hash, size, &mut self.producer)?;
                     garbage += earned;
-                    self.push(StateChangelogEntry::new(
+                    self.push_unpublished(StateChangelogEntry::new(
                         self.epoch,
                         key_hash,
                         offset,
@@ -494,7 +495,7 @@ impl StateWriter {
                             .delete_hashed(key, key_hash, size, &mut self.producer)?;
                     garbage += earned;
                     if let Some(Written { offset, key_hash }) = written {
-                        self.push(StateChangelogEntry::new(
+                        self.push_unpublished(StateChangelogEntry::new(
                             self.epoch,
                             key_hash,
                             offset,
@@ -505,6 +506,12 @@ impl StateWriter {
                     }
                 }
             }
+        }
+        // Ring 1 sees the whole batch at once, and is woken if it crossed a
+        // doorbell mark.
+        self.producer.publish();
+        if pushed_before | self.doorbell_mask < self.producer.pushed() {
+            self.doorbell.notify_one();
         }
         // The reclamation work the updates earned, as single updates would
         // have done it one by one.
@@ -668,6 +675,16 @@ impl StateWriter {
             return stopped;
         }
         IncrementalCheckpointError::BufferOverflow { epoch: self.epoch }
+    }
+
+    /// [`push`](Self::push) for a batch: visible to Ring 1 once the batch
+    /// publishes, and no doorbell (the batch rings it).
+    #[inline]
+    fn push_unpublished(&mut self, entry: StateChangelogEntry) {
+        // The batch checked room for all its entries up front.
+        self.producer
+            .push_unpublished(entry)
+            .expect("changelog slots reserved before the batch");
     }
 
     #[inline]
