@@ -420,6 +420,28 @@ mod tests {
     }
 
     #[test]
+    fn unpublished_entries_stay_hidden_until_published() {
+        let (mut p, mut c) = StateChangelogBuffer::with_capacity(4).split();
+        p.push(entry(0)).unwrap();
+        p.push_unpublished(entry(1)).unwrap();
+        p.push_unpublished(entry(2)).unwrap();
+        assert_eq!(p.pushed(), 3);
+        assert!(p.has_room_for(1) && !p.has_room_for(2));
+        assert_eq!((c.pushed(), c.pop(), c.pop()), (1, Some(entry(0)), None));
+        p.publish();
+        let mut got = Vec::new();
+        assert_eq!(c.drain(10, |e| got.push(*e)), 2);
+        assert_eq!(got, [entry(1), entry(2)]);
+        assert!(p.has_room_for(4));
+        for i in 3..7 {
+            p.push_unpublished(entry(i)).unwrap();
+        }
+        assert_eq!(p.push_unpublished(entry(7)), Err(PushError::Full(entry(7))));
+        p.publish();
+        assert_eq!(c.drain(10, |_| {}), 4);
+    }
+
+    #[test]
     fn halves_see_their_peer_dropped() {
         let (p, mut c) = StateChangelogBuffer::with_capacity(2).split();
         assert!(!c.is_abandoned());
@@ -496,6 +518,36 @@ mod loom_tests {
             }
             t.join().unwrap();
             assert_eq!(c.pop(), None);
+        });
+    }
+
+    /// Entries pushed unpublished and then published in one store arrive
+    /// whole and in order, in every interleaving with the consumer.
+    #[test]
+    fn loom_batch_publication_is_fifo_and_race_free() {
+        loom::model(|| {
+            let (mut p, mut c) = StateChangelogBuffer::with_capacity(2).split();
+            let t = loom::thread::spawn(move || {
+                let mut next = 0;
+                while next < 3 {
+                    let n = c.drain(2, |e| {
+                        assert_eq!(*e, entry(next));
+                        next += 1;
+                    });
+                    if n == 0 {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            p.push_unpublished(entry(0)).unwrap();
+            p.push_unpublished(entry(1)).unwrap();
+            p.publish();
+            while !p.has_room_for(1) {
+                loom::thread::yield_now();
+            }
+            p.push_unpublished(entry(2)).unwrap();
+            p.publish();
+            t.join().unwrap();
         });
     }
 

@@ -439,9 +439,14 @@ impl<S: BuildHasher> StateStore<S> {
     pub(crate) fn reserve(&mut self, additional: usize) {
         let hasher = &self.hasher;
         self.index.reserve(additional, |s| s.rehash(hasher));
-        // The table may have moved: learn where it is from any slot.
-        let first =
-            (0..self.index.num_buckets()).find_map(|bucket| Some((bucket, self.index.get_bucket(bucket)?)));
+        // The table may have moved: learn where it is from any slot (an
+        // empty table learns at its first insert, without a scan).
+        let buckets = if self.index.is_empty() {
+            0
+        } else {
+            self.index.num_buckets()
+        };
+        let first = (0..buckets).find_map(|bucket| Some((bucket, self.index.get_bucket(bucket)?)));
         self.layout = match first {
             Some((bucket, slot)) => IndexLayout {
                 ctrl: std::ptr::from_ref(slot).addr() + (bucket + 1) * std::mem::size_of::<Slot>(),
