@@ -430,7 +430,7 @@ impl StateWriter {
         let mut total = 0;
         for item in items {
             let (key_len, value_len) = size(item);
-            total += self.store.check_size(key_len, value_len)?;
+            total = usize::saturating_add(total, self.store.check_size(key_len, value_len)?);
         }
         if !self.producer.has_room_for(items.len()) {
             self.producer.count_overflows(items.len() as u64 - 1);
