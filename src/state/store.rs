@@ -41,7 +41,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
-use super::prefetch::prefetch;
+use super::prefetch::{advise_huge_pages, prefetch};
 use crate::error::{IncrementalCheckpointError, Result};
 
 /// Each update scans up to this many times its own size of the victim.
@@ -375,10 +375,21 @@ impl<S: BuildHasher> StateStore<S> {
         // An insert may have moved the table: learn where it is now.
         let bucket = entry.bucket_index();
         let at = std::ptr::from_ref(entry.get()).addr();
-        self.layout = IndexLayout {
+        self.learn_layout(IndexLayout {
             ctrl: at + (bucket + 1) * std::mem::size_of::<Slot>(),
             mask: self.index.num_buckets() - 1,
-        };
+        });
+    }
+
+    /// Records where the table is; when it has moved (it grew), asks for
+    /// huge pages for its slots, which a put touches at random.
+    #[inline]
+    fn learn_layout(&mut self, layout: IndexLayout) {
+        if layout.ctrl != self.layout.ctrl && layout.ctrl != 0 {
+            let slots = (layout.mask + 1) * std::mem::size_of::<Slot>();
+            advise_huge_pages(layout.ctrl - slots, slots + layout.mask + 1);
+        }
+        self.layout = layout;
     }
 
     /// Starts loading into the cache what an update or a get of the key
@@ -447,13 +458,13 @@ impl<S: BuildHasher> StateStore<S> {
             self.index.num_buckets()
         };
         let first = (0..buckets).find_map(|bucket| Some((bucket, self.index.get_bucket(bucket)?)));
-        self.layout = match first {
+        self.learn_layout(match first {
             Some((bucket, slot)) => IndexLayout {
                 ctrl: std::ptr::from_ref(slot).addr() + (bucket + 1) * std::mem::size_of::<Slot>(),
                 mask: self.index.num_buckets() - 1,
             },
             None => IndexLayout::default(),
-        };
+        });
     }
 
     /// Adds `key`, which the store must not hold, without looking it up:
