@@ -15,7 +15,10 @@
 //!    stretches. `put_batch_N` times `StateWriter::put_batch` of N W1 puts
 //!    (one iteration = one batch; criterion's throughput line is puts per
 //!    second), committing once 1,000 or more puts have gone in since the
-//!    last commit.
+//!    last commit. Batches outrun the consumer thread, so these timings
+//!    include backpressure retries (counted on the overflow line): they
+//!    show the pipeline's throughput with this consumer, not Ring 0's
+//!    alone; the latency part below shows Ring 0's own cost.
 //! 2. A latency distribution: every one of 1,000,000 W1 puts (then gets) is
 //!    timed on its own, and p50 / p99 / p99.9 / max are printed raw and with
 //!    the timer's own overhead subtracted, beside the DESIGN targets. Then,
