@@ -681,6 +681,36 @@ impl Table {
     }
 }
 
+/// A cyclic random permutation of `bytes / 64` cache lines, each holding
+/// the index of the next: following it makes every load depend on the one
+/// before, so each costs one full cache (or DRAM) miss.
+fn pointer_chase(bytes: usize) -> Vec<[u64; 8]> {
+    let lines = bytes / 64;
+    let mut order: Vec<u64> = (0..lines as u64).collect();
+    let mut rng = Rng(0x5eed_0002);
+    for i in (1..lines).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let mut chase = vec![[0u64; 8]; lines];
+    for w in 0..lines {
+        chase[order[w] as usize][0] = order[(w + 1) % lines];
+    }
+    chase
+}
+
+/// One dependent random load over `chase`, timed `n` times: what a put
+/// whose index slot is not cached must wait for at least.
+fn load_latency(chase: &[[u64; 8]], n: usize) -> Distribution {
+    let mut at = 0usize;
+    // A first lap puts the table in whatever cache level it fits.
+    for _ in 0..chase.len() {
+        at = chase[at][0] as usize;
+    }
+    Distribution::new(time_each(n, |_| {
+        at = black_box(chase[at][0]) as usize;
+    }))
+}
+
 fn latency_report(workload: &Workload, sizes: &Sizes) {
     let n = sizes.latency_ops;
     println!();
@@ -862,6 +892,19 @@ fn latency_report(workload: &Workload, sizes: &Sizes) {
             batch_verdict(dist, *len, 0.99, 150.0),
             batch_verdict(dist, *len, 0.999, 1000.0)
         );
+    }
+    // The floor a put cannot beat on its own: one random load from memory
+    // the size of W1's Ring 0 (index and arena, ~36 MiB) and from far more
+    // than any cache (256 MiB), measured the same way in the same run (1 MiB
+    // in quick runs).
+    let chase_mib: &[usize] = if sizes.latency_ops < 1_000_000 {
+        &[1]
+    } else {
+        &[36, 256]
+    };
+    for &mib in chase_mib {
+        let loads = load_latency(&pointer_chase(mib << 20), n);
+        table.both(&format!("one random load, {mib} MiB"), &loads);
     }
     table.both("get (hit)", &gets);
     table.both("get (miss)", &misses);
