@@ -1,11 +1,12 @@
 //! [`DeltaBuilder`]: the last write of every key changed in a range of
 //! epochs, collected from the WAL, then handed out in key order.
 //!
-//! Keys and values are copied into one growing byte buffer and indexed by a
-//! hash table, so collecting allocates only when the buffer or the table
-//! grows. A key rewritten with a value of the same length is updated in
-//! place (the common case for fixed-size state); otherwise the new value is
-//! appended and the old bytes stay until the builder is dropped. Memory is
+//! Keys and values are copied into chunks of a few MiB (never reallocated,
+//! so growing never copies what is held) and indexed by a hash table, so
+//! collecting allocates only when a chunk fills or the table grows. A key
+//! rewritten with a value of the same length is updated in place (the
+//! common case for fixed-size state); otherwise the new value is appended
+//! and the old bytes stay until the builder is dropped. Memory is
 //! therefore bounded by the bytes the range of epochs wrote, which the
 //! checkpoint policy bounds in turn (interval and WAL-size thresholds).
 
@@ -18,20 +19,74 @@ use super::data_file::Entry;
 
 const TOMBSTONE: u32 = u32::MAX;
 
+/// Bytes of a chunk; a key and value larger than this get a chunk of
+/// their own.
+const CHUNK: usize = 2 << 20;
+
+/// A key's last write. The key's first 8 bytes ride along (`prefix`), so
+/// sorting reads no key bytes unless two prefixes are equal.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     hash: u64,
-    key_at: usize,
+    prefix: u64,
+    key_chunk: u32,
+    key_at: u32,
     key_len: u32,
+    value_chunk: u32,
+    value_at: u32,
     value_len: u32,
-    value_at: usize,
+}
+
+/// Keys and values, in chunks that never grow past their first capacity.
+#[derive(Debug, Default)]
+struct Chunks {
+    chunks: Vec<Vec<u8>>,
+    held: usize,
+}
+
+impl Chunks {
+    /// `len` bytes at `(chunk, at)`; empty if out of range (never, for a
+    /// slot's own bytes).
+    fn get(&self, chunk: u32, at: u32, len: u32) -> &[u8] {
+        let (at, len) = (at as usize, len as usize);
+        self.chunks
+            .get(chunk as usize)
+            .and_then(|c| c.get(at..at + len))
+            .unwrap_or(&[])
+    }
+
+    fn get_mut(&mut self, chunk: u32, at: u32, len: usize) -> &mut [u8] {
+        let at = at as usize;
+        self.chunks
+            .get_mut(chunk as usize)
+            .and_then(|c| c.get_mut(at..at + len))
+            .unwrap_or(&mut [])
+    }
+
+    /// Appends `a` then `b` contiguously; returns where `a` starts.
+    fn append(&mut self, a: &[u8], b: &[u8]) -> (u32, u32) {
+        let need = a.len() + b.len();
+        let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= need);
+        if !fits {
+            self.chunks.push(Vec::with_capacity(need.max(CHUNK)));
+        }
+        let index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[index];
+        let at = chunk.len();
+        chunk.extend_from_slice(a);
+        chunk.extend_from_slice(b);
+        self.held += need;
+        // A chunk holds less than 4 GiB: one of `CHUNK` bytes, or a single
+        // key and value, whose WAL frame length is a u32.
+        (index as u32, at as u32)
+    }
 }
 
 /// Last write per key over a range of epochs.
 #[derive(Debug, Default)]
 pub(crate) struct DeltaBuilder {
     table: HashTable<Slot>,
-    bytes: Vec<u8>,
+    bytes: Chunks,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -47,7 +102,7 @@ impl DeltaBuilder {
 
     /// Bytes of keys and values held.
     pub(crate) fn held_bytes(&self) -> usize {
-        self.bytes.len()
+        self.bytes.held
     }
 
     /// Records a put.
@@ -66,10 +121,10 @@ impl DeltaBuilder {
         let bytes = &mut self.bytes;
         // One probe finds the key or where it goes; growing rehashes from
         // the slots' own hashes, without reading the keys scattered over
-        // the buffer.
+        // the chunks.
         let entry = self.table.entry(
             hash,
-            |s| s.hash == hash && &bytes[s.key_at..s.key_at + s.key_len as usize] == key,
+            |s| s.hash == hash && bytes.get(s.key_chunk, s.key_at, s.key_len) == key,
             |s| s.hash,
         );
         match entry {
@@ -77,27 +132,26 @@ impl DeltaBuilder {
                 let slot = found.get_mut();
                 if let Some(v) = value {
                     if slot.value_len == value_len {
-                        bytes[slot.value_at..slot.value_at + v.len()].copy_from_slice(v);
+                        bytes
+                            .get_mut(slot.value_chunk, slot.value_at, v.len())
+                            .copy_from_slice(v);
                     } else {
-                        slot.value_at = bytes.len();
-                        bytes.extend_from_slice(v);
+                        (slot.value_chunk, slot.value_at) = bytes.append(v, &[]);
                     }
                 }
                 slot.value_len = value_len;
             }
             TableEntry::Vacant(vacant) => {
-                let key_at = bytes.len();
-                bytes.extend_from_slice(key);
-                let value_at = bytes.len();
-                if let Some(v) = value {
-                    bytes.extend_from_slice(v);
-                }
+                let (chunk, at) = bytes.append(key, value.unwrap_or(&[]));
                 vacant.insert(Slot {
                     hash,
-                    key_at,
+                    prefix: key_prefix(key),
+                    key_chunk: chunk,
+                    key_at: at,
                     key_len: key.len() as u32,
+                    value_chunk: chunk,
+                    value_at: at + key.len() as u32,
                     value_len,
-                    value_at,
                 });
             }
         }
@@ -105,40 +159,63 @@ impl DeltaBuilder {
 
     /// The entries in key order (tombstones as `None`).
     ///
-    /// Sorts on each key's first 8 bytes, held in the sort entries as a
-    /// big-endian number (zero-padded), and compares the keys themselves
-    /// only where those are equal: most comparisons then touch no key
-    /// bytes, which are scattered over the buffer.
+    /// Sorts 16-byte numbers: each key's first 8 bytes as a big-endian
+    /// number (zero-padded) above the slot's index; only runs of equal
+    /// prefixes are then sorted by the keys themselves. Most of the sort
+    /// thus touches no key bytes, which are scattered over the chunks, and
+    /// moves 16 bytes per entry instead of a whole slot.
     pub(crate) fn sorted(&self) -> SortedDelta<'_> {
         let bytes = &self.bytes;
-        let key = |s: &Slot| &bytes[s.key_at..s.key_at + s.key_len as usize];
-        let mut slots: Vec<(u64, Slot)> = self.table.iter().map(|s| (key_prefix(key(s)), *s)).collect();
-        let cmp = |(pa, a): &(u64, Slot), (pb, b): &(u64, Slot)| pa.cmp(pb).then_with(|| key(a).cmp(key(b)));
-        let slots = if slots.len() >= PARALLEL_SORT_MIN
-            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+        let slots: Vec<Slot> = self.table.iter().copied().collect();
+        let key = |i: u128| {
+            let s = &slots[i as u32 as usize];
+            bytes.get(s.key_chunk, s.key_at, s.key_len)
+        };
+        let mut order: Vec<u128> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (u128::from(s.prefix) << 64) | i as u128)
+            .collect();
+        if order.len() >= PARALLEL_SORT_MIN && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
         {
             // A base's worth of changes: sort the halves on two cores,
             // then merge them.
-            let mid = slots.len() / 2;
-            let (lo, hi) = slots.split_at_mut(mid);
+            let mid = order.len() / 2;
+            let (lo, hi) = order.split_at_mut(mid);
             std::thread::scope(|s| {
-                s.spawn(|| lo.sort_unstable_by(cmp));
-                hi.sort_unstable_by(cmp);
+                s.spawn(|| lo.sort_unstable());
+                hi.sort_unstable();
             });
-            merge_sorted(lo, hi, cmp)
+            order = merge_sorted(lo, hi, Ord::cmp);
         } else {
-            slots.sort_unstable_by(cmp);
-            slots
-        };
+            order.sort_unstable();
+        }
+        // Equal prefixes: order by the whole key.
+        let mut i = 0;
+        while i < order.len() {
+            let prefix = order[i] >> 64;
+            let run = order[i..].iter().take_while(|o| *o >> 64 == prefix).count();
+            if run > 1 {
+                order[i..i + run].sort_unstable_by(|a, b| key(*a).cmp(key(*b)));
+            }
+            i += run;
+        }
+        let sorted: Vec<Slot> = order.iter().map(|o| slots[*o as u32 as usize]).collect();
         SortedDelta {
             bytes,
-            slots: slots.into_iter(),
+            slots: sorted,
+            next: 0,
         }
     }
 }
 
 /// Changes from which [`DeltaBuilder::sorted`] sorts on two threads.
 const PARALLEL_SORT_MIN: usize = 1 << 16;
+
+/// Entries ahead of the one handed out whose bytes
+/// [`SortedDelta`] asks the CPU to fetch: they are scattered over the
+/// chunks, and waiting for each in turn would dominate encoding a base.
+const PREFETCH_AHEAD: usize = 12;
 
 /// The sorted runs `a` and `b` merged into one.
 fn merge_sorted<T: Copy>(a: &[T], b: &[T], cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
@@ -169,26 +246,54 @@ fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(p)
 }
 
+/// Asks the CPU to bring the cache line holding `bytes[0]` closer: only a
+/// hint, never a fault, even for an empty slice.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of every x86_64 target, and a prefetch reads
+        // nothing the program sees and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// [`DeltaBuilder::sorted`].
 #[derive(Debug)]
 pub(crate) struct SortedDelta<'a> {
-    bytes: &'a [u8],
-    slots: std::vec::IntoIter<(u64, Slot)>,
+    bytes: &'a Chunks,
+    slots: Vec<Slot>,
+    next: usize,
 }
 
 impl<'a> Iterator for SortedDelta<'a> {
     type Item = Entry<'a>;
 
     fn next(&mut self) -> Option<Entry<'a>> {
-        let (_, s) = self.slots.next()?;
-        let key = &self.bytes[s.key_at..s.key_at + s.key_len as usize];
-        let value =
-            (s.value_len != TOMBSTONE).then(|| &self.bytes[s.value_at..s.value_at + s.value_len as usize]);
+        let s = *self.slots.get(self.next)?;
+        if let Some(ahead) = self.slots.get(self.next + PREFETCH_AHEAD) {
+            prefetch(self.bytes.get(ahead.key_chunk, ahead.key_at, ahead.key_len));
+            if ahead.value_len != TOMBSTONE {
+                let value = self.bytes.get(ahead.value_chunk, ahead.value_at, ahead.value_len);
+                prefetch(value);
+                if let Some(last) = value.len().checked_sub(1) {
+                    prefetch(&value[last..]);
+                }
+            }
+        }
+        self.next += 1;
+        let bytes: &'a Chunks = self.bytes;
+        let key = bytes.get(s.key_chunk, s.key_at, s.key_len);
+        let value = (s.value_len != TOMBSTONE).then(|| bytes.get(s.value_chunk, s.value_at, s.value_len));
         Some((key, value))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.slots.size_hint()
+        let n = self.slots.len() - self.next;
+        (n, Some(n))
     }
 }
 
@@ -272,5 +377,6 @@ mod tests {
             }
         }
         assert_eq!(b.held_bytes(), 50 * 17);
+        assert_eq!(b.bytes.chunks.len(), 1);
     }
 }
