@@ -485,23 +485,25 @@ impl Checkpointer {
             until_epoch: Some(epoch),
         };
         blocking("checkpoint WAL scan", &self.wal_dir, move || -> Result<Scan> {
-            let mut delta = DeltaBuilder::new();
             let mut commit = None;
-            let report = replay_range(
-                fs.as_ref(),
-                &wal_dir,
-                WalRecoveryMode::TolerateCorruptedTailRecords,
-                range,
-                |op| {
-                    match op {
-                        ReplayOp::Put { key, value } => delta.put(key, value),
-                        ReplayOp::Delete { key } => delta.delete(key),
-                        ReplayOp::Commit(c) if c.epoch == epoch => commit = Some(c.clone()),
-                        ReplayOp::Commit(_) => {}
-                    }
-                    Ok(())
-                },
-            )?;
+            let (delta, report) = DeltaBuilder::build_alongside(|sink| {
+                replay_range(
+                    fs.as_ref(),
+                    &wal_dir,
+                    WalRecoveryMode::TolerateCorruptedTailRecords,
+                    range,
+                    |op| {
+                        match op {
+                            ReplayOp::Put { key, value } => sink.put(key, value),
+                            ReplayOp::Delete { key } => sink.delete(key),
+                            ReplayOp::Commit(c) if c.epoch == epoch => commit = Some(c.clone()),
+                            ReplayOp::Commit(_) => {}
+                        }
+                        Ok(())
+                    },
+                )
+            });
+            let report = report?;
             let position = report
                 .last_commit_end
                 .filter(|_| report.last_epoch == Some(epoch));

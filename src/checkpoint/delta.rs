@@ -209,6 +209,147 @@ impl DeltaBuilder {
     }
 }
 
+impl DeltaBuilder {
+    /// Builds a delta from the puts and deletes `produce` hands to the
+    /// [`DeltaSink`], on a second thread: `produce` (reading and checking
+    /// the WAL) runs on this one and passes batches of copied records over a
+    /// bounded channel, so reading the next batch overlaps hashing and
+    /// copying the last. Without a second thread, builds in place.
+    ///
+    /// # Panics
+    ///
+    /// Passes on a panic of the building thread.
+    pub(crate) fn build_alongside<T>(produce: impl FnOnce(&mut DeltaSink<'_>) -> T) -> (Self, T) {
+        let mut delta = Self::new();
+        let out = std::thread::scope(|scope| {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(SCAN_QUEUE);
+            let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let target = &mut delta;
+            let builder = std::thread::Builder::new()
+                .name("checkpoint-delta".into())
+                .spawn_scoped(scope, move || {
+                    for mut batch in full_rx {
+                        apply_batch(target, &batch);
+                        batch.clear();
+                        // This side may have finished already.
+                        let _ = empty_tx.send(batch);
+                    }
+                    target
+                });
+            let Ok(builder) = builder else {
+                return Err(produce);
+            };
+            let mut sink = DeltaSink::Channel {
+                batch: Vec::with_capacity(SCAN_BATCH),
+                full: full_tx,
+                empty: empty_rx,
+            };
+            let out = produce(&mut sink);
+            sink.flush();
+            drop(sink);
+            match builder.join() {
+                Ok(_) => Ok(out),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        match out {
+            Ok(out) => (delta, out),
+            Err(produce) => {
+                let out = produce(&mut DeltaSink::Direct(&mut delta));
+                (delta, out)
+            }
+        }
+    }
+}
+
+/// Records per batch of [`DeltaBuilder::build_alongside`], in bytes.
+const SCAN_BATCH: usize = 256 << 10;
+/// Batches in flight between the two threads.
+const SCAN_QUEUE: usize = 4;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// Where [`DeltaBuilder::build_alongside`]'s producer puts changes.
+#[derive(Debug)]
+pub(crate) enum DeltaSink<'a> {
+    /// Straight into the builder (no second thread).
+    Direct(&'a mut DeltaBuilder),
+    /// Batches of `[op u8][key_len u32][value_len u32][key][value]`, native
+    /// endian (they never leave the process), to the building thread.
+    Channel {
+        batch: Vec<u8>,
+        full: std::sync::mpsc::SyncSender<Vec<u8>>,
+        empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    },
+}
+
+impl DeltaSink<'_> {
+    /// Records a put.
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.push(OP_PUT, key, value);
+    }
+
+    /// Records a delete.
+    pub(crate) fn delete(&mut self, key: &[u8]) {
+        self.push(OP_DELETE, key, &[]);
+    }
+
+    fn push(&mut self, op: u8, key: &[u8], value: &[u8]) {
+        let Self::Channel { batch, .. } = self else {
+            if let Self::Direct(delta) = self {
+                match op {
+                    OP_PUT => delta.put(key, value),
+                    _ => delta.delete(key),
+                }
+            }
+            return;
+        };
+        batch.push(op);
+        batch.extend_from_slice(&(key.len() as u32).to_ne_bytes());
+        batch.extend_from_slice(&(value.len() as u32).to_ne_bytes());
+        batch.extend_from_slice(key);
+        batch.extend_from_slice(value);
+        if batch.len() >= SCAN_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the batch over. If the building thread is gone (it panicked),
+    /// the batch is dropped; `build_alongside` passes the panic on.
+    fn flush(&mut self) {
+        if let Self::Channel { batch, full, empty } = self
+            && !batch.is_empty()
+        {
+            let next = empty
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(SCAN_BATCH));
+            let _ = full.send(std::mem::replace(batch, next));
+        }
+    }
+}
+
+/// Applies a batch [`DeltaSink`] wrote.
+fn apply_batch(delta: &mut DeltaBuilder, mut batch: &[u8]) {
+    let len = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .and_then(|l| l.try_into().ok())
+            .map_or(0, |l| u32::from_ne_bytes(l) as usize)
+    };
+    while let Some(&op) = batch.first() {
+        let (key_len, value_len) = (len(batch, 1), len(batch, 5));
+        let Some(record) = batch.get(9..9 + key_len + value_len) else {
+            debug_assert!(false, "a batch record runs past its end");
+            return;
+        };
+        let (key, value) = record.split_at(key_len);
+        match op {
+            OP_PUT => delta.put(key, value),
+            _ => delta.delete(key),
+        }
+        batch = &batch[9 + key_len + value_len..];
+    }
+}
+
 /// Changes from which [`DeltaBuilder::sorted`] sorts on two threads.
 const PARALLEL_SORT_MIN: usize = 1 << 16;
 
@@ -366,6 +507,39 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
             .collect();
         assert_eq!(got, model.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn built_alongside_equals_built_in_place() {
+        // Enough records for several batches, rewrites and deletes among them.
+        let ops: Vec<(u64, Option<Vec<u8>>)> = (0..40_000u64)
+            .map(|i| {
+                let key = i * 7919 % 5_000;
+                let value = (i % 11 != 0).then(|| vec![i as u8; (i % 200) as usize]);
+                (key, value)
+            })
+            .collect();
+        let mut direct = DeltaBuilder::new();
+        for (k, v) in &ops {
+            match v {
+                Some(v) => direct.put(&k.to_be_bytes(), v),
+                None => direct.delete(&k.to_be_bytes()),
+            }
+        }
+        let (alongside, n) = DeltaBuilder::build_alongside(|sink| {
+            for (k, v) in &ops {
+                match v {
+                    Some(v) => sink.put(&k.to_be_bytes(), v),
+                    None => sink.delete(&k.to_be_bytes()),
+                }
+            }
+            ops.len()
+        });
+        assert_eq!(n, ops.len());
+        let a: Vec<_> = direct.sorted().collect();
+        let b: Vec<_> = alongside.sorted().collect();
+        assert_eq!(a, b);
+        assert_eq!(direct.held_bytes(), alongside.held_bytes());
     }
 
     #[test]
