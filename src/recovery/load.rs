@@ -227,9 +227,7 @@ fn load_entries(chain: &[(FileRef, StoredFile)], dir: &Path, loader: &mut BulkLo
                 source,
             })?;
         for batch in rx {
-            for (key, value) in batch? {
-                loader.put(key, value)?;
-            }
+            loader.put_all(&batch?)?;
         }
         // An early return drops `rx`: the decoder's next send fails and it
         // stops; the scope joins it.

@@ -472,14 +472,15 @@ impl<S: BuildHasher> StateStore<S> {
     /// ([`StateWriter::bulk_loader`](super::StateWriter) guarantees it by
     /// refusing keys that do not increase). Creates no garbage, so it
     /// never compacts. Nothing changes on error.
+    #[inline]
     pub(crate) fn insert_new(
         &mut self,
         key: &[u8],
         value: &[u8],
+        key_hash: u64,
         progress: &mut impl Progress,
     ) -> Result<()> {
         let size = self.check_size(key.len(), value.len())?;
-        let key_hash = self.hash(key);
         debug_assert!(self.get(key).is_none(), "insert_new of a key the store holds");
         let probe = Probe::new(key, key_hash);
         let seq = progress.next_seq();

@@ -84,22 +84,43 @@ pub(crate) struct BulkLoader<'w> {
 }
 
 impl BulkLoader<'_> {
-    /// Adds `key`, which must be greater than every key added before.
+    /// Adds `entries` in order; each key must be greater than every key
+    /// added before. The index's cache misses overlap: while entry `i` is
+    /// inserted, the slot of entry `i + LOOKAHEAD` is hashed and
+    /// prefetched.
     ///
     /// # Errors
     ///
     /// [`Recovery`](IncrementalCheckpointError::Recovery) for a key that
     /// does not increase; the store's errors
     /// ([`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge),
-    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull)). Nothing is
-    /// added on error.
-    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull)). The failing
+    /// entry is not added; those before it stay.
+    pub(crate) fn put_all(&mut self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        let mut hashes = [0u64; LOOKAHEAD];
+        for (hash, (key, _)) in hashes.iter_mut().zip(entries) {
+            *hash = self.store.hash(key);
+            self.store.prefetch(*hash);
+        }
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let hash = hashes[i % LOOKAHEAD];
+            if let Some((ahead, _)) = entries.get(i + LOOKAHEAD) {
+                let h = self.store.hash(ahead);
+                self.store.prefetch(h);
+                hashes[i % LOOKAHEAD] = h;
+            }
+            self.put_hashed(key, value, hash)?;
+        }
+        Ok(())
+    }
+
+    fn put_hashed(&mut self, key: &[u8], value: &[u8], key_hash: u64) -> Result<()> {
         if self.any && key <= self.last.as_slice() {
             return Err(IncrementalCheckpointError::Recovery {
                 reason: "bulk-loaded keys must strictly increase".into(),
             });
         }
-        self.store.insert_new(key, value, &mut Loading)?;
+        self.store.insert_new(key, value, key_hash, &mut Loading)?;
         self.last.clear();
         self.last.extend_from_slice(key);
         self.any = true;
@@ -750,18 +771,27 @@ mod tests {
     fn bulk_load_inserts_increasing_keys_and_refuses_the_rest() {
         let mut w = writer();
         let mut loader = w.bulk_loader(1000).unwrap();
-        for i in 0..1000u32 {
-            loader.put(&i.to_be_bytes(), &[i as u8; 20]).unwrap();
+        let keys: Vec<[u8; 4]> = (0..1000u32).map(u32::to_be_bytes).collect();
+        let values: Vec<[u8; 20]> = (0..1000u32).map(|i| [i as u8; 20]).collect();
+        let entries: Vec<(&[u8], &[u8])> = keys.iter().zip(&values).map(|(k, v)| (&k[..], &v[..])).collect();
+        loader.put_all(&entries[..500]).unwrap();
+        for chunk in entries[500..].chunks(3) {
+            loader.put_all(chunk).unwrap();
         }
         // A duplicate or a smaller key is refused, and nothing changes.
         for bad in [999u32, 5] {
-            let e = loader.put(&bad.to_be_bytes(), b"other").unwrap_err();
+            let e = loader.put_all(&[(&bad.to_be_bytes(), b"other")]).unwrap_err();
             assert!(matches!(e, IncrementalCheckpointError::Recovery { .. }), "{e}");
         }
-        // A value too large for the arena is refused, and loading goes on.
-        assert!(loader.put(&5000u32.to_be_bytes(), &vec![0; 1 << 30]).is_err());
-        loader.put(&6000u32.to_be_bytes(), b"last").unwrap();
-        assert_eq!(w.len(), 1001);
+        // A value too large for the arena is refused, and loading goes on;
+        // the entries before a refused one stay.
+        let huge = vec![0; 1 << 30];
+        let e = loader.put_all(&[(&5000u32.to_be_bytes(), b"x"), (&5001u32.to_be_bytes(), &huge)]);
+        assert!(e.is_err());
+        loader.put_all(&[(&6000u32.to_be_bytes(), b"last")]).unwrap();
+        assert_eq!(w.len(), 1002);
+        assert_eq!(w.get(&5000u32.to_be_bytes()), Some(&b"x"[..]));
+        assert_eq!(w.get(&5001u32.to_be_bytes()), None);
         for i in 0..1000u32 {
             assert_eq!(w.get(&i.to_be_bytes()), Some(&[i as u8; 20][..]));
         }
@@ -769,9 +799,9 @@ mod tests {
         // Updates after the load find the loaded keys (no duplicates).
         w.put(&7u32.to_be_bytes(), b"new").unwrap();
         w.delete(&8u32.to_be_bytes()).unwrap();
-        assert_eq!(w.len(), 1000);
+        assert_eq!(w.len(), 1001);
         assert_eq!(w.get(&7u32.to_be_bytes()), Some(&b"new"[..]));
-        assert_eq!(w.iter().count(), 1000);
+        assert_eq!(w.iter().count(), 1001);
     }
 
     #[test]
