@@ -372,13 +372,24 @@ impl Ring0 {
     #[cold]
     #[inline(never)]
     fn put_retrying(&mut self, key: &Key, first: IncrementalCheckpointError) {
+        let value = self.value;
+        self.retry(first, |writer| writer.put(key, &value));
+    }
+
+    /// Retries `op` after `first` while the ring is full, counting each
+    /// retry; gives up (panics) on another error or after 30 s.
+    fn retry(
+        &mut self,
+        first: IncrementalCheckpointError,
+        mut op: impl FnMut(&mut StateWriter) -> Result<(), IncrementalCheckpointError>,
+    ) {
         let mut error = first;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.check_retry(&error, deadline);
             self.overflows += 1;
             thread::yield_now();
-            match self.writer.put(key, &self.value) {
+            match op(&mut self.writer) {
                 Ok(()) => return,
                 Err(e) => error = e,
             }
@@ -396,17 +407,7 @@ impl Ring0 {
     #[cold]
     #[inline(never)]
     fn put_batch_retrying(&mut self, batch: &[(&Key, &[u8; VALUE_LEN])], first: IncrementalCheckpointError) {
-        let mut error = first;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            self.check_retry(&error, deadline);
-            self.overflows += 1;
-            thread::yield_now();
-            match self.writer.put_batch(batch) {
-                Ok(()) => return,
-                Err(e) => error = e,
-            }
-        }
+        self.retry(first, |writer| writer.put_batch(batch));
     }
 
     /// Counts a batch of `n` puts towards the epoch, and commits once 1,000

@@ -14,14 +14,7 @@ use proptest::prelude::*;
 
 #[test]
 fn concurrent_stress_reads_every_value_through_its_offset() {
-    const PUTS: u64 = 2_000_000;
-    const KEYS: u64 = 50_000;
-    let config = StateConfig::new()
-        .with_changelog_capacity(1024)
-        .with_arena_segment_size(1 << 20)
-        .with_expected_keys(KEYS as usize);
-    let (mut writer, drain) = StateWriter::standalone(config).unwrap();
-    let consumer = thread::spawn(move || consume(drain));
+    let (mut writer, consumer) = stress_ring();
     let mut rng = Rng(0x5eed);
     let mut model = HashMap::new();
     for n in 1..=PUTS {
@@ -33,14 +26,37 @@ fn concurrent_stress_reads_every_value_through_its_offset() {
             commit_retrying(&mut writer);
         }
     }
-    for (key, n) in &model {
+    check_stress(writer, consumer, &model, PUTS / 1000);
+}
+
+const PUTS: u64 = 2_000_000;
+const KEYS: u64 = 50_000;
+
+/// The stress consumer: the last write number it read per key, and the
+/// commits it saw.
+type Consumer = thread::JoinHandle<(HashMap<Vec<u8>, u64>, u64)>;
+
+/// A writer for the stress tests, and its consumer thread.
+fn stress_ring() -> (StateWriter, Consumer) {
+    let config = StateConfig::new()
+        .with_changelog_capacity(1024)
+        .with_arena_segment_size(1 << 20)
+        .with_expected_keys(KEYS as usize);
+    let (writer, drain) = StateWriter::standalone(config).unwrap();
+    (writer, thread::spawn(move || consume(drain)))
+}
+
+/// Every key reads back its last write on the writer, and the consumer saw
+/// the same last writes and `commits` commits.
+fn check_stress(writer: StateWriter, consumer: Consumer, model: &HashMap<Vec<u8>, u64>, commits: u64) {
+    for (key, n) in model {
         assert_eq!(verify_value(key, writer.get(key).unwrap()), *n);
     }
     drop(writer);
     let (seen, committed) = consumer.join().unwrap();
-    assert_eq!(committed, PUTS / 1000);
+    assert_eq!(committed, commits);
     assert_eq!(
-        seen, model,
+        &seen, model,
         "the consumer's last write per key differs from the writer's"
     );
 }
@@ -190,14 +206,7 @@ fn arena_limit_is_reported_not_exceeded() {
 /// value through its offset, in order (write numbers only grow per key).
 #[test]
 fn concurrent_stress_with_batches_reads_every_value_in_order() {
-    const PUTS: u64 = 2_000_000;
-    const KEYS: u64 = 50_000;
-    let config = StateConfig::new()
-        .with_changelog_capacity(1024)
-        .with_arena_segment_size(1 << 20)
-        .with_expected_keys(KEYS as usize);
-    let (mut writer, drain) = StateWriter::standalone(config).unwrap();
-    let consumer = thread::spawn(move || consume(drain));
+    let (mut writer, consumer) = stress_ring();
     let mut rng = Rng(0xba7c4);
     let mut model = HashMap::new();
     let mut batch: Vec<([u8; 8], Vec<u8>)> = Vec::new();
@@ -221,17 +230,8 @@ fn concurrent_stress_with_batches_reads_every_value_in_order() {
             commit_retrying(&mut writer);
         }
     }
-    for (key, n) in &model {
-        assert_eq!(verify_value(key, writer.get(key).unwrap()), *n);
-    }
     assert_eq!(writer.stats().changelog_pushed, PUTS + commits);
-    drop(writer);
-    let (seen, committed) = consumer.join().unwrap();
-    assert_eq!(committed, commits);
-    assert_eq!(
-        seen, model,
-        "the consumer's last write per key differs from the writer's"
-    );
+    check_stress(writer, consumer, &model, commits);
 }
 
 #[test]

@@ -116,8 +116,9 @@ fn batched_round(writer: &mut StateWriter, seed: &mut u64, ops: u64) {
     }
 }
 
-#[test]
-fn ring0_batches_allocate_nothing_after_warm_up() {
+/// Runs `round` for 500,000 updates of warm-up, then counts the heap
+/// allocations of the next 100,000, with a consumer thread draining.
+fn allocations_after_warm_up(mut seed: u64, round: fn(&mut StateWriter, &mut u64, u64)) -> u64 {
     let config = StateConfig::new()
         .with_changelog_capacity(8192)
         .with_arena_segment_size(1 << 20)
@@ -134,13 +135,18 @@ fn ring0_batches_allocate_nothing_after_warm_up() {
             }
         }
     });
-    let mut seed = 0x8765_4321;
-    batched_round(&mut writer, &mut seed, 500_000);
+    round(&mut writer, &mut seed, 500_000);
     let before = allocations();
-    batched_round(&mut writer, &mut seed, 100_000);
+    round(&mut writer, &mut seed, 100_000);
     let during = allocations() - before;
     drop(writer);
     consumer.join().unwrap();
+    during
+}
+
+#[test]
+fn ring0_batches_allocate_nothing_after_warm_up() {
+    let during = allocations_after_warm_up(0x8765_4321, batched_round);
     assert_eq!(
         during, 0,
         "{during} heap allocations in 100,000 batched Ring 0 updates after warm-up"
@@ -149,29 +155,7 @@ fn ring0_batches_allocate_nothing_after_warm_up() {
 
 #[test]
 fn ring0_updates_allocate_nothing_after_warm_up() {
-    let config = StateConfig::new()
-        .with_changelog_capacity(8192)
-        .with_arena_segment_size(1 << 20)
-        .with_expected_keys(20_000);
-    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
-    let consumer = thread::spawn(move || {
-        loop {
-            let abandoned = drain.is_abandoned();
-            if drain.drain(1024, |_| {}) == 0 {
-                if abandoned {
-                    break;
-                }
-                thread::yield_now();
-            }
-        }
-    });
-    let mut seed = 0x1234_5678;
-    round(&mut writer, &mut seed, 500_000);
-    let before = allocations();
-    round(&mut writer, &mut seed, 100_000);
-    let during = allocations() - before;
-    drop(writer);
-    consumer.join().unwrap();
+    let during = allocations_after_warm_up(0x1234_5678, round);
     assert_eq!(
         during, 0,
         "{during} heap allocations in 100,000 Ring 0 updates after warm-up"

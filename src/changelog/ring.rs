@@ -141,17 +141,8 @@ impl ChangelogProducer {
     /// overflow is counted in [`overflow_count`](Self::overflow_count).
     #[inline]
     pub fn push(&mut self, entry: StateChangelogEntry) -> Result<(), PushError> {
-        if !self.has_room() {
-            self.count_overflow();
-            return Err(PushError::Full(entry));
-        }
-        let slot = &self.shared.slots[self.tail & self.shared.mask];
-        // SAFETY: `has_room` saw `tail - head < capacity`, so the consumer has
-        // finished with this slot (its Release store of `head` happened
-        // before our Acquire load), and no other producer exists.
-        slot.with_mut(|p| unsafe { p.write(entry) });
-        self.tail = self.tail.wrapping_add(1);
-        self.shared.tail.store(self.tail, Ordering::Release);
+        self.push_unpublished(entry)?;
+        self.publish();
         Ok(())
     }
 
@@ -171,9 +162,11 @@ impl ChangelogProducer {
             return Err(PushError::Full(entry));
         }
         let slot = &self.shared.slots[self.tail & self.shared.mask];
-        // SAFETY: as in `push`: `has_room` saw `tail - head < capacity`, so
-        // the consumer has finished with this slot, and it will not read
-        // it before a later Release store of `tail` covers it.
+        // SAFETY: `has_room` saw `tail - head < capacity`, so the consumer
+        // has finished with this slot (its Release store of `head` happened
+        // before our Acquire load); no other producer exists; and the
+        // consumer will not read the slot before a later Release store of
+        // `tail` (`publish`) covers it.
         slot.with_mut(|p| unsafe { p.write(entry) });
         self.tail = self.tail.wrapping_add(1);
         Ok(())
