@@ -61,13 +61,10 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata, RecoveredState,
     RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
 };
+use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
 use support::{Distribution, FigureTable, calibrate, clock, retrying, verdict};
 use tokio::runtime::Runtime;
 
-const KEY_LEN: usize = 16;
-/// W1's value size.
-const VALUE_LEN: usize = 100;
-const PUTS_PER_EPOCH: usize = 1_000;
 /// Value size of the main recovery case: 16 + 1,008 = 1 KiB per key.
 const LARGE_VALUE_LEN: usize = 1_008;
 

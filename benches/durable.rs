@@ -38,14 +38,12 @@ use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, ManagerStats, StateConfig,
     StateWriter, WalSyncMode,
 };
+use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
 use support::{FigureTable, retrying, verdict};
 use tokio::runtime::Runtime;
 
 /// W1's per-epoch WAL write as DESIGN.md sizes it (1,000 × (16 + 100) bytes).
 const EPOCH_WRITE: usize = 116 << 10;
-const KEY_LEN: usize = 16;
-const VALUE_LEN: usize = 100;
-const PUTS_PER_EPOCH: usize = 1_000;
 /// DESIGN.md: fjall and RocksDB reach about 0.35–0.39 M puts/s on W1 here.
 const PEER_BEST_PUTS_PER_SEC: f64 = 0.39e6;
 /// DESIGN.md ("Lessons from the peers"): fjall, W1-like, 0.45–0.51 M puts/s.

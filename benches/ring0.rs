@@ -52,11 +52,10 @@ use criterion::{Criterion, Throughput};
 use laminar_storage::incremental::{
     Change, IncrementalCheckpointError, StateConfig, StateDrain, StateWriter,
 };
+use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
 use support::{Distribution, calibrate, clock};
 
-const KEY_LEN: usize = 16;
-const VALUE_LEN: usize = 100;
-const COMMIT_EVERY: u32 = 1_000;
+const COMMIT_EVERY: u32 = PUTS_PER_EPOCH as u32;
 const CHANGELOG_CAPACITY: usize = 1 << 16;
 /// Batch lengths of the `put_batch` figures.
 const BATCH_LENS: [usize; 3] = [8, 32, 128];

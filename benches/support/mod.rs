@@ -4,6 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+/// Workload W1 of DESIGN.md ("Performance targets"): 16-byte keys, 100-byte
+/// values, an epoch every 1,000 puts.
+pub mod w1 {
+    pub const KEY_LEN: usize = 16;
+    pub const VALUE_LEN: usize = 100;
+    pub const PUTS_PER_EPOCH: usize = 1_000;
+}
+
 /// A cycle-accurate timestamp source and the name of its method.
 #[cfg(target_arch = "x86_64")]
 pub mod clock {

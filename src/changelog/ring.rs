@@ -483,6 +483,20 @@ mod loom_tests {
         StateChangelogEntry::new(i, !i, i * 3, i as u32, StateOp::Delete)
     }
 
+    /// Drains until `entry(0)..entry(n)` have arrived, checking their order.
+    fn drain_in_order(c: &mut ChangelogConsumer, n: u64) {
+        let mut next = 0;
+        while next < n {
+            let drained = c.drain(2, |e| {
+                assert_eq!(*e, entry(next));
+                next += 1;
+            });
+            if drained == 0 {
+                loom::thread::yield_now();
+            }
+        }
+    }
+
     /// Every interleaving of a producer pushing 3 entries through a 2-slot
     /// ring and a consumer draining them: FIFO, no loss, no torn entry, and
     /// a slot is never read and written at once (loom checks the cells).
@@ -499,16 +513,7 @@ mod loom_tests {
                     }
                 }
             });
-            let mut next = 0;
-            while next < 3 {
-                let n = c.drain(2, |e| {
-                    assert_eq!(*e, entry(next));
-                    next += 1;
-                });
-                if n == 0 {
-                    loom::thread::yield_now();
-                }
-            }
+            drain_in_order(&mut c, 3);
             t.join().unwrap();
             assert_eq!(c.pop(), None);
         });
@@ -521,16 +526,7 @@ mod loom_tests {
         loom::model(|| {
             let (mut p, mut c) = StateChangelogBuffer::with_capacity(2).split();
             let t = loom::thread::spawn(move || {
-                let mut next = 0;
-                while next < 3 {
-                    let n = c.drain(2, |e| {
-                        assert_eq!(*e, entry(next));
-                        next += 1;
-                    });
-                    if n == 0 {
-                        loom::thread::yield_now();
-                    }
-                }
+                drain_in_order(&mut c, 3);
             });
             p.push_unpublished(entry(0)).unwrap();
             p.push_unpublished(entry(1)).unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 
 use super::arena::record_size;
-use super::batch::{BatchOp, LOOKAHEAD};
+use super::batch::{BatchOp, LOOKAHEAD, SlotPrefetch};
 use super::config::StateConfig;
 use super::drain::StateDrain;
 use super::store::{Progress, StateStore, Written};
@@ -97,18 +97,9 @@ impl BulkLoader<'_> {
     /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull)). The failing
     /// entry is not added; those before it stay.
     pub(crate) fn put_all(&mut self, entries: &[(&[u8], &[u8])]) -> Result<()> {
-        let mut hashes = [0u64; LOOKAHEAD];
-        for (hash, (key, _)) in hashes.iter_mut().zip(entries) {
-            *hash = self.store.hash(key);
-            self.store.prefetch(*hash);
-        }
+        let mut slots = SlotPrefetch::<LOOKAHEAD>::start(self.store, entries.iter().map(|(k, _)| *k));
         for (i, (key, value)) in entries.iter().enumerate() {
-            let hash = hashes[i % LOOKAHEAD];
-            if let Some((ahead, _)) = entries.get(i + LOOKAHEAD) {
-                let h = self.store.hash(ahead);
-                self.store.prefetch(h);
-                hashes[i % LOOKAHEAD] = h;
-            }
+            let hash = slots.next(self.store, i, entries.get(i + LOOKAHEAD).map(|(k, _)| *k));
             self.put_hashed(key, value, hash)?;
         }
         Ok(())
@@ -466,28 +457,21 @@ impl StateWriter {
         // Software pipeline, in three stages: item `i + 2 * LOOKAHEAD` is
         // hashed and its index slot prefetched; item `i + LOOKAHEAD`, whose
         // slot has arrived by then, has its arena record prefetched; item
-        // `i` is applied. The hashes wait in a ring.
-        let mut hashes = [0u64; 2 * LOOKAHEAD];
-        for (hash, item) in hashes.iter_mut().zip(items) {
-            *hash = self.store.hash(view(item).0);
-            self.store.prefetch(*hash);
-        }
-        for (hash, item) in hashes.iter().zip(items).take(LOOKAHEAD) {
-            self.store.prefetch_record(*hash, view(item).0);
+        // `i` is applied.
+        let mut slots =
+            SlotPrefetch::<{ 2 * LOOKAHEAD }>::start(&self.store, items.iter().map(|item| view(item).0));
+        for (i, item) in items.iter().take(LOOKAHEAD).enumerate() {
+            self.store.prefetch_record(slots.peek(i), view(item).0);
         }
         let mut garbage = 0;
         let mut applied = 0;
         let pushed_before = self.producer.pushed();
         for (i, item) in items.iter().enumerate() {
-            let key_hash = hashes[i % (2 * LOOKAHEAD)];
-            if let Some(ahead) = items.get(i + 2 * LOOKAHEAD) {
-                let hash = self.store.hash(view(ahead).0);
-                self.store.prefetch(hash);
-                hashes[i % (2 * LOOKAHEAD)] = hash;
-            }
-            if let Some(ahead) = items.get(i + LOOKAHEAD) {
-                let hash = hashes[(i + LOOKAHEAD) % (2 * LOOKAHEAD)];
-                self.store.prefetch_record(hash, view(ahead).0);
+            let ahead = items.get(i + 2 * LOOKAHEAD).map(|item| view(item).0);
+            let key_hash = slots.next(&self.store, i, ahead);
+            if let Some(item) = items.get(i + LOOKAHEAD) {
+                self.store
+                    .prefetch_record(slots.peek(i + LOOKAHEAD), view(item).0);
             }
             // The checks above make these infallible: each record fits,
             // the arena holds segments for them all (and nothing else
