@@ -393,34 +393,9 @@ where
         if let Some(p) = prev
             && seg != p + 1
         {
-            let missing = p + 1;
-            let file = dir.join(segment_file_name(missing));
-            match mode {
-                WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
-                    return Err(WalError::MissingSegment {
-                        dir: dir.to_path_buf(),
-                        segment: missing,
-                    });
-                }
-                WalRecoveryMode::PointInTimeRecovery => {
-                    r.report.stopped_at = Some(CorruptionReport {
-                        file,
-                        offset: 0,
-                        bytes: 0,
-                        reason: "missing segment",
-                    });
-                    r.discard = true;
-                    break;
-                }
-                WalRecoveryMode::SkipAnyCorruptedRecords => {
-                    r.report.skipped.push(CorruptionReport {
-                        file,
-                        offset: 0,
-                        bytes: 0,
-                        reason: "missing segment",
-                    });
-                    r.expect_seq = None;
-                }
+            match r.missing_segment(dir, p + 1)? {
+                Flow::Stop => break,
+                Flow::NextSegment => {}
             }
         }
         let start = match range.from {
@@ -1088,6 +1063,35 @@ where
         run().map_err(WalError::Apply)
     }
 
+    /// Segment `segment`, which the log needs, is not in `dir`: an error,
+    /// or stop before it, or go on past it.
+    fn missing_segment(&mut self, dir: &Path, segment: u64) -> Result<Flow, WalError> {
+        let lost = CorruptionReport {
+            file: dir.join(segment_file_name(segment)),
+            offset: 0,
+            bytes: 0,
+            reason: "missing segment",
+        };
+        match self.mode {
+            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                Err(WalError::MissingSegment {
+                    dir: dir.to_path_buf(),
+                    segment,
+                })
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                self.report.stopped_at = Some(lost);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                self.report.skipped.push(lost);
+                self.expect_seq = None;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
     /// No segment at or after `from`. From the very start that is a new
     /// log; after a checkpoint it means the segment holding the
     /// checkpoint's commit is gone, and with it whatever was acknowledged
@@ -1100,22 +1104,7 @@ where
             ReplayFrom::Segment(s) => (s, 1, 0),
             ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
         };
-        let lost = CorruptionReport {
-            file: dir.join(segment_file_name(segment)),
-            offset: 0,
-            bytes: 0,
-            reason: "missing segment",
-        };
-        match self.mode {
-            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
-                return Err(WalError::MissingSegment {
-                    dir: dir.to_path_buf(),
-                    segment,
-                });
-            }
-            WalRecoveryMode::PointInTimeRecovery => self.report.stopped_at = Some(lost),
-            WalRecoveryMode::SkipAnyCorruptedRecords => self.report.skipped.push(lost),
-        }
+        self.missing_segment(dir, segment)?;
         self.report.resume = ResumePosition {
             segment,
             offset: 0,
