@@ -243,6 +243,11 @@ pub(crate) struct Checkpointer {
     parent: Option<Manifest>,
     /// Published manifests (`None`: unreadable).
     manifests: BTreeMap<u64, Option<Manifest>>,
+    /// The listing recovery made, for the first garbage collection (the one
+    /// at open) to use instead of listing the store again. Only names the
+    /// checkpointer itself writes can be missing from it by then, and
+    /// those are never garbage at open.
+    listing: Option<Vec<String>>,
     next_id: u64,
     stats: Arc<CheckpointStats>,
 }
@@ -276,6 +281,7 @@ impl Checkpointer {
             policy,
             parent,
             manifests,
+            listing: Some(inventory.names.clone()),
             next_id: inventory.next_id(),
             stats,
         }
@@ -610,7 +616,10 @@ impl Checkpointer {
             .flatten()
             .flat_map(|m| m.files.iter().map(FileRef::name))
             .collect();
-        let names = self.store.list().await.map_err(|e| io_error(&self.dir, e))?;
+        let names = match self.listing.take() {
+            Some(names) => names,
+            None => self.store.list().await.map_err(|e| io_error(&self.dir, e))?,
+        };
         let garbage: Vec<String> = names
             .into_iter()
             .filter(|n| {
