@@ -21,7 +21,11 @@
 //!    alone; the latency part below shows Ring 0's own cost.
 //! 2. A latency distribution: every one of 1,000,000 W1 puts (then gets) is
 //!    timed on its own, and p50 / p99 / p99.9 / max are printed raw and with
-//!    the timer's own overhead subtracted, beside the DESIGN targets. Then,
+//!    the timer's own overhead subtracted, beside the DESIGN targets. A
+//!    single put is write-behind (see `StateWriter`): each call queues its
+//!    update and applies the one queued 16 updates before, so each timed
+//!    put does one update's whole work (index, arena, changelog push) with
+//!    the cache misses started by earlier calls. Then,
 //!    on the same warmed Ring 0 and the same key stream: single puts each
 //!    preceded by `prefetch` of the key 8 puts ahead (timed together), and
 //!    `put_batch` of 8, 32 and 128 puts. A batch is timed as a whole and

@@ -406,12 +406,24 @@ fn drain_into(drain: &mut StateDrain, max: usize, seen: &mut Vec<Logged>) {
     });
 }
 
+/// Every read of the writer agrees with the model: `get` of every key,
+/// `len`, and `iter` (each key once).
 fn check_state(writer: &StateWriter, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), TestCaseError> {
     prop_assert_eq!(writer.len(), model.len());
+    prop_assert_eq!(writer.is_empty(), model.is_empty());
     for k in 0..24u8 {
         let key = model_key(k);
         prop_assert_eq!(writer.get(&key), model.get(&key).map(Vec::as_slice), "key {}", k);
     }
+    let mut listed = HashMap::new();
+    for (key, value) in writer.iter() {
+        prop_assert!(
+            listed.insert(key.to_vec(), value.to_vec()).is_none(),
+            "{:?} listed twice",
+            key
+        );
+    }
+    prop_assert_eq!(&listed, model);
     Ok(())
 }
 
@@ -508,6 +520,9 @@ proptest! {
             }
             check_state(&writer, &model)?;
         }
+        // Single updates reach the changelog up to 16 updates late; flush
+        // hands over the rest.
+        writer.flush();
         drain_into(&mut drain, usize::MAX, &mut seen);
         prop_assert_eq!(seen, expected);
         let listed: HashMap<Vec<u8>, Vec<u8>> =
@@ -531,4 +546,130 @@ fn retry_after_drain<T>(
         }
         Err(e) => panic!("update failed: {e}"),
     }
+}
+
+/// Single updates reach the changelog up to 16 updates late (write-behind),
+/// but a refused update makes everything pushed so far visible, so Ring 1
+/// can drain and make room without the writer doing anything more.
+#[test]
+fn a_refused_update_publishes_what_ring1_needs_to_make_room() {
+    let config = StateConfig::new().with_changelog_capacity(8);
+    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+    let mut accepted = 0u8;
+    let refused = loop {
+        match writer.put(&[accepted], b"v") {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(
+        refused,
+        IncrementalCheckpointError::BufferOverflow { epoch: 1 }
+    ));
+    // Eight updates fit: one in the ring, seven queued behind it, each
+    // with a slot waiting.
+    assert_eq!(accepted, 8);
+    let mut seen = Vec::new();
+    drain_into(&mut drain, usize::MAX, &mut seen);
+    assert!(!seen.is_empty(), "the refusal published nothing");
+    writer.put(&[accepted], b"v").unwrap();
+    writer.flush();
+    drain_into(&mut drain, usize::MAX, &mut seen);
+    let expected: Vec<Logged> = (0..=accepted)
+        .map(|k| Logged::Put(vec![k], b"v".to_vec()))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+/// Dropping the writer hands every queued update to the drain, in order.
+#[test]
+fn dropping_the_writer_hands_over_queued_updates() {
+    let (mut writer, mut drain) = StateWriter::standalone(StateConfig::new()).unwrap();
+    writer.put(b"a", b"1").unwrap();
+    writer.put(b"b", b"2").unwrap();
+    assert!(writer.delete(b"a").unwrap());
+    assert!(!writer.delete(b"never").unwrap());
+    let mut seen = Vec::new();
+    drain_into(&mut drain, usize::MAX, &mut seen);
+    assert!(
+        seen.is_empty(),
+        "queued updates reached the changelog early: {seen:?}"
+    );
+    drop(writer);
+    drain_into(&mut drain, usize::MAX, &mut seen);
+    assert_eq!(
+        seen,
+        [
+            Logged::Put(b"a".to_vec(), b"1".to_vec()),
+            Logged::Put(b"b".to_vec(), b"2".to_vec()),
+            Logged::Delete(b"a".to_vec()),
+        ]
+    );
+    assert!(drain.is_abandoned());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    /// Single updates of changing sizes (so they cannot overwrite in place:
+    /// garbage, compaction, segment recycling) in an arena of a few small
+    /// segments, near its limit: an update is refused when it is made or
+    /// never; applying queued updates never fails, compaction included;
+    /// reads see every accepted update at once; and Ring 1 reads exactly
+    /// the accepted ones, in order.
+    #[test]
+    fn queued_updates_always_apply_near_the_arena_limit(
+        steps in proptest::collection::vec(
+            (0..24u8, prop_oneof![4 => 0..200usize, 1 => 200..600usize], 0..8u8),
+            1..400,
+        ),
+    ) {
+        let config = StateConfig::new()
+            .with_changelog_capacity(32)
+            .with_arena_segment_size(4 << 10)
+            .with_arena_max_bytes(16 << 10);
+        let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut expected = Vec::new();
+        let mut seen = Vec::new();
+        for (k, len, action) in steps {
+            let key = model_key(k);
+            if action == 0 {
+                match writer.delete(&key) {
+                    Ok(present) => {
+                        prop_assert_eq!(present, model.remove(&key).is_some());
+                        if present {
+                            expected.push(Logged::Delete(key));
+                        }
+                    }
+                    Err(e) => prop_assert!(refused_for_room(&e), "{}", e),
+                }
+            } else {
+                let value = vec![k ^ len as u8; len];
+                match writer.put(&key, &value) {
+                    Ok(()) => {
+                        expected.push(Logged::Put(key.clone(), value.clone()));
+                        model.insert(key, value);
+                    }
+                    Err(e) => prop_assert!(refused_for_room(&e), "{}", e),
+                }
+            }
+            if action >= 3 {
+                drain_into(&mut drain, usize::MAX, &mut seen);
+            }
+            check_state(&writer, &model)?;
+        }
+        writer.flush();
+        drain_into(&mut drain, usize::MAX, &mut seen);
+        prop_assert_eq!(seen, expected);
+        check_state(&writer, &model)?;
+    }
+}
+
+/// Refusals an update near the arena's limit may meet.
+fn refused_for_room(error: &IncrementalCheckpointError) -> bool {
+    matches!(
+        error,
+        IncrementalCheckpointError::BufferOverflow { .. } | IncrementalCheckpointError::ArenaFull { .. }
+    )
 }

@@ -409,6 +409,7 @@ impl Arena {
     /// records will move on to. Until anything else allocates, those
     /// allocations cannot fail. Segments mapped before an error stay free
     /// for later; nothing else changes.
+    #[inline]
     pub(crate) fn reserve(
         &mut self,
         total: usize,
@@ -418,6 +419,14 @@ impl Arena {
         let segment = self.segment_size();
         let mut room = segment - self.segments[self.active as usize].used as usize;
         if total <= room {
+            return Ok(());
+        }
+        // The records that do not fit in the active segment go on to the
+        // next one; if even all of them fit in one, a free segment is
+        // enough, whatever their sizes. (Single updates queued behind each
+        // other land here on every update once the active segment is
+        // nearly full.)
+        if total <= segment && !self.free.is_empty() {
             return Ok(());
         }
         // The segments `allocate` will move to, record by record.

@@ -20,6 +20,7 @@ mod arena;
 mod batch;
 mod config;
 mod drain;
+mod pending;
 mod prefetch;
 mod store;
 mod writer;

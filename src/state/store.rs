@@ -41,6 +41,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
+use super::pending::Pending;
 use super::prefetch::{advise_huge_pages, prefetch};
 use crate::error::{IncrementalCheckpointError, Result};
 
@@ -288,13 +289,44 @@ impl<S: BuildHasher> StateStore<S> {
             .find_bucket_index(hash, |slot| probe.matches(slot, arena))
     }
 
+    /// [`find`](Self::find), trying first `hint`, a bucket where the key
+    /// was seen (by [`prefetch_record`](Self::prefetch_record)): a slot
+    /// that holds the key is the key's only one, so a hint made stale by
+    /// later updates or by the table's growth is merely not taken.
+    #[inline]
+    fn find_hinted(&self, hash: u64, probe: &Probe<'_>, hint: Option<usize>) -> Option<usize> {
+        let arena = &self.arena;
+        match hint {
+            Some(bucket)
+                if self
+                    .index
+                    .get_bucket(bucket)
+                    .is_some_and(|slot| probe.matches(slot, arena)) =>
+            {
+                Some(bucket)
+            }
+            _ => self.find(hash, probe),
+        }
+    }
+
     #[inline]
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let hash = self.hash(key);
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// [`get`](Self::get) with the key's [`hash`](Self::hash) known.
+    #[inline]
+    pub(crate) fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
         let probe = Probe::new(key, hash);
         let arena = &self.arena;
         let slot = self.index.find(hash, |slot| probe.matches(slot, arena))?;
         Some(arena.value(slot.offset(), key.len(), slot.value_len as usize))
+    }
+
+    /// Whether the store holds `key`, whose [`hash`](Self::hash) is `hash`.
+    #[inline]
+    pub(crate) fn contains_hashed(&self, key: &[u8], hash: u64) -> bool {
+        self.find(hash, &Probe::new(key, hash)).is_some()
     }
 
     /// Checks that a record fits, before anything is changed.
@@ -316,8 +348,8 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], progress: &mut impl Progress) -> Result<Written> {
         let size = self.check_size(key.len(), value.len())?;
-        let (written, garbage) = self.put_hashed(key, value, self.hash(key), size, progress)?;
-        self.compact(garbage, progress);
+        let (written, garbage) = self.put_hashed(key, value, self.hash(key), size, progress, None)?;
+        self.compact(garbage, progress, None);
         Ok(written)
     }
 
@@ -325,7 +357,9 @@ impl<S: BuildHasher> StateStore<S> {
     /// size ([`check_size`](Self::check_size)) already known, and without
     /// compacting: returns the compaction budget the update earned (0 for
     /// an overwrite in place), for the caller to spend with
-    /// [`compact`](Self::compact). Nothing changes on error.
+    /// [`compact`](Self::compact). `hint` is where
+    /// [`prefetch_record`](Self::prefetch_record) saw the key, if it did.
+    /// Nothing changes on error.
     #[inline]
     pub(crate) fn put_hashed(
         &mut self,
@@ -334,10 +368,11 @@ impl<S: BuildHasher> StateStore<S> {
         key_hash: u64,
         size: usize,
         progress: &mut impl Progress,
+        hint: Option<usize>,
     ) -> Result<(Written, usize)> {
         let probe = Probe::new(key, key_hash);
         let seq = progress.next_seq();
-        let bucket = self.find(key_hash, &probe);
+        let bucket = self.find_hinted(key_hash, &probe, hint);
         let mut old = None;
         if let Some(bucket) = bucket
             && let Some(slot) = self.index.get_bucket_mut(bucket)
@@ -403,7 +438,10 @@ impl<S: BuildHasher> StateStore<S> {
             return;
         }
         let bucket = key_hash as usize & mask;
+        // The probe reads a group of 16 control bytes from the bucket on,
+        // which may cross into the next cache line.
         prefetch(ctrl.wrapping_add(bucket));
+        prefetch(ctrl.wrapping_add(bucket + 15));
         // The home slot and the one after it (the next lower 32 bytes),
         // where a key displaced by one bucket lives.
         let home = ctrl.wrapping_sub((bucket + 1) * std::mem::size_of::<Slot>());
@@ -411,17 +449,37 @@ impl<S: BuildHasher> StateStore<S> {
         prefetch(home.wrapping_sub(std::mem::size_of::<Slot>()));
     }
 
+    /// Starts loading into the cache every slot where the index may keep the
+    /// key with this [`hash`](Self::hash): those whose control byte matches
+    /// the hash's, wherever probing put them (a key inserted into a crowded
+    /// neighbourhood lives several buckets past its home, beyond what
+    /// [`prefetch`](Self::prefetch) fetches). Reads the control bytes, so it
+    /// pays once they are cached (after `prefetch`); reads no slot. A hint
+    /// only: it changes nothing and cannot fail.
+    #[inline]
+    pub(crate) fn prefetch_candidates(&self, key_hash: u64) {
+        // `find` hands each candidate to the closure by reference; taking
+        // its address does not read it, and refusing them all makes the
+        // probe visit every candidate up to the first empty bucket.
+        let _ = self.index.find(key_hash, |slot| {
+            prefetch(std::ptr::from_ref(slot).addr());
+            false
+        });
+    }
+
     /// Starts loading into the cache the arena record of `key` (whose
     /// [`hash`](Self::hash) is `key_hash`), which an update will overwrite
     /// or a get read. Looks the key up in the index, so it pays only once
-    /// the key's slot is cached (after [`prefetch`](Self::prefetch)). A
+    /// the key's slot is cached (after [`prefetch`](Self::prefetch)), and
+    /// returns the bucket where it saw the key, a hint for the update. A
     /// hint only: it changes nothing and cannot fail.
     #[inline]
-    pub(crate) fn prefetch_record(&self, key_hash: u64, key: &[u8]) {
+    pub(crate) fn prefetch_record(&self, key_hash: u64, key: &[u8]) -> Option<usize> {
         let probe = Probe::new(key, key_hash);
-        let Some(slot) = self.index.find(key_hash, |slot| probe.may_match(slot)) else {
-            return;
-        };
+        let bucket = self
+            .index
+            .find_bucket_index(key_hash, |slot| probe.may_match(slot))?;
+        let slot = self.index.get_bucket(bucket)?;
         let start = self.arena.address(slot.offset());
         let end = start + record_size(key.len(), slot.value_len as usize);
         let mut line = start & !63;
@@ -429,6 +487,7 @@ impl<S: BuildHasher> StateStore<S> {
             prefetch(line);
             line += 64;
         }
+        Some(bucket)
     }
 
     /// Checks that records of `sizes` (the bytes [`check_size`](Self::check_size)
@@ -495,14 +554,15 @@ impl<S: BuildHasher> StateStore<S> {
     /// is absent (nothing to log). Nothing changes on error.
     pub(crate) fn delete(&mut self, key: &[u8], progress: &mut impl Progress) -> Result<Option<Written>> {
         let size = self.check_size(key.len(), 0)?;
-        let (written, garbage) = self.delete_hashed(key, self.hash(key), size, progress)?;
-        self.compact(garbage, progress);
+        let (written, garbage) = self.delete_hashed(key, self.hash(key), size, progress, None)?;
+        self.compact(garbage, progress, None);
         Ok(written)
     }
 
     /// [`delete`](Self::delete) with the key's hash and tombstone size known,
     /// and without compacting; returns the compaction budget earned, as
-    /// [`put_hashed`](Self::put_hashed) does. Nothing changes on error.
+    /// [`put_hashed`](Self::put_hashed) does, `hint` included. Nothing
+    /// changes on error.
     #[inline]
     pub(crate) fn delete_hashed(
         &mut self,
@@ -510,9 +570,10 @@ impl<S: BuildHasher> StateStore<S> {
         key_hash: u64,
         size: usize,
         progress: &mut impl Progress,
+        hint: Option<usize>,
     ) -> Result<(Option<Written>, usize)> {
         let probe = Probe::new(key, key_hash);
-        let Some(bucket) = self.find(key_hash, &probe) else {
+        let Some(bucket) = self.find_hinted(key_hash, &probe, hint) else {
             return Ok((None, 0));
         };
         let Some(&old) = self.index.get_bucket(bucket) else {
@@ -550,8 +611,15 @@ impl<S: BuildHasher> StateStore<S> {
     }
 
     /// Evacuates live records from the emptiest sealed segment, scanning at
-    /// most `budget` bytes of it.
-    pub(crate) fn compact(&mut self, mut budget: usize, progress: &mut impl Progress) {
+    /// most `budget` bytes of it. A record moves only if the arena keeps
+    /// room for the `queued` updates' records after it, which their
+    /// admission promised them.
+    pub(crate) fn compact(
+        &mut self,
+        mut budget: usize,
+        progress: &mut impl Progress,
+        queued: Option<&Pending>,
+    ) {
         let segment = self.arena.segment_size() as u64;
         while budget > 0 {
             let mut victim = match self.victim {
@@ -589,7 +657,7 @@ impl<S: BuildHasher> StateStore<S> {
                     _ => None,
                 };
                 if let Some(bucket) = live
-                    && !self.relocate(offset, bucket, size, progress)
+                    && !self.relocate(offset, bucket, size, progress, queued)
                 {
                     // No room to move it now; try again on a later update.
                     self.victim = Some(victim);
@@ -604,8 +672,25 @@ impl<S: BuildHasher> StateStore<S> {
     }
 
     /// Moves the live record at `offset`, whose slot is in `bucket`, to the
-    /// active segment. `false` when the arena has no room for the copy.
-    fn relocate(&mut self, offset: u64, bucket: usize, size: usize, progress: &mut impl Progress) -> bool {
+    /// active segment. `false` when the arena has no room for the copy, and
+    /// for the `queued` updates' records after it.
+    fn relocate(
+        &mut self,
+        offset: u64,
+        bucket: usize,
+        size: usize,
+        progress: &mut impl Progress,
+        queued: Option<&Pending>,
+    ) -> bool {
+        if let Some(queued) = queued.filter(|q| !q.is_empty()) {
+            let sizes = std::iter::once(size).chain(queued.record_sizes());
+            let reserved = self.arena.reserve(size + queued.record_bytes(), sizes, &mut || {
+                progress.released_now()
+            });
+            if reserved.is_err() {
+                return false;
+            }
+        }
         let Ok(to) = self.arena.allocate(size, &mut || progress.released_now()) else {
             return false;
         };

@@ -10,6 +10,7 @@ use super::arena::record_size;
 use super::batch::{BatchOp, LOOKAHEAD, SlotPrefetch};
 use super::config::StateConfig;
 use super::drain::StateDrain;
+use super::pending::{DEPTH, INLINE_BYTES, Pending, RECORD_STAGE, SLOT_STAGE, Update};
 use super::store::{Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
 use crate::error::{IncrementalCheckpointError, Result};
@@ -34,17 +35,31 @@ use crate::wal::commit::{commit_payload_len, encode_commit_payload};
 /// nothing; retry it once Ring 1 has caught up (the error
 /// [`is_transient`](IncrementalCheckpointError::is_transient)).
 ///
-/// # Batches and cache misses
+/// # Cache misses, write-behind and batches
 ///
 /// Once the state outgrows the CPU caches (at about 100,000 keys of W1's
-/// shape), each update waits for its index slot and arena record to come
-/// from memory. [`put_batch`](Self::put_batch) and
-/// [`apply_batch`](Self::apply_batch) apply several updates with those
-/// loads overlapped, which makes them several times faster per update;
-/// their result, changelog entries and epoch are those of the same updates
-/// made one by one, and a batch is applied whole or not at all. A caller
-/// that must update one event at a time but can see the next few can get
-/// part of the gain with [`prefetch`](Self::prefetch).
+/// shape), an update applied at once waits for its index slot and arena
+/// record to come from memory, which costs more than the rest of the
+/// update. So a [`put`](Self::put) or [`delete`](Self::delete) whose key
+/// and value fit in 240 bytes is checked, queued and its loads started,
+/// and applied to the index, the arena and the changelog up to 16 updates
+/// later, once those loads have completed, by a later call. This is
+/// invisible to the state: [`get`](Self::get), [`len`](Self::len) and
+/// [`iter`](Self::iter) see every accepted update at once, an update is
+/// refused (with nothing changed) when it is made, never later, and the
+/// changelog receives the entries in the order the updates were made.
+/// Only the changelog sees them late: [`commit_epoch`](Self::commit_epoch)
+/// first applies everything queued, so every update of an epoch reaches
+/// Ring 1 before the epoch's commit, and [`flush`](Self::flush) does the
+/// same without committing, for a [`StateDrain`] that wants to see the
+/// updates made so far.
+///
+/// [`put_batch`](Self::put_batch) and [`apply_batch`](Self::apply_batch)
+/// overlap the loads of the updates in a batch in the same way and save
+/// the copy into the queue; their result, changelog entries and epoch are
+/// those of the same updates made one by one, and a batch is applied whole
+/// or not at all. [`prefetch`](Self::prefetch) lets a caller that can see
+/// the next few events start their loads earlier still.
 ///
 /// # Allocation
 ///
@@ -71,6 +86,14 @@ pub struct StateWriter {
     doorbell_mask: u64,
     /// The last epoch committed (pushed), for `checkpoint()` to aim at.
     committed: Arc<AtomicU64>,
+    /// Single updates accepted but not yet applied (write-behind).
+    pending: Pending,
+    /// How many updates `pending` holds at most: [`DEPTH`], or the
+    /// changelog's capacity if smaller (every queued update has a slot
+    /// waiting for it).
+    depth: usize,
+    /// Entries pushed when the changelog position was last published.
+    published: u64,
 }
 
 /// Loads keys in strictly increasing order into an empty state
@@ -179,6 +202,7 @@ impl StateWriter {
         let drain = StateDrain::new(consumer, store.reader(), Arc::clone(&doorbell));
         // The capacity is a power of two, so a quarter of it (at least 1) is.
         let doorbell_mask = (producer.capacity() as u64 / 4).max(1) - 1;
+        let producer_capacity = producer.capacity();
         let writer = StateWriter {
             store,
             producer,
@@ -190,6 +214,9 @@ impl StateWriter {
             ring1: None,
             doorbell_mask,
             committed: Arc::new(AtomicU64::new(epoch.saturating_sub(1))),
+            pending: Pending::new(),
+            depth: DEPTH.min(producer_capacity),
+            published: 0,
         };
         Ok((writer, drain))
     }
@@ -201,9 +228,8 @@ impl StateWriter {
 
     /// Loads a recovered put, before Ring 1 starts: no changelog entry.
     pub(crate) fn load_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        debug_assert_eq!(
-            self.producer.pushed(),
-            0,
+        debug_assert!(
+            self.producer.pushed() == 0 && self.pending.is_empty(),
             "recovered state loads before any update"
         );
         self.store.put(key, value, &mut Loading).map(drop)
@@ -220,7 +246,7 @@ impl StateWriter {
     /// [`Recovery`](IncrementalCheckpointError::Recovery) if the state is
     /// not empty.
     pub(crate) fn bulk_loader(&mut self, expected_keys: usize) -> Result<BulkLoader<'_>> {
-        if !self.is_empty() || self.producer.pushed() != 0 {
+        if !self.is_empty() || self.producer.pushed() != 0 || !self.pending.is_empty() {
             return Err(IncrementalCheckpointError::Recovery {
                 reason: "a checkpoint chain is bulk-loaded only into an empty state".into(),
             });
@@ -235,9 +261,8 @@ impl StateWriter {
 
     /// Loads a recovered delete, before Ring 1 starts: no changelog entry.
     pub(crate) fn load_delete(&mut self, key: &[u8]) -> Result<()> {
-        debug_assert_eq!(
-            self.producer.pushed(),
-            0,
+        debug_assert!(
+            self.producer.pushed() == 0 && self.pending.is_empty(),
             "recovered state loads before any update"
         );
         self.store.delete(key, &mut Loading).map(drop)
@@ -261,6 +286,11 @@ impl StateWriter {
 
     /// Sets `key` to `value`.
     ///
+    /// Reads see the new value at once; the changelog receives its entry
+    /// within the next 16 updates, or at the next
+    /// [`commit_epoch`](Self::commit_epoch) or [`flush`](Self::flush) (see
+    /// "Cache misses, write-behind and batches" above).
+    ///
     /// # Errors
     ///
     /// Nothing is changed on error.
@@ -268,9 +298,22 @@ impl StateWriter {
     /// changelog is full (backpressure);
     /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) at the arena's
     /// size limit; [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge)
-    /// when key and value do not fit in one arena segment.
+    /// when key and value do not fit in one arena segment;
+    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment
+    /// cannot be mapped.
     #[inline]
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.len() + value.len() > INLINE_BYTES {
+            return self.put_now(key, value);
+        }
+        let size = self.store.check_size(key.len(), value.len())?;
+        let hash = self.store.hash(key);
+        self.enqueue(hash, key, Some(value), size)
+    }
+
+    /// A put applied at once, behind everything queued.
+    fn put_now(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.flush();
         self.reserve_slot()?;
         let Written { offset, key_hash } = self.store.put(key, value, &mut self.producer)?;
         self.push(StateChangelogEntry::new(
@@ -281,6 +324,116 @@ impl StateWriter {
             StateOp::Put,
         ));
         Ok(())
+    }
+
+    /// Admits a single update into the write-behind queue: applies the
+    /// oldest queued update if the queue is full, checks that the changelog
+    /// and the arena have room for this update after all those queued
+    /// (nothing is queued if not), queues it, and moves the pipeline's
+    /// loads along.
+    #[inline]
+    fn enqueue(&mut self, hash: u64, key: &[u8], value: Option<&[u8]>, size: usize) -> Result<()> {
+        if self.pending.len() >= self.depth {
+            self.apply_oldest();
+        }
+        if !self.producer.has_room_for(self.pending.len() + 1) {
+            return Err(self.refuse());
+        }
+        let sizes = self.pending.record_sizes().chain(std::iter::once(size));
+        self.store
+            .reserve_records(self.pending.record_bytes() + size, sizes, &mut self.producer)?;
+        self.pending.push(hash, key, value);
+        self.store.prefetch(hash);
+        if let Some(update) = self.pending.back(SLOT_STAGE) {
+            self.store.prefetch_candidates(update.hash);
+        }
+        if let Some(update) = self.pending.back(RECORD_STAGE)
+            && let Some(bucket) = self.store.prefetch_record(update.hash, update.key)
+        {
+            self.pending.set_hint(RECORD_STAGE, bucket);
+        }
+        Ok(())
+    }
+
+    /// Applies the oldest queued update (if any) and pushes its changelog
+    /// entry, published with every [`DEPTH`]th entry.
+    #[inline]
+    fn apply_oldest(&mut self) {
+        let Some(update) = self.pending.oldest() else {
+            return;
+        };
+        let Update {
+            hash,
+            key,
+            value,
+            hint,
+        } = update;
+        let size = update.record_size();
+        // Admission reserved a changelog slot and arena room for this
+        // update, behind everything queued before it: applying it cannot
+        // fail. Were it to, the state and its log would diverge, which must
+        // not pass silently.
+        const ADMITTED: &str = "room reserved when the update was queued";
+        let (entry, garbage) = match value {
+            Some(value) => {
+                let (Written { offset, key_hash }, garbage) = self
+                    .store
+                    .put_hashed(key, value, hash, size, &mut self.producer, hint)
+                    .expect(ADMITTED);
+                let entry =
+                    StateChangelogEntry::new(self.epoch, key_hash, offset, value.len() as u32, StateOp::Put);
+                (Some(entry), garbage)
+            }
+            None => {
+                let (written, garbage) = self
+                    .store
+                    .delete_hashed(key, hash, size, &mut self.producer, hint)
+                    .expect(ADMITTED);
+                let entry = written.map(|Written { offset, key_hash }| {
+                    StateChangelogEntry::new(self.epoch, key_hash, offset, 0, StateOp::Delete)
+                });
+                (entry, garbage)
+            }
+        };
+        self.pending.pop();
+        if let Some(entry) = entry {
+            self.push_unpublished(entry);
+        }
+        if garbage > 0 {
+            self.store
+                .compact(garbage, &mut self.producer, Some(&self.pending));
+        }
+        if self.producer.pushed().is_multiple_of(DEPTH as u64) {
+            self.publish();
+        }
+    }
+
+    /// Applies every queued update and makes every changelog entry pushed
+    /// so far visible to the drain.
+    ///
+    /// [`commit_epoch`](Self::commit_epoch) does this itself; call it when
+    /// a [`StateDrain`] should see the updates made so far without closing
+    /// the epoch. Cannot fail: each update was checked when it was made.
+    pub fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            self.apply_oldest();
+        }
+        self.publish();
+    }
+
+    /// Makes the pushed entries visible to Ring 1, and wakes it if they
+    /// crossed a doorbell mark since the last time.
+    #[inline]
+    fn publish(&mut self) {
+        let pushed = self.producer.pushed();
+        if pushed == self.published {
+            return;
+        }
+        self.producer.publish();
+        if self.published | self.doorbell_mask < pushed {
+            self.doorbell.notify_one();
+        }
+        self.published = pushed;
     }
 
     /// Sets each key to its value, in order, as one batch: the same result
@@ -424,6 +577,8 @@ impl StateWriter {
     /// for a put, its value (`None`: a delete).
     #[inline]
     fn apply_each<T>(&mut self, items: &[T], view: impl Fn(&T) -> (&[u8], Option<&[u8]>)) -> Result<usize> {
+        // The batch goes behind every single update made before it.
+        self.flush();
         if items.is_empty() {
             return Ok(0);
         }
@@ -465,7 +620,6 @@ impl StateWriter {
         }
         let mut garbage = 0;
         let mut applied = 0;
-        let pushed_before = self.producer.pushed();
         for (i, item) in items.iter().enumerate() {
             let ahead = items.get(i + 2 * LOOKAHEAD).map(|item| view(item).0);
             let key_hash = slots.next(&self.store, i, ahead);
@@ -482,7 +636,7 @@ impl StateWriter {
                     let size = record_size(key.len(), value.len());
                     let (Written { offset, key_hash }, earned) =
                         self.store
-                            .put_hashed(key, value, key_hash, size, &mut self.producer)?;
+                            .put_hashed(key, value, key_hash, size, &mut self.producer, None)?;
                     garbage += earned;
                     self.push_unpublished(StateChangelogEntry::new(
                         self.epoch,
@@ -497,7 +651,7 @@ impl StateWriter {
                     let size = record_size(key.len(), 0);
                     let (written, earned) =
                         self.store
-                            .delete_hashed(key, key_hash, size, &mut self.producer)?;
+                            .delete_hashed(key, key_hash, size, &mut self.producer, None)?;
                     garbage += earned;
                     if let Some(Written { offset, key_hash }) = written {
                         self.push_unpublished(StateChangelogEntry::new(
@@ -514,29 +668,49 @@ impl StateWriter {
         }
         // Ring 1 sees the whole batch at once, and is woken if it crossed a
         // doorbell mark.
-        self.producer.publish();
-        if pushed_before | self.doorbell_mask < self.producer.pushed() {
-            self.doorbell.notify_one();
-        }
+        self.publish();
         // The reclamation work the updates earned, as single updates would
         // have done it one by one.
-        self.store.compact(garbage, &mut self.producer);
+        self.store.compact(garbage, &mut self.producer, None);
         Ok(applied)
     }
 
     /// The current value of `key`.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.store.get(key)
+        let hash = self.store.hash(key);
+        match self.pending.latest(hash, key) {
+            Some(queued) => queued,
+            None => self.store.get_hashed(key, hash),
+        }
     }
 
     /// Removes `key`; returns whether it was present (deleting an absent key
-    /// changes and logs nothing).
+    /// changes and logs nothing). Like [`put`](Self::put), the delete
+    /// reaches the changelog up to 16 updates later.
     ///
     /// # Errors
     ///
     /// As for [`put`](Self::put); nothing is changed on error.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        if key.len() > INLINE_BYTES {
+            return self.delete_now(key);
+        }
+        let size = self.store.check_size(key.len(), 0)?;
+        let hash = self.store.hash(key);
+        let present = match self.pending.latest(hash, key) {
+            Some(queued) => queued.is_some(),
+            None => self.store.contains_hashed(key, hash),
+        };
+        if present {
+            self.enqueue(hash, key, None, size)?;
+        }
+        Ok(present)
+    }
+
+    /// A delete applied at once, behind everything queued.
+    fn delete_now(&mut self, key: &[u8]) -> Result<bool> {
+        self.flush();
         self.reserve_slot()?;
         match self.store.delete(key, &mut self.producer)? {
             Some(Written { offset, key_hash }) => {
@@ -603,6 +777,8 @@ impl StateWriter {
         if let Some(ring1) = &self.ring1 {
             ring1.check()?;
         }
+        // Every update of the epoch goes before its commit.
+        self.flush();
         self.reserve_slot()?;
         let sources = || self.sources.iter().map(|(name, offset)| (&**name, *offset));
         let len = commit_payload_len(sources())?;
@@ -633,21 +809,36 @@ impl StateWriter {
 
     /// Number of live keys.
     pub fn len(&self) -> usize {
-        self.store.len()
+        let change = self
+            .pending
+            .key_count_change(|hash, key| self.store.contains_hashed(key, hash));
+        self.store.len().saturating_add_signed(change)
     }
 
     /// Whether the state holds no key.
     pub fn is_empty(&self) -> bool {
-        self.store.len() == 0
+        self.len() == 0
     }
 
     /// Every live key and value, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.store.iter()
+        let (store, pending) = (&self.store, &self.pending);
+        // The store's keys with no update queued, then the queued puts that
+        // are their key's newest update.
+        let stored = store
+            .iter()
+            .filter(move |(key, _)| pending.is_empty() || pending.latest(store.hash(key), key).is_none());
+        let queued = pending
+            .newest_per_key()
+            .filter_map(|update| Some((update.key, update.value?)));
+        stored.chain(queued)
     }
 
-    /// Memory and changelog figures, cheap to read.
+    /// Memory and changelog figures, cheap to read. Applies the queued
+    /// updates first ([`flush`](Self::flush)), so that the figures count
+    /// them.
     pub fn stats(&mut self) -> StateWriterStats {
+        self.flush();
         let arena = self.store.arena();
         StateWriterStats {
             keys: self.store.len() as u64,
@@ -672,6 +863,8 @@ impl StateWriter {
     /// wakes Ring 1, and tells a stopped Ring 1 from a busy one.
     #[cold]
     fn refuse(&mut self) -> IncrementalCheckpointError {
+        // Ring 1 can only make room by draining what it can see.
+        self.publish();
         self.producer.count_overflow();
         self.doorbell.notify_one();
         if let Some(ring1) = &self.ring1
@@ -698,17 +891,20 @@ impl StateWriter {
         // push cannot fail; a failure would mean the state and its log
         // diverged, which must not pass silently.
         self.producer
-            .push(entry)
+            .push_unpublished(entry)
             .expect("changelog slot reserved before the update");
-        if self.producer.pushed() & self.doorbell_mask == 0 {
-            self.doorbell.notify_one();
-        }
+        self.publish();
     }
 }
 
 impl Drop for StateWriter {
     fn drop(&mut self) {
-        // Let Ring 1 see the end promptly.
+        // The drain sees every update made (an open epoch's are still
+        // discarded by recovery), and Ring 1 sees the end promptly. Not
+        // while unwinding: a panic may have left the queue half-applied.
+        if !std::thread::panicking() {
+            self.flush();
+        }
         self.doorbell.notify_one();
     }
 }

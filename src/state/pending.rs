@@ -1,0 +1,344 @@
+//! Write-behind for single updates: the last few small puts and deletes,
+//! accepted by [`StateWriter`](super::StateWriter) but not yet applied to
+//! the index and arena.
+//!
+//! # Why
+//!
+//! Once the state outgrows the CPU caches, an update applied at once waits
+//! for its index slot to come from memory: a DRAM miss (about 150 ns on
+//! the machines of `benches/ring0.rs`), more than the rest of the update
+//! costs. A batch hides those misses by loading the slots of the next
+//! updates while it applies the current one; a caller updating one event
+//! at a time has no next updates to show. So the writer keeps them: an
+//! update is checked, copied into this queue and its slot's load started,
+//! and it is applied [`DEPTH`] updates later, when its cache lines have
+//! arrived, in the same call that queues a newer one. Every call still
+//! does one update's worth of work, and none waits for memory.
+//!
+//! # The pipeline
+//!
+//! A queued update goes through three loads before it is applied, each
+//! started a few updates after the one before, once the data it needs has
+//! had time to arrive:
+//!
+//! 1. when queued: its index control bytes and home slots
+//!    ([`StateStore::prefetch`](super::store::StateStore::prefetch));
+//! 2. [`SLOT_STAGE`] updates later: every slot its control bytes say may
+//!    hold the key, wherever probing put it;
+//! 3. [`RECORD_STAGE`] updates later: its arena record, which the update
+//!    will overwrite in place.
+//!
+//! # What stays true
+//!
+//! The queue is invisible from outside the writer: reads consult it first,
+//! so they see every accepted update at once, and the checks that can
+//! refuse an update (record size, room in the changelog, room in the
+//! arena) are all made when it is queued, room included for everything
+//! queued before it; applying a queued update cannot fail. Updates are
+//! applied, and their changelog entries pushed, in the order they were
+//! made; [`StateWriter::commit_epoch`](super::StateWriter::commit_epoch)
+//! applies the whole queue before the commit, so an epoch's entries all
+//! precede its commit, as if nothing had been queued.
+
+use super::arena::record_size;
+
+/// How many updates the queue holds: how many updates after its own an
+/// update is applied. A DRAM miss must complete within that many updates,
+/// over the three stages.
+pub(crate) const DEPTH: usize = 16;
+
+/// The most key and value bytes, together, an update may have to be
+/// queued. Larger updates are applied at once (after the queue): their
+/// copy costs more than the cache misses the queue would hide.
+pub(crate) const INLINE_BYTES: usize = 240;
+
+/// How many updates after its own an update's candidate slots are loaded.
+pub(crate) const SLOT_STAGE: usize = 5;
+
+/// How many updates after its own an update's arena record is loaded.
+pub(crate) const RECORD_STAGE: usize = 10;
+
+/// [`Queued::value_len`] of a delete.
+const DELETE: u16 = u16::MAX;
+
+/// [`Queued::hint`] when there is none.
+const NO_HINT: u32 = u32::MAX;
+
+const _: () = assert!(INLINE_BYTES < DELETE as usize);
+
+/// One queued update: 256 bytes, four cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Queued {
+    /// The key's [`StateStore::hash`](super::store::StateStore::hash).
+    hash: u64,
+    key_len: u16,
+    /// The value's length, or [`DELETE`].
+    value_len: u16,
+    /// The index bucket where the record stage saw the key, or [`NO_HINT`].
+    hint: u32,
+    /// The key, then the value.
+    bytes: [u8; INLINE_BYTES],
+}
+
+const _: () = assert!(std::mem::size_of::<Queued>() == 256);
+
+impl Queued {
+    const EMPTY: Queued = Queued {
+        hash: 0,
+        key_len: 0,
+        value_len: 0,
+        hint: NO_HINT,
+        bytes: [0; INLINE_BYTES],
+    };
+
+    #[inline]
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+
+    #[inline]
+    fn value(&self) -> Option<&[u8]> {
+        let start = self.key_len as usize;
+        (self.value_len != DELETE).then(|| &self.bytes[start..start + self.value_len as usize])
+    }
+
+    #[inline]
+    fn matches(&self, hash: u64, key: &[u8]) -> bool {
+        self.hash == hash && self.key() == key
+    }
+}
+
+/// A queued update, as the writer applies it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Update<'q> {
+    pub(crate) hash: u64,
+    pub(crate) key: &'q [u8],
+    /// `None` for a delete.
+    pub(crate) value: Option<&'q [u8]>,
+    /// The index bucket where the key was seen while queued, if it was.
+    pub(crate) hint: Option<usize>,
+}
+
+impl Update<'_> {
+    /// The arena bytes the update appends if it cannot overwrite in place.
+    #[inline]
+    pub(crate) fn record_size(&self) -> usize {
+        record_size(self.key.len(), self.value.map_or(0, <[u8]>::len))
+    }
+}
+
+/// The queue: a ring of [`DEPTH`] updates, oldest first.
+pub(crate) struct Pending {
+    ring: Box<[Queued; DEPTH]>,
+    /// Updates ever queued; the newest is at `queued - 1`.
+    queued: u64,
+    /// Updates ever taken off; the oldest queued is at `applied`.
+    applied: u64,
+    /// Sum of the queued updates' [`Update::record_size`].
+    record_bytes: usize,
+}
+
+impl Pending {
+    pub(crate) fn new() -> Self {
+        Self {
+            ring: Box::new([Queued::EMPTY; DEPTH]),
+            queued: 0,
+            applied: 0,
+            record_bytes: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        (self.queued - self.applied) as usize
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queued == self.applied
+    }
+
+    /// Arena bytes the queued updates may append, all together.
+    pub(crate) fn record_bytes(&self) -> usize {
+        self.record_bytes
+    }
+
+    /// Queues an update; the caller has made room ([`len`](Self::len) below
+    /// [`DEPTH`]) and checked that key and value fit in [`INLINE_BYTES`].
+    #[inline]
+    pub(crate) fn push(&mut self, hash: u64, key: &[u8], value: Option<&[u8]>) {
+        debug_assert!(self.len() < DEPTH);
+        let value_len = value.map_or(0, <[u8]>::len);
+        debug_assert!(key.len() + value_len <= INLINE_BYTES);
+        let q = &mut self.ring[self.queued as usize % DEPTH];
+        q.hash = hash;
+        q.key_len = key.len() as u16;
+        q.value_len = value.map_or(DELETE, |v| v.len() as u16);
+        q.hint = NO_HINT;
+        q.bytes[..key.len()].copy_from_slice(key);
+        if let Some(value) = value {
+            q.bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
+        }
+        self.queued += 1;
+        self.record_bytes += record_size(key.len(), value_len);
+    }
+
+    /// The update at absolute position `at` (between `applied` and
+    /// `queued`).
+    #[inline]
+    fn at(&self, at: u64) -> Update<'_> {
+        let q = &self.ring[at as usize % DEPTH];
+        Update {
+            hash: q.hash,
+            key: q.key(),
+            value: q.value(),
+            hint: (q.hint != NO_HINT).then_some(q.hint as usize),
+        }
+    }
+
+    /// The oldest queued update.
+    #[inline]
+    pub(crate) fn oldest(&self) -> Option<Update<'_>> {
+        (!self.is_empty()).then(|| self.at(self.applied))
+    }
+
+    /// Takes the oldest update off the queue, once it has been applied.
+    #[inline]
+    pub(crate) fn pop(&mut self) {
+        debug_assert!(!self.is_empty());
+        let size = self.at(self.applied).record_size();
+        self.record_bytes -= size;
+        self.applied += 1;
+    }
+
+    /// The update queued `back` updates before the newest one (0: the
+    /// newest), if it is still queued.
+    #[inline]
+    pub(crate) fn back(&self, back: usize) -> Option<Update<'_>> {
+        (back < self.len()).then(|| self.at(self.queued - 1 - back as u64))
+    }
+
+    /// Notes where the index keeps the key of the update queued `back`
+    /// updates before the newest one (see [`back`](Self::back)).
+    #[inline]
+    pub(crate) fn set_hint(&mut self, back: usize, bucket: usize) {
+        debug_assert!(back < self.len());
+        if let Ok(bucket) = u32::try_from(bucket) {
+            self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].hint = bucket;
+        }
+    }
+
+    /// The record sizes of the queued updates, oldest first: the order in
+    /// which they will take arena space.
+    pub(crate) fn record_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.applied..self.queued).map(|at| self.at(at).record_size())
+    }
+
+    /// The newest queued update of `key` (whose hash is `hash`): `None` when
+    /// none is queued, else `Some` of the value it sets (`None`: a delete).
+    #[inline]
+    pub(crate) fn latest(&self, hash: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.latest_before(self.queued, hash, key)
+    }
+
+    /// [`latest`](Self::latest) among the updates queued before absolute
+    /// position `end`.
+    fn latest_before(&self, end: u64, hash: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+        (self.applied..end)
+            .rev()
+            .map(|at| &self.ring[at as usize % DEPTH])
+            .find(|q| q.matches(hash, key))
+            .map(Queued::value)
+    }
+
+    /// How the queue changes the number of live keys, given whether the
+    /// store holds a key now (`in_store(hash, key)`).
+    pub(crate) fn key_count_change(&self, mut in_store: impl FnMut(u64, &[u8]) -> bool) -> isize {
+        let mut change = 0;
+        for at in self.applied..self.queued {
+            let update = self.at(at);
+            let before = match self.latest_before(at, update.hash, update.key) {
+                Some(value) => value.is_some(),
+                None => in_store(update.hash, update.key),
+            };
+            change += isize::from(update.value.is_some()) - isize::from(before);
+        }
+        change
+    }
+
+    /// The queued updates that are their key's newest, oldest first.
+    pub(crate) fn newest_per_key(&self) -> impl Iterator<Item = Update<'_>> + '_ {
+        (self.applied..self.queued).filter_map(move |at| {
+            let update = self.at(at);
+            let superseded = (at + 1..self.queued)
+                .any(|later| self.ring[later as usize % DEPTH].matches(update.hash, update.key));
+            (!superseded).then_some(update)
+        })
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("queued", &self.len())
+            .field("record_bytes", &self.record_bytes)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_finds_the_newest_update_of_a_key() {
+        let mut p = Pending::new();
+        assert_eq!(p.latest(1, b"a"), None);
+        p.push(1, b"a", Some(b"1"));
+        p.push(2, b"b", Some(b"2"));
+        p.push(1, b"a", Some(b"3"));
+        assert_eq!(p.latest(1, b"a"), Some(Some(&b"3"[..])));
+        p.push(1, b"a", None);
+        assert_eq!(p.latest(1, b"a"), Some(None));
+        // Same hash, another key: not a match.
+        assert_eq!(p.latest(1, b"b"), None);
+        assert_eq!(p.latest(2, b"b"), Some(Some(&b"2"[..])));
+    }
+
+    #[test]
+    fn the_ring_wraps_and_keeps_order_and_sizes() {
+        let mut p = Pending::new();
+        let mut expected_bytes = 0;
+        for i in 0..(3 * DEPTH as u64) {
+            if p.len() == DEPTH {
+                let oldest = p.oldest().unwrap();
+                assert_eq!(oldest.hash, i - DEPTH as u64);
+                expected_bytes -= oldest.record_size();
+                p.pop();
+            }
+            let value = vec![i as u8; i as usize % 50];
+            p.push(i, &i.to_le_bytes(), Some(&value));
+            expected_bytes += record_size(8, value.len());
+            assert_eq!(p.record_bytes(), expected_bytes);
+            assert_eq!(p.record_sizes().sum::<usize>(), expected_bytes);
+            assert_eq!(p.back(0).unwrap().hash, i);
+        }
+        assert_eq!(p.back(DEPTH - 1).unwrap().hash, 2 * DEPTH as u64);
+        assert!(p.back(DEPTH).is_none());
+    }
+
+    #[test]
+    fn key_count_change_follows_each_key_through_the_queue() {
+        let mut p = Pending::new();
+        // "old" is in the store; "new" is not.
+        let in_store = |_: u64, key: &[u8]| key == b"old";
+        p.push(1, b"old", Some(b"x")); // overwrite: 0
+        p.push(2, b"new", Some(b"y")); // insert: +1
+        p.push(2, b"new", Some(b"z")); // overwrite of a queued put: 0
+        p.push(1, b"old", None); // delete: -1
+        p.push(2, b"new", None); // delete of a queued put: -1
+        p.push(2, b"new", Some(b"w")); // insert again: +1
+        assert_eq!(p.key_count_change(in_store), 0);
+        let newest: Vec<_> = p.newest_per_key().map(|u| (u.key, u.value)).collect();
+        assert_eq!(newest, [(&b"old"[..], None), (&b"new"[..], Some(&b"w"[..]))]);
+    }
+}
