@@ -8,7 +8,9 @@
 //! * **Ring 0** ([`StateWriter`](incremental::StateWriter)): synchronous,
 //!   allocation-free puts, gets and deletes on a memory-mapped arena. Each
 //!   update also pushes a 32-byte [`StateChangelogEntry`](incremental::StateChangelogEntry)
-//!   onto a bounded single-producer single-consumer ring.
+//!   onto a bounded single-producer single-consumer ring, in order, before
+//!   its epoch's commit (small single updates up to 16 updates late, so
+//!   that their cache misses overlap).
 //! * **Ring 1**: a tokio task that drains the ring, frames the updates into a
 //!   segmented write-ahead log and makes them durable with group commit.
 //! * **Checkpoints and recovery**: incremental checkpoints bound the log that

@@ -11,10 +11,17 @@
 //! the arena record the entry names, and only then releases the entry, which
 //! is what allows Ring 0 to recycle that memory.
 //!
+//! # Write-behind
+//!
+//! Small single updates wait in a short queue (`pending`) while their cache
+//! lines load, and are applied by a later call; reads consult the queue, so
+//! only the changelog sees them late. See [`StateWriter`]'s documentation.
+//!
 //! # Drop
 //!
-//! Dropping the writer wakes the drain, which can still drain every entry
-//! pushed before; the arena mappings are unmapped when both halves are gone.
+//! Dropping the writer applies its queued updates and wakes the drain, which
+//! can still drain every entry pushed before; the arena mappings are
+//! unmapped when both halves are gone.
 
 mod arena;
 mod batch;
