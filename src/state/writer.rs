@@ -368,33 +368,18 @@ impl StateWriter {
             value,
             hint,
         } = update;
-        let size = update.record_size();
         // Admission reserved a changelog slot and arena room for this
         // update, behind everything queued before it: applying it cannot
         // fail. Were it to, the state and its log would diverge, which must
         // not pass silently.
-        const ADMITTED: &str = "room reserved when the update was queued";
-        let (entry, garbage) = match value {
-            Some(value) => {
-                let (Written { offset, key_hash }, garbage) = self
-                    .store
-                    .put_hashed(key, value, hash, size, &mut self.producer, hint)
-                    .expect(ADMITTED);
-                let entry =
-                    StateChangelogEntry::new(self.epoch, key_hash, offset, value.len() as u32, StateOp::Put);
-                (Some(entry), garbage)
-            }
-            None => {
-                let (written, garbage) = self
-                    .store
-                    .delete_hashed(key, hash, size, &mut self.producer, hint)
-                    .expect(ADMITTED);
-                let entry = written.map(|Written { offset, key_hash }| {
-                    StateChangelogEntry::new(self.epoch, key_hash, offset, 0, StateOp::Delete)
-                });
-                (entry, garbage)
-            }
-        };
+        let (entry, garbage) = apply_update(
+            &mut self.store,
+            &mut self.producer,
+            self.epoch,
+            (key, value, hash),
+            hint,
+        )
+        .expect("room reserved when the update was queued");
         self.pending.pop();
         if let Some(entry) = entry {
             self.push_unpublished(entry);
@@ -631,39 +616,17 @@ impl StateWriter {
             // the arena holds segments for them all (and nothing else
             // allocates before `compact` below), and the ring has room.
             let (key, value) = view(item);
-            match value {
-                Some(value) => {
-                    let size = record_size(key.len(), value.len());
-                    let (Written { offset, key_hash }, earned) =
-                        self.store
-                            .put_hashed(key, value, key_hash, size, &mut self.producer, None)?;
-                    garbage += earned;
-                    self.push_unpublished(StateChangelogEntry::new(
-                        self.epoch,
-                        key_hash,
-                        offset,
-                        value.len() as u32,
-                        StateOp::Put,
-                    ));
-                    applied += 1;
-                }
-                None => {
-                    let size = record_size(key.len(), 0);
-                    let (written, earned) =
-                        self.store
-                            .delete_hashed(key, key_hash, size, &mut self.producer, None)?;
-                    garbage += earned;
-                    if let Some(Written { offset, key_hash }) = written {
-                        self.push_unpublished(StateChangelogEntry::new(
-                            self.epoch,
-                            key_hash,
-                            offset,
-                            0,
-                            StateOp::Delete,
-                        ));
-                        applied += 1;
-                    }
-                }
+            let (entry, earned) = apply_update(
+                &mut self.store,
+                &mut self.producer,
+                self.epoch,
+                (key, value, key_hash),
+                None,
+            )?;
+            garbage += earned;
+            if let Some(entry) = entry {
+                self.push_unpublished(entry);
+                applied += 1;
             }
         }
         // Ring 1 sees the whole batch at once, and is woken if it crossed a
@@ -895,6 +858,39 @@ impl StateWriter {
             .expect("changelog slot reserved before the update");
         self.publish();
     }
+}
+
+/// Applies one update, `(key, value, key hash)` with `None` for a delete's
+/// value, to the store, without compacting; returns the changelog entry to
+/// push (none for a delete of an absent key) and the compaction budget
+/// earned. `hint` is where the index was seen to keep the key. The caller
+/// has checked the record's size and reserved its changelog slot and arena
+/// room. A free function, not a method, so that the key and value may be
+/// borrowed from the writer's own queue.
+#[inline]
+fn apply_update(
+    store: &mut StateStore,
+    producer: &mut ChangelogProducer,
+    epoch: u64,
+    (key, value, hash): (&[u8], Option<&[u8]>, u64),
+    hint: Option<usize>,
+) -> Result<(Option<StateChangelogEntry>, usize)> {
+    let size = record_size(key.len(), value.map_or(0, <[u8]>::len));
+    Ok(match value {
+        Some(value) => {
+            let (Written { offset, key_hash }, earned) =
+                store.put_hashed(key, value, hash, size, producer, hint)?;
+            let entry = StateChangelogEntry::new(epoch, key_hash, offset, value.len() as u32, StateOp::Put);
+            (Some(entry), earned)
+        }
+        None => {
+            let (written, earned) = store.delete_hashed(key, hash, size, producer, hint)?;
+            let entry = written.map(|Written { offset, key_hash }| {
+                StateChangelogEntry::new(epoch, key_hash, offset, 0, StateOp::Delete)
+            });
+            (entry, earned)
+        }
+    })
 }
 
 impl Drop for StateWriter {
