@@ -200,9 +200,9 @@ impl StateWriter {
         let (producer, consumer) = StateChangelogBuffer::with_capacity(config.changelog_capacity).split();
         let doorbell = Arc::new(Notify::new());
         let drain = StateDrain::new(consumer, store.reader(), Arc::clone(&doorbell));
+        let capacity = producer.capacity();
         // The capacity is a power of two, so a quarter of it (at least 1) is.
-        let doorbell_mask = (producer.capacity() as u64 / 4).max(1) - 1;
-        let producer_capacity = producer.capacity();
+        let doorbell_mask = (capacity as u64 / 4).max(1) - 1;
         let writer = StateWriter {
             store,
             producer,
@@ -215,7 +215,7 @@ impl StateWriter {
             doorbell_mask,
             committed: Arc::new(AtomicU64::new(epoch.saturating_sub(1))),
             pending: Pending::new(),
-            depth: DEPTH.min(producer_capacity),
+            depth: DEPTH.min(capacity),
             published: 0,
         };
         Ok((writer, drain))
