@@ -310,6 +310,7 @@ impl Arena {
         (self.maps.bases.len() as u64) << self.maps.shift
     }
 
+    #[inline]
     fn slot_of(&self, offset: u64) -> usize {
         (offset >> self.maps.shift) as usize
     }
@@ -524,6 +525,7 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn base(&self, offset: u64) -> *mut u8 {
         let within = (offset & ((1u64 << self.maps.shift) - 1)) as usize;
         let base = self.maps.bases[self.slot_of(offset)].load(Ordering::Relaxed);

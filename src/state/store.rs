@@ -158,13 +158,12 @@ struct Probe<'k> {
 impl<'k> Probe<'k> {
     #[inline]
     fn new(key: &'k [u8], hash: u64) -> Self {
-        let mut inline = [0u8; INLINE_KEY];
-        let tag = if let Some(short) = inline.get_mut(..key.len()) {
-            short.copy_from_slice(key);
-            key.len() as u64
-        } else {
-            inline = (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes();
-            LONG_KEY
+        let (inline, tag) = match zero_padded(key) {
+            Some(inline) => (inline, key.len() as u64),
+            None => (
+                (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes(),
+                LONG_KEY,
+            ),
         };
         Probe { key, inline, tag }
     }
@@ -184,6 +183,34 @@ impl<'k> Probe<'k> {
             && slot.tag() == self.tag
             && (self.tag != LONG_KEY || arena.record(slot.offset()).key == self.key)
     }
+}
+
+/// `key` zero-padded to [`INLINE_KEY`] bytes, if it fits.
+///
+/// Every update builds this once or twice, so it avoids the call to
+/// `memcpy` a copy of a variable length compiles to: two loads of a fixed
+/// width, overlapping when the key is shorter than both together, cover
+/// the key exactly, and OR-ing them is exact because the overlap holds the
+/// same bytes twice.
+#[inline]
+fn zero_padded(key: &[u8]) -> Option<[u8; INLINE_KEY]> {
+    let n = key.len();
+    // Fixed-width little-endian loads; the ranges are in bounds by the
+    // match arms below.
+    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes"));
+    let bits: u128 = match n {
+        0 => 0,
+        1..=3 => {
+            u128::from(key[0])
+                | u128::from(key[n / 2]) << (n / 2 * 8)
+                | u128::from(key[n - 1]) << ((n - 1) * 8)
+        }
+        4..=7 => u128::from(half(0)) | u128::from(half(n - 4)) << ((n - 4) * 8),
+        8..=INLINE_KEY => u128::from(word(0)) | u128::from(word(n - 8)) << ((n - 8) * 8),
+        _ => return None,
+    };
+    Some(bits.to_le_bytes())
 }
 
 /// Whether Ring 1 has released every changelog entry that names the record
@@ -749,6 +776,22 @@ mod tests {
 
     use super::*;
     use crate::state::arena::ArenaBacking;
+
+    #[test]
+    fn zero_padded_copies_every_short_key_exactly() {
+        let source: Vec<u8> = (1..=40).collect();
+        for start in 0..8 {
+            for len in 0..=24 {
+                let key = &source[start..start + len];
+                let expected = (len <= INLINE_KEY).then(|| {
+                    let mut inline = [0u8; INLINE_KEY];
+                    inline[..len].copy_from_slice(key);
+                    inline
+                });
+                assert_eq!(zero_padded(key), expected, "key of {len} bytes at {start}");
+            }
+        }
+    }
 
     /// A changelog whose consumer keeps up instantly.
     #[derive(Default)]
