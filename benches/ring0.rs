@@ -633,24 +633,24 @@ fn sample_buffer(n: usize) -> Vec<u64> {
 /// not Ring 0's cost.
 #[inline(always)]
 fn time_each_key(n: usize, keys: &[Key], mut op: impl FnMut(&Key)) -> Vec<u64> {
-    let mut samples = sample_buffer(n);
-    for i in 0..n {
-        let key: Key = *black_box(&keys[i % keys.len()]);
-        let t0 = clock::start();
-        op(&key);
-        let t1 = clock::stop();
-        samples.push(t1.wrapping_sub(t0));
-    }
-    samples
+    time_prepared(n, |i| *black_box(&keys[i % keys.len()]), |key: Key| op(&key))
 }
 
 /// Times `op(i)` for `i` in `0..n`, one by one.
 #[inline(always)]
-fn time_each(n: usize, mut op: impl FnMut(usize)) -> Vec<u64> {
+fn time_each(n: usize, op: impl FnMut(usize)) -> Vec<u64> {
+    time_prepared(n, |i| i, op)
+}
+
+/// Times `op(prepare(i))` for `i` in `0..n`, one by one; only `op` is
+/// timed.
+#[inline(always)]
+fn time_prepared<T>(n: usize, mut prepare: impl FnMut(usize) -> T, mut op: impl FnMut(T)) -> Vec<u64> {
     let mut samples = sample_buffer(n);
     for i in 0..n {
+        let input = prepare(i);
         let t0 = clock::start();
-        op(i);
+        op(input);
         let t1 = clock::stop();
         samples.push(t1.wrapping_sub(t0));
     }
