@@ -27,6 +27,7 @@ mod arena;
 mod batch;
 mod config;
 mod drain;
+mod index;
 mod pending;
 mod prefetch;
 mod store;

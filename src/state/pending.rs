@@ -17,16 +17,19 @@
 //!
 //! # The pipeline
 //!
-//! A queued update goes through three loads before it is applied, each
-//! started a few updates after the one before, once the data it needs has
-//! had time to arrive:
+//! A queued update goes through two loads before it is applied (rarely
+//! three), each started a few updates after the one before, once the data
+//! it needs has had time to arrive:
 //!
-//! 1. when queued: its index control bytes and home slots
+//! 1. when queued: the index line where its key's probe starts
 //!    ([`StateStore::prefetch`](super::store::StateStore::prefetch));
-//! 2. [`SLOT_STAGE`] updates later: every slot its control bytes say may
-//!    hold the key, wherever probing put it;
-//! 3. [`RECORD_STAGE`] updates later: its arena record, which the update
-//!    will overwrite in place.
+//! 2. [`LOCATE_STAGE`] updates later: its key is looked for in that line,
+//!    now cached ([`StateStore::locate`](super::store::StateStore::locate)),
+//!    and if found, its arena record, which the update will overwrite in
+//!    place, starts loading, and the slot's bucket is kept as a hint for
+//!    the update. A key further on (about 7% at W1's load) has the next
+//!    line loaded instead, and is looked for there [`RETRY_STAGE`] updates
+//!    after its own.
 //!
 //! # What stays true
 //!
@@ -41,10 +44,11 @@
 //! precede its commit, as if nothing had been queued.
 
 use super::arena::record_size;
+use super::store::LineProbe;
 
 /// How many updates the queue holds: how many updates after its own an
-/// update is applied. A DRAM miss must complete within that many updates,
-/// over the three stages.
+/// update is applied. A DRAM miss must complete between one stage and the
+/// next.
 pub(crate) const DEPTH: usize = 16;
 
 /// The most key and value bytes, together, an update may have to be
@@ -52,19 +56,30 @@ pub(crate) const DEPTH: usize = 16;
 /// copy costs more than the cache misses the queue would hide.
 pub(crate) const INLINE_BYTES: usize = 240;
 
-/// How many updates after its own an update's candidate slots are loaded.
-pub(crate) const SLOT_STAGE: usize = 5;
+/// How many updates after its own an update's key is looked for in the
+/// index (and its arena record loaded).
+pub(crate) const LOCATE_STAGE: usize = 5;
 
-/// How many updates after its own an update's arena record is loaded.
-pub(crate) const RECORD_STAGE: usize = 10;
+/// How many updates after its own the lookup of a key not in its home line
+/// goes on in the next line.
+pub(crate) const RETRY_STAGE: usize = 10;
 
 /// [`Queued::value_len`] of a delete.
-const DELETE: u16 = u16::MAX;
+const DELETE: u8 = u8::MAX;
 
-/// [`Queued::hint`] when there is none.
-const NO_HINT: u32 = u32::MAX;
+const _: () = assert!(INLINE_BYTES < DELETE as usize && RETRY_STAGE < DEPTH);
 
-const _: () = assert!(INLINE_BYTES < DELETE as usize);
+/// [`Queued::lookup`]: how far the lookup of the key has come.
+mod lookup {
+    /// Not started.
+    pub(super) const NONE: u8 = 0;
+    /// Found in [`Queued::bucket`](super::Queued::bucket).
+    pub(super) const FOUND: u8 = 1;
+    /// Goes on from [`Queued::bucket`](super::Queued::bucket).
+    pub(super) const NEXT: u8 = 2;
+    /// The index does not hold the key.
+    pub(super) const ABSENT: u8 = 3;
+}
 
 /// One queued update: 256 bytes, four cache lines.
 #[derive(Clone, Copy)]
@@ -72,11 +87,13 @@ const _: () = assert!(INLINE_BYTES < DELETE as usize);
 struct Queued {
     /// The key's [`StateStore::hash`](super::store::StateStore::hash).
     hash: u64,
-    key_len: u16,
+    key_len: u8,
     /// The value's length, or [`DELETE`].
-    value_len: u16,
-    /// The index bucket where the record stage saw the key, or [`NO_HINT`].
-    hint: u32,
+    value_len: u8,
+    /// A [`lookup`] state.
+    lookup: u8,
+    /// The bucket of a [`lookup::FOUND`] or [`lookup::NEXT`].
+    bucket: u32,
     /// The key, then the value.
     bytes: [u8; INLINE_BYTES],
 }
@@ -88,7 +105,8 @@ impl Queued {
         hash: 0,
         key_len: 0,
         value_len: 0,
-        hint: NO_HINT,
+        lookup: lookup::NONE,
+        bucket: 0,
         bytes: [0; INLINE_BYTES],
     };
 
@@ -107,6 +125,29 @@ impl Queued {
     fn matches(&self, hash: u64, key: &[u8]) -> bool {
         self.hash == hash && self.key() == key
     }
+
+    /// The arena bytes the update appends if it cannot overwrite in place.
+    #[inline]
+    fn record_size(&self) -> usize {
+        let value_len = if self.value_len == DELETE {
+            0
+        } else {
+            self.value_len
+        };
+        record_size(usize::from(self.key_len), usize::from(value_len))
+    }
+
+    /// How far the lookup of the key has come; `None`: not started.
+    #[inline]
+    fn lookup(&self) -> Option<LineProbe> {
+        let bucket = self.bucket as usize;
+        match self.lookup {
+            lookup::FOUND => Some(LineProbe::Found(bucket)),
+            lookup::NEXT => Some(LineProbe::Next(bucket)),
+            lookup::ABSENT => Some(LineProbe::Absent),
+            _ => None,
+        }
+    }
 }
 
 /// A queued update, as the writer applies it.
@@ -116,15 +157,19 @@ pub(crate) struct Update<'q> {
     pub(crate) key: &'q [u8],
     /// `None` for a delete.
     pub(crate) value: Option<&'q [u8]>,
-    /// The index bucket where the key was seen while queued, if it was.
-    pub(crate) hint: Option<usize>,
+    /// How far the lookup of the key in the index has come while queued;
+    /// `None`: not started.
+    pub(crate) lookup: Option<LineProbe>,
 }
 
 impl Update<'_> {
-    /// The arena bytes the update appends if it cannot overwrite in place.
+    /// The index bucket where the key was seen while queued, if it was.
     #[inline]
-    pub(crate) fn record_size(&self) -> usize {
-        record_size(self.key.len(), self.value.map_or(0, <[u8]>::len))
+    pub(crate) fn hint(&self) -> Option<usize> {
+        match self.lookup {
+            Some(LineProbe::Found(bucket)) => Some(bucket),
+            _ => None,
+        }
     }
 }
 
@@ -135,7 +180,8 @@ pub(crate) struct Pending {
     queued: u64,
     /// Updates ever taken off; the oldest queued is at `applied`.
     applied: u64,
-    /// Sum of the queued updates' [`Update::record_size`].
+    /// Sum of the arena bytes the queued updates append if they cannot
+    /// overwrite in place.
     record_bytes: usize,
 }
 
@@ -171,9 +217,9 @@ impl Pending {
         debug_assert!(key.len() + value_len <= INLINE_BYTES);
         let q = &mut self.ring[self.queued as usize % DEPTH];
         q.hash = hash;
-        q.key_len = key.len() as u16;
-        q.value_len = value.map_or(DELETE, |v| v.len() as u16);
-        q.hint = NO_HINT;
+        q.key_len = key.len() as u8;
+        q.value_len = value.map_or(DELETE, |v| v.len() as u8);
+        q.lookup = lookup::NONE;
         q.bytes[..key.len()].copy_from_slice(key);
         if let Some(value) = value {
             q.bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
@@ -191,7 +237,7 @@ impl Pending {
             hash: q.hash,
             key: q.key(),
             value: q.value(),
-            hint: (q.hint != NO_HINT).then_some(q.hint as usize),
+            lookup: q.lookup(),
         }
     }
 
@@ -205,8 +251,7 @@ impl Pending {
     #[inline]
     pub(crate) fn pop(&mut self) {
         debug_assert!(!self.is_empty());
-        let size = self.at(self.applied).record_size();
-        self.record_bytes -= size;
+        self.record_bytes -= self.ring[self.applied as usize % DEPTH].record_size();
         self.applied += 1;
     }
 
@@ -217,20 +262,40 @@ impl Pending {
         (back < self.len()).then(|| self.at(self.queued - 1 - back as u64))
     }
 
-    /// Notes where the index keeps the key of the update queued `back`
-    /// updates before the newest one (see [`back`](Self::back)).
+    /// How far the lookup of the key of the update queued `back` updates
+    /// before the newest one has come, if it is still queued and the
+    /// lookup has started.
     #[inline]
-    pub(crate) fn set_hint(&mut self, back: usize, bucket: usize) {
+    pub(crate) fn lookup_back(&self, back: usize) -> Option<LineProbe> {
+        if back >= self.len() {
+            return None;
+        }
+        self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].lookup()
+    }
+
+    /// Notes how far the lookup of the key of the update queued `back`
+    /// updates before the newest one has come (see [`back`](Self::back)).
+    #[inline]
+    pub(crate) fn set_lookup(&mut self, back: usize, step: LineProbe) {
         debug_assert!(back < self.len());
-        if let Ok(bucket) = u32::try_from(bucket) {
-            self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].hint = bucket;
+        let q = &mut self.ring[(self.queued - 1 - back as u64) as usize % DEPTH];
+        let (state, bucket) = match step {
+            LineProbe::Found(bucket) => (lookup::FOUND, bucket),
+            LineProbe::Next(bucket) => (lookup::NEXT, bucket),
+            LineProbe::Absent => (lookup::ABSENT, 0),
+        };
+        // A bucket past `u32` (a table of 128 GiB) is not kept: the update
+        // looks its key up in full.
+        match u32::try_from(bucket) {
+            Ok(bucket) => (q.lookup, q.bucket) = (state, bucket),
+            Err(_) => q.lookup = lookup::NONE,
         }
     }
 
     /// The record sizes of the queued updates, oldest first: the order in
     /// which they will take arena space.
     pub(crate) fn record_sizes(&self) -> impl Iterator<Item = usize> + '_ {
-        (self.applied..self.queued).map(|at| self.at(at).record_size())
+        (self.applied..self.queued).map(|at| self.ring[at as usize % DEPTH].record_size())
     }
 
     /// The newest queued update of `key` (whose hash is `hash`): `None` when
@@ -312,7 +377,7 @@ mod tests {
             if p.len() == DEPTH {
                 let oldest = p.oldest().unwrap();
                 assert_eq!(oldest.hash, i - DEPTH as u64);
-                expected_bytes -= oldest.record_size();
+                expected_bytes -= record_size(oldest.key.len(), oldest.value.map_or(0, <[u8]>::len));
                 p.pop();
             }
             let value = vec![i as u8; i as usize % 50];

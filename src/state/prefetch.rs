@@ -20,26 +20,3 @@ pub(crate) fn prefetch(addr: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
 }
-
-/// Asks Linux to back `len` bytes at `addr` (memory this process owns) with
-/// transparent huge pages, where the system allows them (`madvise` mode).
-/// Random probes over a multi-megabyte index otherwise miss the TLB on
-/// almost every access. Only advice: it never changes the memory's
-/// contents, and a failure (or another OS) changes nothing.
-pub(crate) fn advise_huge_pages(addr: usize, len: usize) {
-    const HUGE: usize = 2 << 20;
-    // Only whole huge pages can be backed by one; a smaller table stays as
-    // it is.
-    let start = addr.next_multiple_of(HUGE);
-    let end = (addr + len) & !(HUGE - 1);
-    if end <= start {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: MADV_HUGEPAGE only sets the page-size policy of the range;
-    // it never changes or frees its contents, and on a range that is not
-    // wholly mapped it fails with ENOMEM without effect.
-    unsafe {
-        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-    }
-}

@@ -9,7 +9,8 @@
 //!
 //! # The index
 //!
-//! A SwissTable of 32-byte slots, one per live key. Besides the record's
+//! An open-addressing table of 32-byte slots, one per live key (see
+//! [`index`](super::index) for its layout). Besides the record's
 //! offset, a slot holds the key itself when it is at most 16 bytes long
 //! (else its hash and length), the value length and the low bits of the
 //! record's changelog position. That is everything a put of an existing key
@@ -17,9 +18,9 @@
 //! get needs to return the value: neither reads the record before using it.
 //! At W1 scale (200,000 keys, a 27 MB arena) the record is almost never in
 //! the cache, so this saves a dependent cache miss per operation. The price
-//! is index memory: 33 bytes per bucket instead of the 9 of a bare offset
-//! (8.7 MB instead of 2.4 MB at W1). Only a key longer than 16 bytes whose
-//! hash and length match is compared in the arena.
+//! is index memory: 32 bytes per bucket, at most three-quarters full (16 MiB
+//! at W1, sized for its keys). Only a key longer than 16 bytes whose hash
+//! and length match is compared in the arena.
 //!
 //! # Reclaiming memory
 //!
@@ -37,24 +38,17 @@
 //! has not yet released, plus a few segments of granularity.
 
 use std::hash::BuildHasher;
-
-use hashbrown::HashTable;
+use std::path::PathBuf;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
+pub(crate) use super::index::LineProbe;
+use super::index::{INLINE_KEY, Index, LONG_KEY, Slot, inline_tag};
 use super::pending::Pending;
-use super::prefetch::{advise_huge_pages, prefetch};
+use super::prefetch::prefetch;
 use crate::error::{IncrementalCheckpointError, Result};
 
 /// Each update scans up to this many times its own size of the victim.
 pub(crate) const COMPACTION_SCAN_FACTOR: usize = 4;
-
-/// Keys up to this long are held in the index itself.
-const INLINE_KEY: usize = 16;
-/// [`Slot::loc`] keeps the key tag above this bit and the offset below.
-const TAG_SHIFT: u32 = 59;
-/// The key tag of a key longer than [`INLINE_KEY`]; shorter keys are tagged
-/// with their length.
-const LONG_KEY: u64 = 31;
 
 /// How far the changelog has come, as the store needs to know it to decide
 /// what Ring 1 may still read.
@@ -81,70 +75,6 @@ struct Victim {
     end: u32,
 }
 
-/// One index entry: where a key's live put record is, and enough of the
-/// record that a put of the key can decide to overwrite it in place, and a
-/// get can return its value, without reading the record. At W1 scale the
-/// arena is far larger than the caches, so that read would be a cache miss
-/// after the one on the slot itself. 32 bytes, aligned, so that a slot
-/// never straddles two cache lines.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
-struct Slot {
-    /// A key of up to [`INLINE_KEY`] bytes, zero-padded; for a longer key,
-    /// `hash | len << 64` as a native-endian `u128` (the key itself is
-    /// compared in the arena).
-    key: [u8; INLINE_KEY],
-    /// `tag << TAG_SHIFT | offset >> 3`: the tag is the key's length, or
-    /// [`LONG_KEY`]. Arena offsets are 8-aligned and below 2^62 (fewer than
-    /// 2^32 segments of at most 2^30 bytes), so 59 bits hold them.
-    loc: u64,
-    /// The record's value length.
-    value_len: u32,
-    /// The low 32 bits of the record's `seq` (see [`released`]).
-    seq_lo: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Slot>() == 32);
-
-impl Slot {
-    #[inline]
-    fn new(probe: &Probe<'_>, offset: u64, value_len: usize, seq: u64) -> Self {
-        let mut slot = Slot {
-            key: probe.inline,
-            loc: probe.tag << TAG_SHIFT,
-            value_len: value_len as u32,
-            seq_lo: seq as u32,
-        };
-        slot.set_offset(offset);
-        slot
-    }
-
-    #[inline]
-    fn offset(&self) -> u64 {
-        (self.loc & ((1 << TAG_SHIFT) - 1)) << 3
-    }
-
-    #[inline]
-    fn set_offset(&mut self, offset: u64) {
-        debug_assert!(offset.is_multiple_of(8) && offset < 1 << 62);
-        self.loc = self.loc & !((1 << TAG_SHIFT) - 1) | offset >> 3;
-    }
-
-    #[inline]
-    fn tag(&self) -> u64 {
-        self.loc >> TAG_SHIFT
-    }
-
-    /// The key's hash, as [`StateStore::hash`] computed it, without reading
-    /// the arena (the index rehashes every slot when it grows).
-    fn rehash(&self, hasher: &impl BuildHasher) -> u64 {
-        match self.tag() {
-            LONG_KEY => u128::from_ne_bytes(self.key) as u64,
-            len => hasher.hash_one(&self.key[..(len as usize).min(INLINE_KEY)]),
-        }
-    }
-}
-
 /// A key in the form slots hold it, built once per operation.
 #[derive(Debug, Clone, Copy)]
 struct Probe<'k> {
@@ -159,13 +89,19 @@ impl<'k> Probe<'k> {
     #[inline]
     fn new(key: &'k [u8], hash: u64) -> Self {
         let (inline, tag) = match zero_padded(key) {
-            Some(inline) => (inline, key.len() as u64),
+            Some(inline) => (inline, inline_tag(key.len())),
             None => (
                 (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes(),
                 LONG_KEY,
             ),
         };
         Probe { key, inline, tag }
+    }
+
+    /// The slot for this key, whose record is at `offset`.
+    #[inline]
+    fn slot(&self, offset: u64, value_len: usize, seq: u64) -> Slot {
+        Slot::new(self.inline, self.tag, offset, value_len, seq)
     }
 
     /// Whether `slot` may hold this key, without reading the arena: exact
@@ -234,36 +170,25 @@ fn released(arena: &Arena, slot: &Slot, progress: &mut impl Progress) -> bool {
     back >= next.saturating_sub(released) || arena.record(slot.offset()).seq <= released
 }
 
-/// Where the index keeps a key's slot, as far as a prefetch needs to know.
-///
-/// hashbrown's SwissTable stores its control bytes from `ctrl` up and its
-/// slots below `ctrl`, bucket `i` in the 32 bytes ending at
-/// `ctrl - 32 * i`; a key's probe starts at bucket `hash & mask`. `ctrl` is
-/// learned from the address of a slot the table hands back with its bucket
-/// index, after every insert (the only thing that moves the table) and
-/// every reserve. hashbrown does not promise this layout: were it to
-/// change, prefetches would fetch the wrong lines, which is slower but
-/// never wrong, since a prefetch is only a hint (a test checks the layout).
-#[derive(Debug, Clone, Copy, Default)]
-struct IndexLayout {
-    /// Address of the control bytes; 0 until learned.
-    ctrl: usize,
-    /// Buckets minus one.
-    mask: usize,
-}
-
 /// Keys to arena records. `S` hashes keys (tests substitute one that
 /// collides).
 #[derive(Debug)]
 pub(crate) struct StateStore<S = foldhash::fast::RandomState> {
     arena: Arena,
     /// One slot per live key, hashed by key.
-    index: HashTable<Slot>,
+    index: Index,
     hasher: S,
     victim: Option<Victim>,
     /// Arena bytes in use when a victim search last found nothing worth it.
     quiet_until: u64,
-    layout: IndexLayout,
+}
+
+/// The error of an index that cannot grow.
+fn index_error(source: std::io::Error) -> IncrementalCheckpointError {
+    IncrementalCheckpointError::Io {
+        path: PathBuf::from("<anonymous state index>"),
+        source,
+    }
 }
 
 /// Where an update landed, for its changelog entry.
@@ -283,11 +208,10 @@ impl<S: BuildHasher> StateStore<S> {
     pub(crate) fn with_hasher(config: &ArenaConfig, expected_keys: usize, hasher: S) -> Result<Self> {
         Ok(Self {
             arena: Arena::new(config)?,
-            index: HashTable::with_capacity(expected_keys),
+            index: Index::with_capacity(expected_keys).map_err(index_error)?,
             hasher,
             victim: None,
             quiet_until: 0,
-            layout: IndexLayout::default(),
         })
     }
 
@@ -312,12 +236,11 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     fn find(&self, hash: u64, probe: &Probe<'_>) -> Option<usize> {
         let arena = &self.arena;
-        self.index
-            .find_bucket_index(hash, |slot| probe.matches(slot, arena))
+        self.index.find(hash, |slot| probe.matches(slot, arena))
     }
 
     /// [`find`](Self::find), trying first `hint`, a bucket where the key
-    /// was seen (by [`prefetch_record`](Self::prefetch_record)): a slot
+    /// was seen (by [`locate`](Self::locate)): a slot
     /// that holds the key is the key's only one, so a hint made stale by
     /// later updates or by the table's growth is merely not taken.
     #[inline]
@@ -327,7 +250,7 @@ impl<S: BuildHasher> StateStore<S> {
             Some(bucket)
                 if self
                     .index
-                    .get_bucket(bucket)
+                    .get(bucket)
                     .is_some_and(|slot| probe.matches(slot, arena)) =>
             {
                 Some(bucket)
@@ -345,9 +268,11 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     pub(crate) fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
         let probe = Probe::new(key, hash);
-        let arena = &self.arena;
-        let slot = self.index.find(hash, |slot| probe.matches(slot, arena))?;
-        Some(arena.value(slot.offset(), key.len(), slot.value_len as usize))
+        let slot = self.index.get(self.find(hash, &probe)?)?;
+        Some(
+            self.arena
+                .value(slot.offset(), key.len(), slot.value_len as usize),
+        )
     }
 
     /// Whether the store holds `key`, whose [`hash`](Self::hash) is `hash`.
@@ -385,7 +310,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// compacting: returns the compaction budget the update earned (0 for
     /// an overwrite in place), for the caller to spend with
     /// [`compact`](Self::compact). `hint` is where
-    /// [`prefetch_record`](Self::prefetch_record) saw the key, if it did.
+    /// [`locate`](Self::locate) saw the key, if it did.
     /// Nothing changes on error.
     #[inline]
     pub(crate) fn put_hashed(
@@ -402,7 +327,7 @@ impl<S: BuildHasher> StateStore<S> {
         let bucket = self.find_hinted(key_hash, &probe, hint);
         let mut old = None;
         if let Some(bucket) = bucket
-            && let Some(slot) = self.index.get_bucket_mut(bucket)
+            && let Some(slot) = self.index.get_mut(bucket)
         {
             let old_size = record_size(key.len(), slot.value_len as usize);
             let offset = slot.offset();
@@ -413,144 +338,93 @@ impl<S: BuildHasher> StateStore<S> {
                 return Ok((Written { offset, key_hash }, 0));
             }
             old = Some((bucket, offset, old_size));
+        } else {
+            // A new key: make room in the index before anything changes.
+            self.reserve(1)?;
         }
         let offset = self.append(RecordKind::Put, key, value, seq, size, progress)?;
         self.arena.add_live(offset, size);
-        let slot = Slot::new(&probe, offset, value.len(), seq);
+        let slot = probe.slot(offset, value.len(), seq);
         match old {
             Some((bucket, old_offset, old_size)) => {
                 self.arena.kill(old_offset, old_size);
-                if let Some(old) = self.index.get_bucket_mut(bucket) {
+                if let Some(old) = self.index.get_mut(bucket) {
                     *old = slot;
                 }
             }
-            None => self.insert_slot(key_hash, slot),
+            None => {
+                self.index.insert(key_hash, slot);
+            }
         }
         Ok((Written { offset, key_hash }, COMPACTION_SCAN_FACTOR * size))
     }
 
-    /// Adds a slot for a key the index does not hold.
-    #[inline]
-    fn insert_slot(&mut self, key_hash: u64, slot: Slot) {
-        let hasher = &self.hasher;
-        let entry = self.index.insert_unique(key_hash, slot, |s| s.rehash(hasher));
-        // An insert may have moved the table: learn where it is now.
-        let bucket = entry.bucket_index();
-        let at = std::ptr::from_ref(entry.get()).addr();
-        self.learn_layout(IndexLayout {
-            ctrl: at + (bucket + 1) * std::mem::size_of::<Slot>(),
-            mask: self.index.num_buckets() - 1,
-        });
-    }
-
-    /// Records where the table is; when it has moved (it grew), asks for
-    /// huge pages for its slots, which a put touches at random.
-    #[inline]
-    fn learn_layout(&mut self, layout: IndexLayout) {
-        if layout.ctrl != self.layout.ctrl && layout.ctrl != 0 {
-            let slots = (layout.mask + 1) * std::mem::size_of::<Slot>();
-            advise_huge_pages(layout.ctrl - slots, slots + layout.mask + 1);
-        }
-        self.layout = layout;
-    }
-
     /// Starts loading into the cache what an update or a get of the key
-    /// with this [`hash`](Self::hash) will read first: the control bytes
-    /// where its probe starts and the slots after them. A hint only: it
-    /// changes nothing and cannot fail.
+    /// with this [`hash`](Self::hash) will read first: the index slots
+    /// where its probe starts. A hint only: it changes nothing and cannot
+    /// fail.
     #[inline]
     pub(crate) fn prefetch(&self, key_hash: u64) {
-        let IndexLayout { ctrl, mask } = self.layout;
-        if ctrl == 0 {
-            return;
-        }
-        let bucket = key_hash as usize & mask;
-        // The probe reads a group of 16 control bytes from the bucket on,
-        // which may cross into the next cache line.
-        prefetch(ctrl.wrapping_add(bucket));
-        prefetch(ctrl.wrapping_add(bucket + 15));
-        // The home slot and the one after it (the next lower 32 bytes),
-        // where a key displaced by one bucket lives.
-        let home = ctrl.wrapping_sub((bucket + 1) * std::mem::size_of::<Slot>());
-        prefetch(home);
-        prefetch(home.wrapping_sub(std::mem::size_of::<Slot>()));
+        self.index.prefetch(key_hash);
     }
 
-    /// Starts loading into the cache every slot where the index may keep the
-    /// key with this [`hash`](Self::hash): those whose control byte matches
-    /// the hash's, wherever probing put them (a key inserted into a crowded
-    /// neighbourhood lives several buckets past its home, beyond what
-    /// [`prefetch`](Self::prefetch) fetches). Reads the control bytes, so it
-    /// pays once they are cached (after `prefetch`); reads no slot. A hint
-    /// only: it changes nothing and cannot fail.
+    /// One step of looking up `key` (whose [`hash`](Self::hash) is
+    /// `key_hash`) ahead of its update, reading only the index line
+    /// [`prefetch`](Self::prefetch) or the previous step started loading:
+    /// probes that line from `from` (`None`: the key's home), and if the
+    /// key is there, starts loading its arena record, which the update will
+    /// overwrite; if the line ends first, starts loading the next one for
+    /// the step after ([`LineProbe::Next`]). The bucket found is a hint for
+    /// the update. Changes nothing and cannot fail.
     #[inline]
-    pub(crate) fn prefetch_candidates(&self, key_hash: u64) {
-        // `find` hands each candidate to the closure by reference; taking
-        // its address does not read it, and refusing them all makes the
-        // probe visit every candidate up to the first empty bucket.
-        let _ = self.index.find(key_hash, |slot| {
-            prefetch(std::ptr::from_ref(slot).addr());
-            false
-        });
-    }
-
-    /// Starts loading into the cache the arena record of `key` (whose
-    /// [`hash`](Self::hash) is `key_hash`), which an update will overwrite
-    /// or a get read. Looks the key up in the index, so it pays only once
-    /// the key's slot is cached (after [`prefetch`](Self::prefetch)), and
-    /// returns the bucket where it saw the key, a hint for the update. A
-    /// hint only: it changes nothing and cannot fail.
-    #[inline]
-    pub(crate) fn prefetch_record(&self, key_hash: u64, key: &[u8]) -> Option<usize> {
+    pub(crate) fn locate(&self, key_hash: u64, key: &[u8], from: Option<usize>) -> LineProbe {
         let probe = Probe::new(key, key_hash);
-        let bucket = self
+        let step = self
             .index
-            .find_bucket_index(key_hash, |slot| probe.may_match(slot))?;
-        let slot = self.index.get_bucket(bucket)?;
-        let start = self.arena.address(slot.offset());
-        let end = start + record_size(key.len(), slot.value_len as usize);
-        let mut line = start & !63;
-        while line < end {
-            prefetch(line);
-            line += 64;
+            .probe_line(key_hash, from, |slot| probe.may_match(slot));
+        if let LineProbe::Found(bucket) = step
+            && let Some(slot) = self.index.get(bucket)
+        {
+            let start = self.arena.address(slot.offset());
+            let end = start + record_size(key.len(), slot.value_len as usize);
+            let mut line = start & !63;
+            while line < end {
+                prefetch(line);
+                line += 64;
+            }
         }
-        Some(bucket)
+        step
     }
 
-    /// Checks that records of `sizes` (the bytes [`check_size`](Self::check_size)
-    /// returned, `total` in all), appended in this order, will all find
-    /// room in the arena, taking the segments they will need now: after
-    /// this succeeds, updates of at most those sizes cannot fail for lack
-    /// of arena space until [`compact`](Self::compact) runs (it allocates
-    /// too). Nothing visible changes on error.
-    pub(crate) fn reserve_records(
+    /// Makes room for `count` updates, whose records have `sizes` (the
+    /// bytes [`check_size`](Self::check_size) returned, `total` in all) and
+    /// are appended in this order: index slots in case every key is new,
+    /// and the arena segments the records will need, taken now. After this
+    /// succeeds, those updates cannot fail for lack of room until
+    /// [`compact`](Self::compact) runs (it allocates too). Nothing visible
+    /// changes on error.
+    #[inline]
+    pub(crate) fn reserve_updates(
         &mut self,
+        count: usize,
         total: usize,
         sizes: impl Iterator<Item = usize>,
         progress: &mut impl Progress,
     ) -> Result<()> {
+        self.reserve(count)?;
         self.arena.reserve(total, sizes, &mut || progress.released_now())
     }
 
-    /// Makes room in the index for `additional` more keys.
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        let hasher = &self.hasher;
-        self.index.reserve(additional, |s| s.rehash(hasher));
-        // The table may have moved: learn where it is from any slot (an
-        // empty table learns at its first insert, without a scan).
-        let buckets = if self.index.is_empty() {
-            0
-        } else {
-            self.index.num_buckets()
-        };
-        let first = (0..buckets).find_map(|bucket| Some((bucket, self.index.get_bucket(bucket)?)));
-        self.learn_layout(match first {
-            Some((bucket, slot)) => IndexLayout {
-                ctrl: std::ptr::from_ref(slot).addr() + (bucket + 1) * std::mem::size_of::<Slot>(),
-                mask: self.index.num_buckets() - 1,
-            },
-            None => IndexLayout::default(),
-        });
+    /// Makes room in the index for `additional` more keys: until then,
+    /// adding that many cannot fail.
+    ///
+    /// # Errors
+    ///
+    /// [`Io`](IncrementalCheckpointError::Io) when the larger index cannot
+    /// be mapped; nothing changes then.
+    #[inline]
+    pub(crate) fn reserve(&mut self, additional: usize) -> Result<()> {
+        self.index.reserve(additional, &self.hasher).map_err(index_error)
     }
 
     /// Adds `key`, which the store must not hold, without looking it up:
@@ -570,10 +444,10 @@ impl<S: BuildHasher> StateStore<S> {
         debug_assert!(self.get(key).is_none(), "insert_new of a key the store holds");
         let probe = Probe::new(key, key_hash);
         let seq = progress.next_seq();
+        self.reserve(1)?;
         let offset = self.append(RecordKind::Put, key, value, seq, size, progress)?;
         self.arena.add_live(offset, size);
-        let slot = Slot::new(&probe, offset, value.len(), seq);
-        self.insert_slot(key_hash, slot);
+        self.index.insert(key_hash, probe.slot(offset, value.len(), seq));
         Ok(())
     }
 
@@ -603,16 +477,14 @@ impl<S: BuildHasher> StateStore<S> {
         let Some(bucket) = self.find_hinted(key_hash, &probe, hint) else {
             return Ok((None, 0));
         };
-        let Some(&old) = self.index.get_bucket(bucket) else {
+        let Some(&old) = self.index.get(bucket) else {
             return Ok((None, 0));
         };
         let seq = progress.next_seq();
         let offset = self.append(RecordKind::Tombstone, key, &[], seq, size, progress)?;
         self.arena
             .kill(old.offset(), record_size(key.len(), old.value_len as usize));
-        if let Ok(entry) = self.index.get_bucket_entry(bucket) {
-            entry.remove();
-        }
+        self.index.remove(bucket, &self.hasher);
         Ok((Some(Written { offset, key_hash }), COMPACTION_SCAN_FACTOR * size))
     }
 
@@ -678,9 +550,7 @@ impl<S: BuildHasher> StateStore<S> {
                 let rec = self.arena.record(offset);
                 let size = rec.size();
                 let live = match rec.kind {
-                    RecordKind::Put => self
-                        .index
-                        .find_bucket_index(self.hash(rec.key), |s| s.offset() == offset),
+                    RecordKind::Put => self.index.find(self.hash(rec.key), |s| s.offset() == offset),
                     _ => None,
                 };
                 if let Some(bucket) = live
@@ -724,7 +594,7 @@ impl<S: BuildHasher> StateStore<S> {
         self.arena.copy_record(offset, to, size);
         self.arena.add_live(to, size);
         self.arena.kill(offset, size);
-        if let Some(slot) = self.index.get_bucket_mut(bucket) {
+        if let Some(slot) = self.index.get_mut(bucket) {
             slot.set_offset(to);
             // The copy is named by no entry (`copy_record` tagged it 0).
             slot.seq_lo = 0;
@@ -757,10 +627,7 @@ impl<S: BuildHasher> StateStore<S> {
             assert_eq!((slot.key, slot.tag()), (probe.inline, probe.tag));
             assert_eq!(slot.rehash(&self.hasher), hash);
             let bucket = self.find(hash, &probe).expect("slot's key is found");
-            assert_eq!(
-                self.index.get_bucket(bucket).map(Slot::offset),
-                Some(slot.offset())
-            );
+            assert_eq!(self.index.get(bucket).map(Slot::offset), Some(slot.offset()));
             assert_eq!(self.get(rec.key), Some(rec.value));
             live += rec.size() as u64;
         }
@@ -956,39 +823,7 @@ mod tests {
         }
     }
 
-    /// The prefetch hint aims at the right memory: every key's slot is at
-    /// the address the learned layout gives for its bucket, and most keys
-    /// sit in the home bucket of their hash or the one after (the two
-    /// slots the hint fetches). Checked after growth and after a reserve
-    /// (both move the table); fails if hashbrown changes its layout.
-    #[test]
-    fn prefetch_layout_matches_the_table() {
-        let mut s = StateStore::new(&small_config(), 16).unwrap();
-        let mut p = Instant::default();
-        let check = |s: &StateStore, keys: u64| {
-            let IndexLayout { ctrl, mask } = s.layout;
-            assert_eq!(mask + 1, s.index.num_buckets());
-            let mut near = 0;
-            for k in 0..keys {
-                let key = k.to_le_bytes();
-                let hash = s.hash(&key);
-                let bucket = s.find(hash, &Probe::new(&key, hash)).unwrap();
-                let at = std::ptr::from_ref(s.index.get_bucket(bucket).unwrap()).addr();
-                assert_eq!(at, ctrl - (bucket + 1) * std::mem::size_of::<Slot>());
-                near += usize::from(bucket.wrapping_sub(hash as usize) & mask <= 1);
-            }
-            assert!(near * 10 >= keys as usize * 6, "{near} of {keys} keys near home");
-        };
-        for k in 0..20_000u64 {
-            s.put(&k.to_le_bytes(), b"v", &mut p).unwrap();
-            p.0 += 1;
-        }
-        check(&s, 20_000);
-        s.reserve(200_000);
-        check(&s, 20_000);
-    }
-
-    /// After `reserve_records`, updates of those sizes find arena room even
+    /// After `reserve_updates`, updates of those sizes find arena room even
     /// when Ring 1 releases nothing; a reservation the limit cannot meet
     /// fails and changes no record.
     #[test]
@@ -1011,11 +846,11 @@ mod tests {
         }
         // 54 more fit the active segment; 54 + 64 + 1 need two new
         // segments and one is left.
-        s.reserve_records(54 * size, std::iter::repeat_n(size, 54), &mut p)
+        s.reserve_updates(54, 54 * size, std::iter::repeat_n(size, 54), &mut p)
             .unwrap();
         let live = s.arena().live_bytes();
         let err = s
-            .reserve_records(119 * size, std::iter::repeat_n(size, 119), &mut p)
+            .reserve_updates(119, 119 * size, std::iter::repeat_n(size, 119), &mut p)
             .unwrap_err();
         assert!(
             matches!(err, IncrementalCheckpointError::ArenaFull { .. }),
@@ -1023,7 +858,7 @@ mod tests {
         );
         assert_eq!((s.arena().live_bytes(), s.len()), (live, 64 * 3 + 10));
         // 118 fit exactly: they go in with nothing released.
-        s.reserve_records(118 * size, std::iter::repeat_n(size, 118), &mut p)
+        s.reserve_updates(118, 118 * size, std::iter::repeat_n(size, 118), &mut p)
             .unwrap();
         for k in 1000..1118 {
             put(&mut s, k, &mut p);
@@ -1236,7 +1071,7 @@ mod tests {
             .filter(|(key, _)| {
                 let bucket = s.find(s.hash(key), &Probe::new(key, s.hash(key)));
                 bucket
-                    .and_then(|b| s.index.get_bucket(b))
+                    .and_then(|b| s.index.get(b))
                     .is_some_and(|slot| slot.seq_lo == 0)
             })
             .collect();

@@ -10,8 +10,8 @@ use super::arena::record_size;
 use super::batch::{BatchOp, LOOKAHEAD, SlotPrefetch};
 use super::config::StateConfig;
 use super::drain::StateDrain;
-use super::pending::{DEPTH, INLINE_BYTES, Pending, RECORD_STAGE, SLOT_STAGE, Update};
-use super::store::{Progress, StateStore, Written};
+use super::pending::{DEPTH, INLINE_BYTES, LOCATE_STAGE, Pending, RETRY_STAGE, Update};
+use super::store::{LineProbe, Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::manager::Ring1Watch;
@@ -189,7 +189,7 @@ impl StateWriter {
     ///
     /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) for an
     /// invalid setting; [`Io`](IncrementalCheckpointError::Io) when the
-    /// first arena segment cannot be mapped.
+    /// first arena segment or the index cannot be mapped.
     pub fn standalone(config: StateConfig) -> Result<(StateWriter, StateDrain)> {
         Self::with_first_epoch(config, 1)
     }
@@ -244,14 +244,15 @@ impl StateWriter {
     /// # Errors
     ///
     /// [`Recovery`](IncrementalCheckpointError::Recovery) if the state is
-    /// not empty.
+    /// not empty; [`Io`](IncrementalCheckpointError::Io) if the index for
+    /// `expected_keys` cannot be mapped.
     pub(crate) fn bulk_loader(&mut self, expected_keys: usize) -> Result<BulkLoader<'_>> {
         if !self.is_empty() || self.producer.pushed() != 0 || !self.pending.is_empty() {
             return Err(IncrementalCheckpointError::Recovery {
                 reason: "a checkpoint chain is bulk-loaded only into an empty state".into(),
             });
         }
-        self.store.reserve(expected_keys);
+        self.store.reserve(expected_keys)?;
         Ok(BulkLoader {
             store: &mut self.store,
             last: Vec::new(),
@@ -299,8 +300,8 @@ impl StateWriter {
     /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) at the arena's
     /// size limit; [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge)
     /// when key and value do not fit in one arena segment;
-    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment
-    /// cannot be mapped.
+    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment,
+    /// or the larger index a new key needs, cannot be mapped.
     #[inline]
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         if key.len() + value.len() > INLINE_BYTES {
@@ -340,17 +341,23 @@ impl StateWriter {
             return Err(self.refuse());
         }
         let sizes = self.pending.record_sizes().chain(std::iter::once(size));
-        self.store
-            .reserve_records(self.pending.record_bytes() + size, sizes, &mut self.producer)?;
+        self.store.reserve_updates(
+            self.pending.len() + 1,
+            self.pending.record_bytes() + size,
+            sizes,
+            &mut self.producer,
+        )?;
         self.pending.push(hash, key, value);
         self.store.prefetch(hash);
-        if let Some(update) = self.pending.back(SLOT_STAGE) {
-            self.store.prefetch_candidates(update.hash);
+        if let Some(update) = self.pending.back(LOCATE_STAGE) {
+            let step = self.store.locate(update.hash, update.key, None);
+            self.pending.set_lookup(LOCATE_STAGE, step);
         }
-        if let Some(update) = self.pending.back(RECORD_STAGE)
-            && let Some(bucket) = self.store.prefetch_record(update.hash, update.key)
+        if let Some(LineProbe::Next(from)) = self.pending.lookup_back(RETRY_STAGE)
+            && let Some(update) = self.pending.back(RETRY_STAGE)
         {
-            self.pending.set_hint(RECORD_STAGE, bucket);
+            let step = self.store.locate(update.hash, update.key, Some(from));
+            self.pending.set_lookup(RETRY_STAGE, step);
         }
         Ok(())
     }
@@ -362,12 +369,8 @@ impl StateWriter {
         let Some(update) = self.pending.oldest() else {
             return;
         };
-        let Update {
-            hash,
-            key,
-            value,
-            hint,
-        } = update;
+        let hint = update.hint();
+        let Update { hash, key, value, .. } = update;
         // Admission reserved a changelog slot and arena room for this
         // update, behind everything queued before it: applying it cannot
         // fail. Were it to, the state and its log would diverge, which must
@@ -469,8 +472,8 @@ impl StateWriter {
     /// smaller batches or single puts may still fit);
     /// [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge) for
     /// the first pair that does not fit in one arena segment;
-    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment
-    /// cannot be mapped.
+    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment,
+    /// or the larger index a new key needs, cannot be mapped.
     #[inline]
     pub fn put_batch<K, V>(&mut self, items: &[(K, V)]) -> Result<()>
     where
@@ -592,7 +595,8 @@ impl StateWriter {
             let (key_len, value_len) = size(item);
             record_size(key_len, value_len)
         });
-        self.store.reserve_records(total, sizes, &mut self.producer)?;
+        self.store
+            .reserve_updates(items.len(), total, sizes, &mut self.producer)?;
 
         // Software pipeline, in three stages: item `i + 2 * LOOKAHEAD` is
         // hashed and its index slot prefetched; item `i + LOOKAHEAD`, whose
@@ -601,7 +605,7 @@ impl StateWriter {
         let mut slots =
             SlotPrefetch::<{ 2 * LOOKAHEAD }>::start(&self.store, items.iter().map(|item| view(item).0));
         for (i, item) in items.iter().take(LOOKAHEAD).enumerate() {
-            self.store.prefetch_record(slots.peek(i), view(item).0);
+            self.store.locate(slots.peek(i), view(item).0, None);
         }
         let mut garbage = 0;
         let mut applied = 0;
@@ -609,8 +613,7 @@ impl StateWriter {
             let ahead = items.get(i + 2 * LOOKAHEAD).map(|item| view(item).0);
             let key_hash = slots.next(&self.store, i, ahead);
             if let Some(item) = items.get(i + LOOKAHEAD) {
-                self.store
-                    .prefetch_record(slots.peek(i + LOOKAHEAD), view(item).0);
+                self.store.locate(slots.peek(i + LOOKAHEAD), view(item).0, None);
             }
             // The checks above make these infallible: each record fits,
             // the arena holds segments for them all (and nothing else
