@@ -46,6 +46,9 @@ use crate::error::{IncrementalCheckpointError, Result};
 
 /// Bytes of a record header.
 pub(crate) const HEADER_LEN: usize = 16;
+/// The smallest segment, and so the smallest largest record, a valid
+/// configuration has.
+pub(crate) const MIN_SEGMENT_SIZE: usize = 4096;
 const KIND_SHIFT: u32 = 30;
 const KEY_LEN_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
@@ -215,7 +218,7 @@ impl ArenaConfig {
     /// Checks the limits without mapping anything.
     pub(crate) fn validate(&self) -> Result<()> {
         let size = self.segment_size;
-        if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+        if !size.is_power_of_two() || !(MIN_SEGMENT_SIZE..=1 << 30).contains(&size) {
             return Err(IncrementalCheckpointError::InvalidConfig {
                 field: "arena_segment_size",
                 reason: format!("{size} is not a power of two between 4 KiB and 1 GiB"),

@@ -43,7 +43,7 @@
 //! applies the whole queue before the commit, so an epoch's entries all
 //! precede its commit, as if nothing had been queued.
 
-use super::arena::record_size;
+use super::arena::{MIN_SEGMENT_SIZE, record_size};
 use super::store::LineProbe;
 
 /// How many updates the queue holds: how many updates after its own an
@@ -67,7 +67,11 @@ pub(crate) const RETRY_STAGE: usize = 10;
 /// [`Queued::value_len`] of a delete.
 const DELETE: u8 = u8::MAX;
 
-const _: () = assert!(INLINE_BYTES < DELETE as usize && RETRY_STAGE < DEPTH);
+// Every queued update's record fits in a segment of any valid size, so a
+// queued update needs no size check.
+const _: () = assert!(
+    INLINE_BYTES < DELETE as usize && record_size(0, INLINE_BYTES) <= MIN_SEGMENT_SIZE && RETRY_STAGE < DEPTH
+);
 
 /// [`Queued::lookup`]: how far the lookup of the key has come.
 mod lookup {

@@ -127,26 +127,32 @@ impl<'k> Probe<'k> {
 /// `memcpy` a copy of a variable length compiles to: two loads of a fixed
 /// width, overlapping when the key is shorter than both together, cover
 /// the key exactly, and OR-ing them is exact because the overlap holds the
-/// same bytes twice.
+/// same bytes twice. All shifts are of 64-bit words (one instruction each).
 #[inline]
 fn zero_padded(key: &[u8]) -> Option<[u8; INLINE_KEY]> {
     let n = key.len();
     // Fixed-width little-endian loads; the ranges are in bounds by the
     // match arms below.
     let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-    let half = |at: usize| u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes"));
-    let bits: u128 = match n {
-        0 => 0,
+    let half = |at: usize| u64::from(u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes")));
+    let (low, high) = match n {
+        // The first eight bytes, and the bytes after them: the top `n - 8`
+        // bytes of the last eight (none for `n == 8`: a shift by 64).
+        8..=INLINE_KEY => (
+            word(0),
+            word(n - 8)
+                .checked_shr(((INLINE_KEY - n) * 8) as u32)
+                .unwrap_or(0),
+        ),
+        4..=7 => (half(0) | half(n - 4) << ((n - 4) * 8), 0),
         1..=3 => {
-            u128::from(key[0])
-                | u128::from(key[n / 2]) << (n / 2 * 8)
-                | u128::from(key[n - 1]) << ((n - 1) * 8)
+            let byte = |at: usize| u64::from(key[at]) << (at * 8);
+            (byte(0) | byte(n / 2) | byte(n - 1), 0)
         }
-        4..=7 => u128::from(half(0)) | u128::from(half(n - 4)) << ((n - 4) * 8),
-        8..=INLINE_KEY => u128::from(word(0)) | u128::from(word(n - 8)) << ((n - 8) * 8),
+        0 => (0, 0),
         _ => return None,
     };
-    Some(bits.to_le_bytes())
+    Some((u128::from(low) | u128::from(high) << 64).to_le_bytes())
 }
 
 /// Whether Ring 1 has released every changelog entry that names the record
@@ -243,7 +249,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// was seen (by [`locate`](Self::locate)): a slot
     /// that holds the key is the key's only one, so a hint made stale by
     /// later updates or by the table's growth is merely not taken.
-    #[inline]
+    #[inline(always)]
     fn find_hinted(&self, hash: u64, probe: &Probe<'_>, hint: Option<usize>) -> Option<usize> {
         let arena = &self.arena;
         match hint {
@@ -376,7 +382,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// overwrite; if the line ends first, starts loading the next one for
     /// the step after ([`LineProbe::Next`]). The bucket found is a hint for
     /// the update. Changes nothing and cannot fail.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn locate(&self, key_hash: u64, key: &[u8], from: Option<usize>) -> LineProbe {
         let probe = Probe::new(key, key_hash);
         let step = self
