@@ -28,8 +28,8 @@
 //!    and if found, its arena record, which the update will overwrite in
 //!    place, starts loading, and the slot's bucket is kept as a hint for
 //!    the update. A key further on (about 7% at W1's load) has the next
-//!    line loaded instead, and is looked for there [`RETRY_STAGE`] updates
-//!    after its own.
+//!    two lines loaded instead, and is looked for there [`RETRY_STAGE`]
+//!    updates after its own.
 //!
 //! # What stays true
 //!
@@ -61,7 +61,7 @@ pub(crate) const INLINE_BYTES: usize = 240;
 pub(crate) const LOCATE_STAGE: usize = 5;
 
 /// How many updates after its own the lookup of a key not in its home line
-/// goes on in the next line.
+/// goes on in the next two lines.
 pub(crate) const RETRY_STAGE: usize = 10;
 
 /// [`Queued::value_len`] of a delete.

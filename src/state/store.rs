@@ -375,19 +375,19 @@ impl<S: BuildHasher> StateStore<S> {
     }
 
     /// One step of looking up `key` (whose [`hash`](Self::hash) is
-    /// `key_hash`) ahead of its update, reading only the index line
-    /// [`prefetch`](Self::prefetch) or the previous step started loading:
-    /// probes that line from `from` (`None`: the key's home), and if the
-    /// key is there, starts loading its arena record, which the update will
-    /// overwrite; if the line ends first, starts loading the next one for
-    /// the step after ([`LineProbe::Next`]). The bucket found is a hint for
-    /// the update. Changes nothing and cannot fail.
+    /// `key_hash`) ahead of its update, reading only index lines
+    /// [`prefetch`](Self::prefetch) or the previous step started loading
+    /// ([`Index::probe_prefetched`]): from `from` (`None`: the key's home).
+    /// If the key is there, starts loading its arena record, which the
+    /// update will overwrite; if the lines end first, the next step goes on
+    /// from [`LineProbe::Next`]. The bucket found is a hint for the update.
+    /// Changes nothing and cannot fail.
     #[inline(always)]
     pub(crate) fn locate(&self, key_hash: u64, key: &[u8], from: Option<usize>) -> LineProbe {
         let probe = Probe::new(key, key_hash);
         let step = self
             .index
-            .probe_line(key_hash, from, |slot| probe.may_match(slot));
+            .probe_prefetched(key_hash, from, |slot| probe.may_match(slot));
         if let LineProbe::Found(bucket) = step
             && let Some(slot) = self.index.get(bucket)
         {
