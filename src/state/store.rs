@@ -273,6 +273,9 @@ impl<S: BuildHasher> StateStore<S> {
     /// [`get`](Self::get) with the key's [`hash`](Self::hash) known.
     #[inline]
     pub(crate) fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+        if !self.index.may_hold(hash) {
+            return None;
+        }
         let probe = Probe::new(key, hash);
         let slot = self.index.get(self.find(hash, &probe)?)?;
         Some(
@@ -284,7 +287,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// Whether the store holds `key`, whose [`hash`](Self::hash) is `hash`.
     #[inline]
     pub(crate) fn contains_hashed(&self, key: &[u8], hash: u64) -> bool {
-        self.find(hash, &Probe::new(key, hash)).is_some()
+        self.index.may_hold(hash) && self.find(hash, &Probe::new(key, hash)).is_some()
     }
 
     /// Checks that a record fits, before anything is changed.
