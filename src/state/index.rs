@@ -159,6 +159,17 @@ pub(crate) enum LineProbe {
     Next(usize),
 }
 
+impl LineProbe {
+    /// The bucket where the key was found, if it was.
+    #[inline]
+    pub(crate) fn found(self) -> Option<usize> {
+        match self {
+            LineProbe::Found(bucket) => Some(bucket),
+            _ => None,
+        }
+    }
+}
+
 /// The table: a power of two of [`Slot`]s in anonymous memory.
 #[derive(Debug)]
 pub(crate) struct Index {

@@ -44,7 +44,7 @@
 //! precede its commit, as if nothing had been queued.
 
 use super::arena::{MIN_SEGMENT_SIZE, record_size};
-use super::store::LineProbe;
+use super::index::LineProbe;
 
 /// How many updates the queue holds: how many updates after its own an
 /// update is applied. A DRAM miss must complete between one stage and the
@@ -170,10 +170,7 @@ impl Update<'_> {
     /// The index bucket where the key was seen while queued, if it was.
     #[inline]
     pub(crate) fn hint(&self) -> Option<usize> {
-        match self.lookup {
-            Some(LineProbe::Found(bucket)) => Some(bucket),
-            _ => None,
-        }
+        self.lookup.and_then(LineProbe::found)
     }
 }
 

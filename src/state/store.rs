@@ -41,8 +41,7 @@ use std::hash::BuildHasher;
 use std::path::PathBuf;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
-pub(crate) use super::index::LineProbe;
-use super::index::{INLINE_KEY, Index, LONG_KEY, Slot, inline_tag};
+use super::index::{INLINE_KEY, Index, LONG_KEY, LineProbe, Slot, inline_tag};
 use super::pending::Pending;
 use super::prefetch::prefetch;
 use crate::error::{IncrementalCheckpointError, Result};

@@ -10,8 +10,9 @@ use super::arena::record_size;
 use super::batch::{BatchOp, LOOKAHEAD, SlotPrefetch};
 use super::config::StateConfig;
 use super::drain::StateDrain;
+use super::index::LineProbe;
 use super::pending::{DEPTH, INLINE_BYTES, LOCATE_STAGE, Pending, RETRY_STAGE, Update};
-use super::store::{LineProbe, Progress, StateStore, Written};
+use super::store::{Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::manager::Ring1Watch;
@@ -600,21 +601,28 @@ impl StateWriter {
             .reserve_updates(items.len(), total, sizes, &mut self.producer)?;
 
         // Software pipeline, in three stages: item `i + 2 * LOOKAHEAD` is
-        // hashed and its index slot prefetched; item `i + LOOKAHEAD`, whose
-        // slot has arrived by then, has its arena record prefetched; item
+        // hashed and its home index line prefetched; item `i + LOOKAHEAD`,
+        // whose line has arrived by then, is looked for in it, which starts
+        // loading its arena record and leaves its bucket as a hint; item
         // `i` is applied.
         let mut slots =
             SlotPrefetch::<{ 2 * LOOKAHEAD }>::start(&self.store, items.iter().map(|item| view(item).0));
+        // Item `i`'s hint is at `i % LOOKAHEAD`.
+        let mut hints = [None; LOOKAHEAD];
         for (i, item) in items.iter().take(LOOKAHEAD).enumerate() {
-            self.store.locate(slots.peek(i), view(item).0, None);
+            hints[i] = self.store.locate(slots.peek(i), view(item).0, None).found();
         }
         let mut garbage = 0;
         let mut applied = 0;
         for (i, item) in items.iter().enumerate() {
             let ahead = items.get(i + 2 * LOOKAHEAD).map(|item| view(item).0);
             let key_hash = slots.next(&self.store, i, ahead);
+            let hint = hints[i % LOOKAHEAD];
             if let Some(item) = items.get(i + LOOKAHEAD) {
-                self.store.locate(slots.peek(i + LOOKAHEAD), view(item).0, None);
+                hints[i % LOOKAHEAD] = self
+                    .store
+                    .locate(slots.peek(i + LOOKAHEAD), view(item).0, None)
+                    .found();
             }
             // The checks above make these infallible: each record fits,
             // the arena holds segments for them all (and nothing else
@@ -625,7 +633,7 @@ impl StateWriter {
                 &mut self.producer,
                 self.epoch,
                 (key, value, key_hash),
-                None,
+                hint,
             )?;
             garbage += earned;
             if let Some(entry) = entry {
