@@ -44,7 +44,8 @@
 //! precede its commit, as if nothing had been queued.
 
 use super::arena::{MIN_SEGMENT_SIZE, record_size};
-use super::index::LineProbe;
+use super::index::{INLINE_KEY, LineProbe};
+use super::store::{Probe, zero_padded};
 
 /// How many updates the queue holds: how many updates after its own an
 /// update is applied. A DRAM miss must complete between one stage and the
@@ -52,9 +53,23 @@ use super::index::LineProbe;
 pub(crate) const DEPTH: usize = 16;
 
 /// The most key and value bytes, together, an update may have to be
-/// queued. Larger updates are applied at once (after the queue): their
-/// copy costs more than the cache misses the queue would hide.
+/// queued, a key shorter than [`INLINE_KEY`] counting as that long (it is
+/// kept zero-padded, see [`fits`]). Larger updates are applied at once
+/// (after the queue): their copy costs more than the cache misses the
+/// queue would hide.
 pub(crate) const INLINE_BYTES: usize = 240;
+
+/// Whether an update with a key and value of these lengths may be queued.
+///
+/// A key of up to [`INLINE_KEY`] bytes is queued in the zero-padded form
+/// index slots hold it in, so that the two steps that compare it with
+/// slots (the lookup ahead and the update) load it as it is instead of
+/// each building it.
+#[inline]
+pub(crate) const fn fits(key_len: usize, value_len: usize) -> bool {
+    let key_len = if key_len < INLINE_KEY { INLINE_KEY } else { key_len };
+    key_len + value_len <= INLINE_BYTES
+}
 
 /// How many updates after its own an update's key is looked for in the
 /// index (and its arena record loaded).
@@ -98,7 +113,8 @@ struct Queued {
     lookup: u8,
     /// The bucket of a [`lookup::FOUND`] or [`lookup::NEXT`].
     bucket: u32,
-    /// The key, then the value.
+    /// The key, zero-padded to [`INLINE_KEY`] bytes if shorter, then the
+    /// value.
     bytes: [u8; INLINE_BYTES],
 }
 
@@ -119,10 +135,26 @@ impl Queued {
         &self.bytes[..self.key_len as usize]
     }
 
+    /// Where the value starts: after the key, padded or not.
+    #[inline]
+    fn value_start(&self) -> usize {
+        usize::from(self.key_len).max(INLINE_KEY)
+    }
+
     #[inline]
     fn value(&self) -> Option<&[u8]> {
-        let start = self.key_len as usize;
+        let start = self.value_start();
         (self.value_len != DELETE).then(|| &self.bytes[start..start + self.value_len as usize])
+    }
+
+    /// The key as the index compares it, from its queued padded form.
+    #[inline]
+    fn probe(&self) -> Probe<'_> {
+        let (padded, _) = self
+            .bytes
+            .split_first_chunk::<INLINE_KEY>()
+            .expect("INLINE_BYTES > INLINE_KEY");
+        Probe::from_padded(self.key(), self.hash, *padded)
     }
 
     #[inline]
@@ -159,6 +191,8 @@ impl Queued {
 pub(crate) struct Update<'q> {
     pub(crate) hash: u64,
     pub(crate) key: &'q [u8],
+    /// The key as the index compares it.
+    pub(crate) probe: Probe<'q>,
     /// `None` for a delete.
     pub(crate) value: Option<&'q [u8]>,
     /// How far the lookup of the key in the index has come while queued;
@@ -210,20 +244,24 @@ impl Pending {
     }
 
     /// Queues an update; the caller has made room ([`len`](Self::len) below
-    /// [`DEPTH`]) and checked that key and value fit in [`INLINE_BYTES`].
+    /// [`DEPTH`]) and checked that key and value [`fit`](fits).
     #[inline]
     pub(crate) fn push(&mut self, hash: u64, key: &[u8], value: Option<&[u8]>) {
         debug_assert!(self.len() < DEPTH);
         let value_len = value.map_or(0, <[u8]>::len);
-        debug_assert!(key.len() + value_len <= INLINE_BYTES);
+        debug_assert!(fits(key.len(), value_len));
         let q = &mut self.ring[self.queued as usize % DEPTH];
         q.hash = hash;
         q.key_len = key.len() as u8;
         q.value_len = value.map_or(DELETE, |v| v.len() as u8);
         q.lookup = lookup::NONE;
-        q.bytes[..key.len()].copy_from_slice(key);
+        match zero_padded(key) {
+            Some(padded) => q.bytes[..INLINE_KEY].copy_from_slice(&padded),
+            None => q.bytes[..key.len()].copy_from_slice(key),
+        }
         if let Some(value) = value {
-            q.bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
+            let start = q.value_start();
+            q.bytes[start..start + value.len()].copy_from_slice(value);
         }
         self.queued += 1;
         self.record_bytes += record_size(key.len(), value_len);
@@ -237,6 +275,7 @@ impl Pending {
         Update {
             hash: q.hash,
             key: q.key(),
+            probe: q.probe(),
             value: q.value(),
             lookup: q.lookup(),
         }
@@ -256,11 +295,11 @@ impl Pending {
         self.applied += 1;
     }
 
-    /// The update queued `back` updates before the newest one (0: the
-    /// newest), if it is still queued.
+    /// The key of the update queued `back` updates before the newest one
+    /// (0: the newest), if it is still queued, as the index compares it.
     #[inline]
-    pub(crate) fn back(&self, back: usize) -> Option<Update<'_>> {
-        (back < self.len()).then(|| self.at(self.queued - 1 - back as u64))
+    pub(crate) fn probe_back(&self, back: usize) -> Option<Probe<'_>> {
+        (back < self.len()).then(|| self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].probe())
     }
 
     /// How far the lookup of the key of the update queued `back` updates
@@ -386,10 +425,37 @@ mod tests {
             expected_bytes += record_size(8, value.len());
             assert_eq!(p.record_bytes(), expected_bytes);
             assert_eq!(p.record_sizes().sum::<usize>(), expected_bytes);
-            assert_eq!(p.back(0).unwrap().hash, i);
+            assert_eq!(p.probe_back(0).unwrap().key(), i.to_le_bytes());
         }
-        assert_eq!(p.back(DEPTH - 1).unwrap().hash, 2 * DEPTH as u64);
-        assert!(p.back(DEPTH).is_none());
+        let first = 2 * DEPTH as u64;
+        assert_eq!(p.probe_back(DEPTH - 1).unwrap().key(), first.to_le_bytes());
+        assert!(p.probe_back(DEPTH).is_none());
+    }
+
+    #[test]
+    fn keys_of_every_length_come_back_as_queued() {
+        let bytes: Vec<u8> = (1..=INLINE_BYTES as u8).collect();
+        for key_len in 0..=INLINE_KEY + 4 {
+            let key = &bytes[..key_len];
+            let longest = INLINE_BYTES - key_len.max(INLINE_KEY);
+            assert!(fits(key_len, longest) && !fits(key_len, longest + 1));
+            for value in [
+                Some(&bytes[100..100 + longest.min(7)]),
+                Some(&bytes[..longest]),
+                None,
+            ] {
+                let mut p = Pending::new();
+                p.push(key_len as u64, key, value);
+                let queued = p.oldest().unwrap();
+                assert_eq!((queued.key, queued.value), (key, value));
+                // The probe built from the padded copy is the one built
+                // from the key.
+                let expected = Probe::new(key, key_len as u64);
+                assert_eq!(queued.probe, expected);
+                assert_eq!(p.probe_back(0), Some(expected));
+                assert_eq!(p.latest(key_len as u64, key), Some(value));
+            }
+        }
     }
 
     #[test]

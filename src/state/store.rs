@@ -74,10 +74,13 @@ struct Victim {
     end: u32,
 }
 
-/// A key in the form slots hold it, built once per operation.
-#[derive(Debug, Clone, Copy)]
-struct Probe<'k> {
+/// A key with its [`hash`](StateStore::hash), in the form slots hold it:
+/// built once per update (a queued update keeps its parts and rebuilds it
+/// for free, see [`Probe::from_padded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Probe<'k> {
     key: &'k [u8],
+    hash: u64,
     /// [`Slot::key`] for this key.
     inline: [u8; INLINE_KEY],
     /// [`Slot::tag`] for this key.
@@ -86,15 +89,43 @@ struct Probe<'k> {
 
 impl<'k> Probe<'k> {
     #[inline]
-    fn new(key: &'k [u8], hash: u64) -> Self {
-        let (inline, tag) = match zero_padded(key) {
-            Some(inline) => (inline, inline_tag(key.len())),
-            None => (
-                (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes(),
-                LONG_KEY,
-            ),
-        };
-        Probe { key, inline, tag }
+    pub(crate) fn new(key: &'k [u8], hash: u64) -> Self {
+        match zero_padded(key) {
+            Some(inline) => Self::from_padded(key, hash, inline),
+            None => Self::long(key, hash),
+        }
+    }
+
+    /// [`new`](Self::new) for a key whose [`zero_padded`] form is known:
+    /// `padded`, which is not read for a key longer than [`INLINE_KEY`].
+    #[inline]
+    pub(crate) fn from_padded(key: &'k [u8], hash: u64, padded: [u8; INLINE_KEY]) -> Self {
+        if key.len() > INLINE_KEY {
+            return Self::long(key, hash);
+        }
+        Probe {
+            key,
+            hash,
+            inline: padded,
+            tag: inline_tag(key.len()),
+        }
+    }
+
+    /// The key itself.
+    #[inline]
+    pub(crate) fn key(&self) -> &'k [u8] {
+        self.key
+    }
+
+    /// A key longer than [`INLINE_KEY`]: its slot holds its hash and length.
+    #[inline]
+    fn long(key: &'k [u8], hash: u64) -> Self {
+        Probe {
+            key,
+            hash,
+            inline: (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes(),
+            tag: LONG_KEY,
+        }
     }
 
     /// The slot for this key, whose record is at `offset`.
@@ -122,13 +153,13 @@ impl<'k> Probe<'k> {
 
 /// `key` zero-padded to [`INLINE_KEY`] bytes, if it fits.
 ///
-/// Every update builds this once or twice, so it avoids the call to
+/// Every update builds this, so it avoids the call to
 /// `memcpy` a copy of a variable length compiles to: two loads of a fixed
 /// width, overlapping when the key is shorter than both together, cover
 /// the key exactly, and OR-ing them is exact because the overlap holds the
 /// same bytes twice. All shifts are of 64-bit words (one instruction each).
 #[inline]
-fn zero_padded(key: &[u8]) -> Option<[u8; INLINE_KEY]> {
+pub(crate) fn zero_padded(key: &[u8]) -> Option<[u8; INLINE_KEY]> {
     let n = key.len();
     // Fixed-width little-endian loads; the ranges are in bounds by the
     // match arms below.
@@ -239,9 +270,9 @@ impl<S: BuildHasher> StateStore<S> {
 
     /// The bucket of the slot holding `probe`'s key.
     #[inline]
-    fn find(&self, hash: u64, probe: &Probe<'_>) -> Option<usize> {
+    fn find(&self, probe: &Probe<'_>) -> Option<usize> {
         let arena = &self.arena;
-        self.index.find(hash, |slot| probe.matches(slot, arena))
+        self.index.find(probe.hash, |slot| probe.matches(slot, arena))
     }
 
     /// [`find`](Self::find), trying first `hint`, a bucket where the key
@@ -249,7 +280,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// that holds the key is the key's only one, so a hint made stale by
     /// later updates or by the table's growth is merely not taken.
     #[inline(always)]
-    fn find_hinted(&self, hash: u64, probe: &Probe<'_>, hint: Option<usize>) -> Option<usize> {
+    fn find_hinted(&self, probe: &Probe<'_>, hint: Option<usize>) -> Option<usize> {
         let arena = &self.arena;
         match hint {
             Some(bucket)
@@ -260,7 +291,7 @@ impl<S: BuildHasher> StateStore<S> {
             {
                 Some(bucket)
             }
-            _ => self.find(hash, probe),
+            _ => self.find(probe),
         }
     }
 
@@ -275,8 +306,7 @@ impl<S: BuildHasher> StateStore<S> {
         if !self.index.may_hold(hash) {
             return None;
         }
-        let probe = Probe::new(key, hash);
-        let slot = self.index.get(self.find(hash, &probe)?)?;
+        let slot = self.index.get(self.find(&Probe::new(key, hash))?)?;
         Some(
             self.arena
                 .value(slot.offset(), key.len(), slot.value_len as usize),
@@ -286,7 +316,7 @@ impl<S: BuildHasher> StateStore<S> {
     /// Whether the store holds `key`, whose [`hash`](Self::hash) is `hash`.
     #[inline]
     pub(crate) fn contains_hashed(&self, key: &[u8], hash: u64) -> bool {
-        self.index.may_hold(hash) && self.find(hash, &Probe::new(key, hash)).is_some()
+        self.index.may_hold(hash) && self.find(&Probe::new(key, hash)).is_some()
     }
 
     /// Checks that a record fits, before anything is changed.
@@ -308,13 +338,14 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], progress: &mut impl Progress) -> Result<Written> {
         let size = self.check_size(key.len(), value.len())?;
-        let (written, garbage) = self.put_hashed(key, value, self.hash(key), size, progress, None)?;
+        let (written, garbage) =
+            self.put_hashed(&Probe::new(key, self.hash(key)), value, size, progress, None)?;
         self.compact(garbage, progress, None);
         Ok(written)
     }
 
-    /// [`put`](Self::put) with the key's [`hash`](Self::hash) and record
-    /// size ([`check_size`](Self::check_size)) already known, and without
+    /// [`put`](Self::put) of `probe`'s key, with its record size
+    /// ([`check_size`](Self::check_size)) already known, and without
     /// compacting: returns the compaction budget the update earned (0 for
     /// an overwrite in place), for the caller to spend with
     /// [`compact`](Self::compact). `hint` is where
@@ -323,16 +354,15 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     pub(crate) fn put_hashed(
         &mut self,
-        key: &[u8],
+        probe: &Probe<'_>,
         value: &[u8],
-        key_hash: u64,
         size: usize,
         progress: &mut impl Progress,
         hint: Option<usize>,
     ) -> Result<(Written, usize)> {
-        let probe = Probe::new(key, key_hash);
+        let (key, key_hash) = (probe.key, probe.hash);
         let seq = progress.next_seq();
-        let bucket = self.find_hinted(key_hash, &probe, hint);
+        let bucket = self.find_hinted(probe, hint);
         let mut old = None;
         if let Some(bucket) = bucket
             && let Some(slot) = self.index.get_mut(bucket)
@@ -385,16 +415,15 @@ impl<S: BuildHasher> StateStore<S> {
     /// from [`LineProbe::Next`]. The bucket found is a hint for the update.
     /// Changes nothing and cannot fail.
     #[inline(always)]
-    pub(crate) fn locate(&self, key_hash: u64, key: &[u8], from: Option<usize>) -> LineProbe {
-        let probe = Probe::new(key, key_hash);
+    pub(crate) fn locate(&self, probe: &Probe<'_>, from: Option<usize>) -> LineProbe {
         let step = self
             .index
-            .probe_prefetched(key_hash, from, |slot| probe.may_match(slot));
+            .probe_prefetched(probe.hash, from, |slot| probe.may_match(slot));
         if let LineProbe::Found(bucket) = step
             && let Some(slot) = self.index.get(bucket)
         {
             let start = self.arena.address(slot.offset());
-            let end = start + record_size(key.len(), slot.value_len as usize);
+            let end = start + record_size(probe.key.len(), slot.value_len as usize);
             let mut line = start & !63;
             while line < end {
                 prefetch(line);
@@ -463,26 +492,26 @@ impl<S: BuildHasher> StateStore<S> {
     /// is absent (nothing to log). Nothing changes on error.
     pub(crate) fn delete(&mut self, key: &[u8], progress: &mut impl Progress) -> Result<Option<Written>> {
         let size = self.check_size(key.len(), 0)?;
-        let (written, garbage) = self.delete_hashed(key, self.hash(key), size, progress, None)?;
+        let (written, garbage) =
+            self.delete_hashed(&Probe::new(key, self.hash(key)), size, progress, None)?;
         self.compact(garbage, progress, None);
         Ok(written)
     }
 
-    /// [`delete`](Self::delete) with the key's hash and tombstone size known,
+    /// [`delete`](Self::delete) of `probe`'s key, with its tombstone size known,
     /// and without compacting; returns the compaction budget earned, as
     /// [`put_hashed`](Self::put_hashed) does, `hint` included. Nothing
     /// changes on error.
     #[inline]
     pub(crate) fn delete_hashed(
         &mut self,
-        key: &[u8],
-        key_hash: u64,
+        probe: &Probe<'_>,
         size: usize,
         progress: &mut impl Progress,
         hint: Option<usize>,
     ) -> Result<(Option<Written>, usize)> {
-        let probe = Probe::new(key, key_hash);
-        let Some(bucket) = self.find_hinted(key_hash, &probe, hint) else {
+        let (key, key_hash) = (probe.key, probe.hash);
+        let Some(bucket) = self.find_hinted(probe, hint) else {
             return Ok((None, 0));
         };
         let Some(&old) = self.index.get(bucket) else {
@@ -634,7 +663,7 @@ impl<S: BuildHasher> StateStore<S> {
             let probe = Probe::new(rec.key, hash);
             assert_eq!((slot.key, slot.tag()), (probe.inline, probe.tag));
             assert_eq!(slot.rehash(&self.hasher), hash);
-            let bucket = self.find(hash, &probe).expect("slot's key is found");
+            let bucket = self.find(&probe).expect("slot's key is found");
             assert_eq!(self.index.get(bucket).map(Slot::offset), Some(slot.offset()));
             assert_eq!(self.get(rec.key), Some(rec.value));
             live += rec.size() as u64;
@@ -1077,7 +1106,7 @@ mod tests {
         let relocated: Vec<_> = cold
             .iter()
             .filter(|(key, _)| {
-                let bucket = s.find(s.hash(key), &Probe::new(key, s.hash(key)));
+                let bucket = s.find(&Probe::new(key, s.hash(key)));
                 bucket
                     .and_then(|b| s.index.get(b))
                     .is_some_and(|slot| slot.seq_lo == 0)
