@@ -189,9 +189,7 @@ impl Queued {
 /// A queued update, as the writer applies it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Update<'q> {
-    pub(crate) hash: u64,
-    pub(crate) key: &'q [u8],
-    /// The key as the index compares it.
+    /// The key, with its hash, as the index compares it.
     pub(crate) probe: Probe<'q>,
     /// `None` for a delete.
     pub(crate) value: Option<&'q [u8]>,
@@ -273,8 +271,6 @@ impl Pending {
     fn at(&self, at: u64) -> Update<'_> {
         let q = &self.ring[at as usize % DEPTH];
         Update {
-            hash: q.hash,
-            key: q.key(),
             probe: q.probe(),
             value: q.value(),
             lookup: q.lookup(),
@@ -361,9 +357,10 @@ impl Pending {
         let mut change = 0;
         for at in self.applied..self.queued {
             let update = self.at(at);
-            let before = match self.latest_before(at, update.hash, update.key) {
+            let (hash, key) = (update.probe.hash(), update.probe.key());
+            let before = match self.latest_before(at, hash, key) {
                 Some(value) => value.is_some(),
-                None => in_store(update.hash, update.key),
+                None => in_store(hash, key),
             };
             change += isize::from(update.value.is_some()) - isize::from(before);
         }
@@ -374,8 +371,9 @@ impl Pending {
     pub(crate) fn newest_per_key(&self) -> impl Iterator<Item = Update<'_>> + '_ {
         (self.applied..self.queued).filter_map(move |at| {
             let update = self.at(at);
-            let superseded = (at + 1..self.queued)
-                .any(|later| self.ring[later as usize % DEPTH].matches(update.hash, update.key));
+            let superseded = (at + 1..self.queued).any(|later| {
+                self.ring[later as usize % DEPTH].matches(update.probe.hash(), update.probe.key())
+            });
             (!superseded).then_some(update)
         })
     }
@@ -416,8 +414,8 @@ mod tests {
         for i in 0..(3 * DEPTH as u64) {
             if p.len() == DEPTH {
                 let oldest = p.oldest().unwrap();
-                assert_eq!(oldest.hash, i - DEPTH as u64);
-                expected_bytes -= record_size(oldest.key.len(), oldest.value.map_or(0, <[u8]>::len));
+                assert_eq!(oldest.probe.hash(), i - DEPTH as u64);
+                expected_bytes -= record_size(oldest.probe.key().len(), oldest.value.map_or(0, <[u8]>::len));
                 p.pop();
             }
             let value = vec![i as u8; i as usize % 50];
@@ -447,7 +445,7 @@ mod tests {
                 let mut p = Pending::new();
                 p.push(key_len as u64, key, value);
                 let queued = p.oldest().unwrap();
-                assert_eq!((queued.key, queued.value), (key, value));
+                assert_eq!((queued.probe.key(), queued.value), (key, value));
                 // The probe built from the padded copy is the one built
                 // from the key.
                 let expected = Probe::new(key, key_len as u64);
@@ -470,7 +468,7 @@ mod tests {
         p.push(2, b"new", None); // delete of a queued put: -1
         p.push(2, b"new", Some(b"w")); // insert again: +1
         assert_eq!(p.key_count_change(in_store), 0);
-        let newest: Vec<_> = p.newest_per_key().map(|u| (u.key, u.value)).collect();
+        let newest: Vec<_> = p.newest_per_key().map(|u| (u.probe.key(), u.value)).collect();
         assert_eq!(newest, [(&b"old"[..], None), (&b"new"[..], Some(&b"w"[..]))]);
     }
 }

@@ -117,6 +117,12 @@ impl<'k> Probe<'k> {
         self.key
     }
 
+    /// The key's [`hash`](StateStore::hash).
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
     /// A key longer than [`INLINE_KEY`]: its slot holds its hash and length.
     #[inline]
     fn long(key: &'k [u8], hash: u64) -> Self {
@@ -406,10 +412,10 @@ impl<S: BuildHasher> StateStore<S> {
         self.index.prefetch(key_hash);
     }
 
-    /// One step of looking up `key` (whose [`hash`](Self::hash) is
-    /// `key_hash`) ahead of its update, reading only index lines
-    /// [`prefetch`](Self::prefetch) or the previous step started loading
-    /// ([`Index::probe_prefetched`]): from `from` (`None`: the key's home).
+    /// One step of looking up `probe`'s key ahead of its update, reading
+    /// only index lines [`prefetch`](Self::prefetch) or the previous step
+    /// started loading ([`Index::probe_prefetched`]): from `from` (`None`:
+    /// the key's home).
     /// If the key is there, starts loading its arena record, which the
     /// update will overwrite; if the lines end first, the next step goes on
     /// from [`LineProbe::Next`]. The bucket found is a hint for the update.

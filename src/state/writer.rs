@@ -317,17 +317,30 @@ impl StateWriter {
 
     /// A put applied at once, behind everything queued.
     fn put_now(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.apply_now(key, Some(value)).map(drop)
+    }
+
+    /// An update too large for the queue (`value`: `None` for a delete),
+    /// applied at once, behind everything queued; whether it changed
+    /// anything (a delete of an absent key does not).
+    fn apply_now(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
         self.flush();
         self.reserve_slot()?;
-        let Written { offset, key_hash } = self.store.put(key, value, &mut self.producer)?;
-        self.push(StateChangelogEntry::new(
+        self.store.check_size(key.len(), value.map_or(0, <[u8]>::len))?;
+        let probe = Probe::new(key, self.store.hash(key));
+        let (entry, garbage) = apply_update(
+            &mut self.store,
+            &mut self.producer,
             self.epoch,
-            key_hash,
-            offset,
-            value.len() as u32,
-            StateOp::Put,
-        ));
-        Ok(())
+            (&probe, value),
+            None,
+        )?;
+        self.store.compact(garbage, &mut self.producer, None);
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        self.push(entry);
+        Ok(true)
     }
 
     /// Admits a single update into the write-behind queue: applies the
@@ -670,7 +683,7 @@ impl StateWriter {
     /// As for [`put`](Self::put); nothing is changed on error.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         if !fits(key.len(), 0) {
-            return self.delete_now(key);
+            return self.apply_now(key, None);
         }
         let size = record_size(key.len(), 0);
         let hash = self.store.hash(key);
@@ -682,25 +695,6 @@ impl StateWriter {
             self.enqueue(hash, key, None, size)?;
         }
         Ok(present)
-    }
-
-    /// A delete applied at once, behind everything queued.
-    fn delete_now(&mut self, key: &[u8]) -> Result<bool> {
-        self.flush();
-        self.reserve_slot()?;
-        match self.store.delete(key, &mut self.producer)? {
-            Some(Written { offset, key_hash }) => {
-                self.push(StateChangelogEntry::new(
-                    self.epoch,
-                    key_hash,
-                    offset,
-                    0,
-                    StateOp::Delete,
-                ));
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 
     /// Records how far `source` has been consumed; committed with the epoch
@@ -806,7 +800,7 @@ impl StateWriter {
             .filter(move |(key, _)| pending.is_empty() || pending.latest(store.hash(key), key).is_none());
         let queued = pending
             .newest_per_key()
-            .filter_map(|update| Some((update.key, update.value?)));
+            .filter_map(|update| Some((update.probe.key(), update.value?)));
         stored.chain(queued)
     }
 
@@ -877,8 +871,9 @@ impl StateWriter {
 /// the store, without compacting; returns the changelog entry to
 /// push (none for a delete of an absent key) and the compaction budget
 /// earned. `hint` is where the index was seen to keep the key. The caller
-/// has checked the record's size and reserved its changelog slot and arena
-/// room. A free function, not a method, so that the key and value may be
+/// has checked the record's size and reserved its changelog slot; without
+/// arena room reserved too, the update may fail for lack of it, changing
+/// nothing. A free function, not a method, so that the key and value may be
 /// borrowed from the writer's own queue.
 #[inline]
 fn apply_update(
