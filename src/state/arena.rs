@@ -497,6 +497,7 @@ impl Arena {
     /// The caller guarantees the new value pads to the same record size and
     /// that Ring 1 has released every entry referencing the record
     /// (`record.seq <= released`).
+    #[inline]
     pub(crate) fn overwrite_value(&mut self, offset: u64, key_len: usize, value: &[u8], seq: u64) {
         self.referenced(offset, seq);
         let base = self.base(offset);
@@ -509,6 +510,7 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn referenced(&mut self, offset: u64, seq: u64) {
         let slot = self.slot_of(offset);
         let seg = &mut self.segments[slot];

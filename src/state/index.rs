@@ -273,33 +273,54 @@ impl Index {
     /// off its lines starts loading the next two and says where to go on.
     /// `from` may be stale (from before the table changed): the answer is
     /// then merely useless.
-    #[inline]
+    ///
+    /// A step tests every slot of its lines, with no branch per slot, and
+    /// then takes the first that matches or is empty: which slot of a line
+    /// holds a key is random, so a branch on it would be mispredicted about
+    /// every other time. `eq` is therefore called on every slot of the
+    /// lines, empty or not, and must be a pure comparison; an empty slot
+    /// never matches, whatever `eq` says.
+    #[inline(always)]
     pub(crate) fn probe_prefetched(
         &self,
         hash: u64,
         from: Option<usize>,
-        mut eq: impl FnMut(&Slot) -> bool,
+        eq: impl FnMut(&Slot) -> bool,
     ) -> LineProbe {
+        match from {
+            None => self.probe_lines::<LINE_SLOTS>(self.home(hash), eq),
+            Some(from) => self.probe_lines::<{ 2 * LINE_SLOTS }>(from & self.mask, eq),
+        }
+    }
+
+    /// One step of [`probe_prefetched`](Self::probe_prefetched): the `N`
+    /// slots from `first`.
+    #[inline(always)]
+    fn probe_lines<const N: usize>(&self, first: usize, mut eq: impl FnMut(&Slot) -> bool) -> LineProbe {
         let slots = self.slots();
-        let (mut bucket, mut left) = match from {
-            None => (self.home(hash), LINE_SLOTS),
-            Some(from) => (from & self.mask, 2 * LINE_SLOTS),
+        // Bit `i`: the slot `i` buckets on from `first` matches / is empty.
+        let (mut matched, mut empty) = (0u32, 0u32);
+        let mut test = |i: usize, slot: &Slot| {
+            empty |= u32::from(slot.is_empty()) << i;
+            matched |= u32::from(eq(slot)) << i;
         };
-        loop {
-            let slot = &slots[bucket];
-            if slot.is_empty() {
-                return LineProbe::Absent;
-            }
-            if eq(slot) {
-                return LineProbe::Found(bucket);
-            }
-            bucket = (bucket + 1) & self.mask;
-            left -= 1;
-            if left == 0 {
-                prefetch(std::ptr::from_ref(&slots[bucket]).addr());
-                prefetch(std::ptr::from_ref(&slots[(bucket + LINE_SLOTS) & self.mask]).addr());
-                return LineProbe::Next(bucket);
-            }
+        match slots.get(first..).and_then(<[Slot]>::first_chunk::<N>) {
+            Some(lines) => lines.iter().enumerate().for_each(|(i, slot)| test(i, slot)),
+            // The lines wrap around the end of the table.
+            None => (0..N).for_each(|i| test(i, &slots[(first + i) & self.mask])),
+        }
+        let ends = (matched & !empty) | empty;
+        if ends == 0 {
+            let next = (first + N) & self.mask;
+            prefetch(std::ptr::from_ref(&slots[next]).addr());
+            prefetch(std::ptr::from_ref(&slots[(next + LINE_SLOTS) & self.mask]).addr());
+            return LineProbe::Next(next);
+        }
+        let at = ends.trailing_zeros();
+        if empty >> at & 1 == 0 {
+            LineProbe::Found((first + at as usize) & self.mask)
+        } else {
+            LineProbe::Absent
         }
     }
 
