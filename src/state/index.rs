@@ -378,7 +378,6 @@ impl Index {
     pub(crate) fn remove(&mut self, bucket: usize, hasher: &impl BuildHasher) {
         debug_assert!(self.get(bucket).is_some());
         let mask = self.mask;
-        let home = |slot: &Slot| slot.rehash(hasher) as usize & mask & !(LINE_SLOTS - 1);
         let mut hole = bucket;
         let mut next = bucket;
         loop {
@@ -390,7 +389,8 @@ impl Index {
             // The slot may fill the hole unless its home lies after the
             // hole (cyclically, up to the slot itself): then the probe for
             // its key, which starts at home, would not pass the hole.
-            if next.wrapping_sub(home(&slot)) & mask >= next.wrapping_sub(hole) & mask {
+            let home = self.home(slot.rehash(hasher));
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
                 self.slots_mut()[hole] = slot;
                 self.fingerprints[hole] = self.fingerprints[next];
                 hole = next;

@@ -236,6 +236,19 @@ impl Pending {
         self.queued == self.applied
     }
 
+    /// The ring entry of the update at absolute position `at`.
+    #[inline]
+    fn entry(&self, at: u64) -> &Queued {
+        &self.ring[at as usize % DEPTH]
+    }
+
+    /// The absolute position of the update queued `back` updates before
+    /// the newest one (0: the newest).
+    #[inline]
+    fn position_back(&self, back: usize) -> u64 {
+        self.queued - 1 - back as u64
+    }
+
     /// Arena bytes the queued updates may append, all together.
     pub(crate) fn record_bytes(&self) -> usize {
         self.record_bytes
@@ -269,7 +282,7 @@ impl Pending {
     /// `queued`).
     #[inline]
     fn at(&self, at: u64) -> Update<'_> {
-        let q = &self.ring[at as usize % DEPTH];
+        let q = self.entry(at);
         Update {
             probe: q.probe(),
             value: q.value(),
@@ -287,7 +300,7 @@ impl Pending {
     #[inline]
     pub(crate) fn pop(&mut self) {
         debug_assert!(!self.is_empty());
-        self.record_bytes -= self.ring[self.applied as usize % DEPTH].record_size();
+        self.record_bytes -= self.entry(self.applied).record_size();
         self.applied += 1;
     }
 
@@ -295,7 +308,7 @@ impl Pending {
     /// (0: the newest), if it is still queued, as the index compares it.
     #[inline]
     pub(crate) fn probe_back(&self, back: usize) -> Option<Probe<'_>> {
-        (back < self.len()).then(|| self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].probe())
+        (back < self.len()).then(|| self.entry(self.position_back(back)).probe())
     }
 
     /// How far the lookup of the key of the update queued `back` updates
@@ -306,15 +319,15 @@ impl Pending {
         if back >= self.len() {
             return None;
         }
-        self.ring[(self.queued - 1 - back as u64) as usize % DEPTH].lookup()
+        self.entry(self.position_back(back)).lookup()
     }
 
     /// Notes how far the lookup of the key of the update queued `back`
-    /// updates before the newest one has come (see [`back`](Self::back)).
+    /// updates before the newest one has come (see [`probe_back`](Self::probe_back)).
     #[inline]
     pub(crate) fn set_lookup(&mut self, back: usize, step: LineProbe) {
         debug_assert!(back < self.len());
-        let q = &mut self.ring[(self.queued - 1 - back as u64) as usize % DEPTH];
+        let q = &mut self.ring[self.position_back(back) as usize % DEPTH];
         let (state, bucket) = match step {
             LineProbe::Found(bucket) => (lookup::FOUND, bucket),
             LineProbe::Next(bucket) => (lookup::NEXT, bucket),
@@ -331,7 +344,7 @@ impl Pending {
     /// The record sizes of the queued updates, oldest first: the order in
     /// which they will take arena space.
     pub(crate) fn record_sizes(&self) -> impl Iterator<Item = usize> + '_ {
-        (self.applied..self.queued).map(|at| self.ring[at as usize % DEPTH].record_size())
+        (self.applied..self.queued).map(|at| self.entry(at).record_size())
     }
 
     /// The newest queued update of `key` (whose hash is `hash`): `None` when
@@ -346,7 +359,7 @@ impl Pending {
     fn latest_before(&self, end: u64, hash: u64, key: &[u8]) -> Option<Option<&[u8]>> {
         (self.applied..end)
             .rev()
-            .map(|at| &self.ring[at as usize % DEPTH])
+            .map(|at| self.entry(at))
             .find(|q| q.matches(hash, key))
             .map(Queued::value)
     }
@@ -371,9 +384,8 @@ impl Pending {
     pub(crate) fn newest_per_key(&self) -> impl Iterator<Item = Update<'_>> + '_ {
         (self.applied..self.queued).filter_map(move |at| {
             let update = self.at(at);
-            let superseded = (at + 1..self.queued).any(|later| {
-                self.ring[later as usize % DEPTH].matches(update.probe.hash(), update.probe.key())
-            });
+            let superseded = (at + 1..self.queued)
+                .any(|later| self.entry(later).matches(update.probe.hash(), update.probe.key()));
             (!superseded).then_some(update)
         })
     }

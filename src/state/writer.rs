@@ -307,17 +307,12 @@ impl StateWriter {
     #[inline]
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         if !fits(key.len(), value.len()) {
-            return self.put_now(key, value);
+            return self.apply_now(key, Some(value)).map(drop);
         }
         // Small enough for any arena segment: no size check.
         let size = record_size(key.len(), value.len());
         let hash = self.store.hash(key);
         self.enqueue(hash, key, Some(value), size)
-    }
-
-    /// A put applied at once, behind everything queued.
-    fn put_now(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.apply_now(key, Some(value)).map(drop)
     }
 
     /// An update too large for the queue (`value`: `None` for a delete),
