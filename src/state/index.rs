@@ -179,6 +179,9 @@ pub(crate) struct Index {
     /// Buckets minus one.
     mask: usize,
     len: usize,
+    /// How many keys fit before the table grows: three-quarters of it
+    /// (kept, not computed: every update checks it).
+    max_len: usize,
 }
 
 impl Index {
@@ -190,6 +193,7 @@ impl Index {
             fingerprints: map_fingerprints(buckets)?,
             mask: buckets - 1,
             len: 0,
+            max_len: buckets - buckets / 4,
         })
     }
 
@@ -201,26 +205,30 @@ impl Index {
         self.mask + 1
     }
 
-    /// How many keys fit before the table grows: three-quarters of it.
-    fn max_len(&self) -> usize {
-        self.buckets() - self.buckets() / 4
-    }
-
     #[inline]
     fn slots(&self) -> &[Slot] {
-        // SAFETY: the map is page-aligned (so aligned for `Slot`) and
+        let slots = self.map.as_ptr().cast::<Slot>();
+        // SAFETY: the map is page-aligned (so aligned for `Slot` and not
+        // null: telling the compiler saves a test on every lookup) and
         // `buckets * 32` bytes long; a `Slot` is plain integers with no
         // padding, valid for any bytes; the borrow of `self` keeps the map
         // alive and unaliased by a mutable view.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<Slot>(), self.buckets()) }
+        unsafe {
+            std::hint::assert_unchecked(!slots.is_null());
+            std::slice::from_raw_parts(slots, self.buckets())
+        }
     }
 
     #[inline]
     fn slots_mut(&mut self) -> &mut [Slot] {
         let buckets = self.buckets();
+        let slots = self.map.as_mut_ptr().cast::<Slot>();
         // SAFETY: as in `slots`; the mutable borrow of `self` makes this
         // the only view of the map.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast::<Slot>(), buckets) }
+        unsafe {
+            std::hint::assert_unchecked(!slots.is_null());
+            std::slice::from_raw_parts_mut(slots, buckets)
+        }
     }
 
     /// Where the probe for `hash` starts: the first slot of its home line.
@@ -330,6 +338,24 @@ impl Index {
         self.slots().get(bucket).filter(|slot| !slot.is_empty())
     }
 
+    /// [`find`](Self::find), trying first `hint`, a bucket where the key
+    /// was seen: its bucket and its slot, to change in place. A slot for
+    /// which `eq` holds is the key's only one, so a hint made stale by
+    /// later changes or by the table's growth is merely not taken.
+    #[inline(always)]
+    pub(crate) fn find_mut(
+        &mut self,
+        hash: u64,
+        hint: Option<usize>,
+        mut eq: impl FnMut(&Slot) -> bool,
+    ) -> Option<(usize, &mut Slot)> {
+        let bucket = match hint {
+            Some(bucket) if self.get(bucket).is_some_and(&mut eq) => bucket,
+            _ => self.find(hash, eq)?,
+        };
+        self.slots_mut().get_mut(bucket).map(|slot| (bucket, slot))
+    }
+
     /// The slot in `bucket`, if the bucket exists and holds one.
     #[inline]
     pub(crate) fn get_mut(&mut self, bucket: usize) -> Option<&mut Slot> {
@@ -340,7 +366,7 @@ impl Index {
     /// without mapping memory, which can fail).
     #[inline]
     pub(crate) fn has_room_for(&self, additional: usize) -> bool {
-        additional <= self.max_len() - self.len
+        additional <= self.max_len - self.len
     }
 
     /// Adds `slot`, whose key the table must not hold and whose hash is
@@ -525,6 +551,44 @@ mod tests {
         let want = slot_for(key, 0).key;
         let bucket = index.find(hash_of(hasher, key), |slot| slot.key == want)?;
         index.get(bucket).map(Slot::offset)
+    }
+
+    #[test]
+    fn find_mut_takes_a_hint_only_where_the_key_is() {
+        let hasher = Crowded;
+        let mut index = Index::with_capacity(100).unwrap();
+        for key in 0..50 {
+            index.reserve(1, &hasher).unwrap();
+            index.insert(hash_of(&hasher, key), slot_for(key, key * 8));
+        }
+        let empty = (0..index.buckets()).find(|&b| index.get(b).is_none());
+        for key in 0..60u64 {
+            let want = slot_for(key, 0).key;
+            let hash = hash_of(&hasher, key);
+            let bucket = index.find(hash, |s| s.key == want);
+            let other = index.find(hash_of(&hasher, (key + 1) % 50), |_| true);
+            // Right, stale (another key's slot, an empty slot, past the
+            // table) or no hint: the same slot, or none for an absent key.
+            for hint in [bucket, other, empty, Some(usize::MAX), None] {
+                let found = index.find_mut(hash, hint, |s| s.key == want);
+                assert_eq!(
+                    found.as_ref().map(|(b, _)| *b),
+                    bucket,
+                    "key {key}, hint {hint:?}"
+                );
+                if let Some((_, slot)) = found {
+                    assert_eq!(slot.offset(), key * 8);
+                }
+            }
+        }
+        // The slot it returns is the one in the table.
+        let want = slot_for(7, 0).key;
+        let (bucket, slot) = index
+            .find_mut(hash_of(&hasher, 7), None, |s| s.key == want)
+            .unwrap();
+        slot.set_offset(4096);
+        assert_eq!(index.get(bucket).map(Slot::offset), Some(4096));
+        check(&index, &hasher);
     }
 
     /// Every slot can be found from its home without crossing an empty

@@ -281,26 +281,6 @@ impl<S: BuildHasher> StateStore<S> {
         self.index.find(probe.hash, |slot| probe.matches(slot, arena))
     }
 
-    /// [`find`](Self::find), trying first `hint`, a bucket where the key
-    /// was seen (by [`locate`](Self::locate)): a slot
-    /// that holds the key is the key's only one, so a hint made stale by
-    /// later updates or by the table's growth is merely not taken.
-    #[inline(always)]
-    fn find_hinted(&self, probe: &Probe<'_>, hint: Option<usize>) -> Option<usize> {
-        let arena = &self.arena;
-        match hint {
-            Some(bucket)
-                if self
-                    .index
-                    .get(bucket)
-                    .is_some_and(|slot| probe.matches(slot, arena)) =>
-            {
-                Some(bucket)
-            }
-            _ => self.find(probe),
-        }
-    }
-
     #[inline]
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.get_hashed(key, self.hash(key))
@@ -368,11 +348,12 @@ impl<S: BuildHasher> StateStore<S> {
     ) -> Result<(Written, usize)> {
         let (key, key_hash) = (probe.key, probe.hash);
         let seq = progress.next_seq();
-        let bucket = self.find_hinted(probe, hint);
+        let arena = &self.arena;
+        let found = self
+            .index
+            .find_mut(key_hash, hint, |slot| probe.matches(slot, arena));
         let mut old = None;
-        if let Some(bucket) = bucket
-            && let Some(slot) = self.index.get_mut(bucket)
-        {
+        if let Some((bucket, slot)) = found {
             let old_size = record_size(key.len(), slot.value_len as usize);
             let offset = slot.offset();
             if old_size == size && released(&self.arena, slot, progress) {
@@ -517,10 +498,11 @@ impl<S: BuildHasher> StateStore<S> {
         hint: Option<usize>,
     ) -> Result<(Option<Written>, usize)> {
         let (key, key_hash) = (probe.key, probe.hash);
-        let Some(bucket) = self.find_hinted(probe, hint) else {
-            return Ok((None, 0));
-        };
-        let Some(&old) = self.index.get(bucket) else {
+        let arena = &self.arena;
+        let Some((bucket, &mut old)) = self
+            .index
+            .find_mut(key_hash, hint, |slot| probe.matches(slot, arena))
+        else {
             return Ok((None, 0));
         };
         let seq = progress.next_seq();
