@@ -246,6 +246,9 @@ impl ArenaConfig {
 #[derive(Debug)]
 pub(crate) struct Arena {
     maps: Arc<Mappings>,
+    /// `maps.shift`, kept here too: every update computes with it, and
+    /// this copy needs no load through the `Arc`.
+    shift: u32,
     backing: ArenaBacking,
     segments: Vec<Segment>,
     /// Slots free for reuse (capacity reserved for every slot).
@@ -262,9 +265,11 @@ impl Arena {
         config.validate()?;
         let size = config.segment_size;
         let slots = config.slots();
+        let shift = size.trailing_zeros();
         let mut arena = Self {
+            shift,
             maps: Arc::new(Mappings {
-                shift: size.trailing_zeros(),
+                shift,
                 bases: (0..slots).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
                 maps: Mutex::new(Vec::with_capacity(slots)),
             }),
@@ -287,7 +292,7 @@ impl Arena {
     }
 
     pub(crate) fn segment_size(&self) -> usize {
-        1 << self.maps.shift
+        1 << self.shift
     }
 
     /// Largest record the arena accepts.
@@ -297,7 +302,7 @@ impl Arena {
 
     /// Bytes of mapped segments.
     pub(crate) fn mapped_bytes(&self) -> u64 {
-        (self.segments.len() as u64) << self.maps.shift
+        (self.segments.len() as u64) << self.shift
     }
 
     pub(crate) fn live_bytes(&self) -> u64 {
@@ -310,12 +315,12 @@ impl Arena {
     }
 
     fn limit_bytes(&self) -> u64 {
-        (self.maps.bases.len() as u64) << self.maps.shift
+        (self.maps.bases.len() as u64) << self.shift
     }
 
     #[inline]
     fn slot_of(&self, offset: u64) -> usize {
-        (offset >> self.maps.shift) as usize
+        (offset >> self.shift) as usize
     }
 
     fn map_segment(&mut self) -> Result<u32> {
@@ -376,7 +381,7 @@ impl Arena {
             self.active = next;
         }
         let seg = &mut self.segments[self.active as usize];
-        let offset = ((self.active as u64) << self.maps.shift) | seg.used as u64;
+        let offset = ((self.active as u64) << self.shift) | seg.used as u64;
         seg.used += size as u32;
         self.used_bytes += size as u64;
         Ok(offset)
@@ -532,7 +537,7 @@ impl Arena {
 
     #[inline]
     fn base(&self, offset: u64) -> *mut u8 {
-        let within = (offset & ((1u64 << self.maps.shift) - 1)) as usize;
+        let within = (offset & ((1u64 << self.shift) - 1)) as usize;
         let base = self.maps.bases[self.slot_of(offset)].load(Ordering::Relaxed);
         // SAFETY: only offsets handed out by `allocate` reach here; their
         // segment is mapped and `within` is inside it.
@@ -563,7 +568,7 @@ impl Arena {
     /// corrupted index could ask for.
     #[inline]
     pub(crate) fn value(&self, offset: u64, key_len: usize, value_len: usize) -> &[u8] {
-        let within = (offset & ((1u64 << self.maps.shift) - 1)) as usize;
+        let within = (offset & ((1u64 << self.shift) - 1)) as usize;
         let start = within + HEADER_LEN + key_len;
         assert!(
             start + value_len <= self.segment_size(),
@@ -606,7 +611,7 @@ impl Arena {
 
     /// Offset of byte `within` of segment `slot`.
     pub(crate) fn offset(&self, slot: u32, within: u32) -> u64 {
-        (slot as u64) << self.maps.shift | within as u64
+        (slot as u64) << self.shift | within as u64
     }
 
     /// Whether segment `slot` still holds live records.
