@@ -45,7 +45,10 @@ pub struct StateChangelogEntry {
     pub value_len: u32,
     /// The [`StateOp`] as its byte; see [`op`](Self::op).
     op: u8,
-    _padding: [u8; 3],
+    /// Zero. Two fields, not a `[u8; 3]`: a byte array is moved byte by
+    /// byte, through the stack, on every push.
+    _padding: u8,
+    _padding_wide: u16,
 }
 
 const _: () = assert!(std::mem::size_of::<StateChangelogEntry>() == 32);
@@ -60,7 +63,8 @@ impl StateChangelogEntry {
             mmap_offset,
             value_len,
             op: op as u8,
-            _padding: [0; 3],
+            _padding: 0,
+            _padding_wide: 0,
         }
     }
 

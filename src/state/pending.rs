@@ -83,9 +83,12 @@ pub(crate) const RETRY_STAGE: usize = 10;
 const DELETE: u8 = u8::MAX;
 
 // Every queued update's record fits in a segment of any valid size, so a
-// queued update needs no size check.
+// queued update needs no size check; its size in words fits in a byte.
 const _: () = assert!(
-    INLINE_BYTES < DELETE as usize && record_size(0, INLINE_BYTES) <= MIN_SEGMENT_SIZE && RETRY_STAGE < DEPTH
+    INLINE_BYTES < DELETE as usize
+        && record_size(0, INLINE_BYTES) <= MIN_SEGMENT_SIZE
+        && record_size(0, INLINE_BYTES) / 8 <= u8::MAX as usize
+        && RETRY_STAGE < DEPTH
 );
 
 /// [`Queued::lookup`]: how far the lookup of the key has come.
@@ -111,6 +114,8 @@ struct Queued {
     value_len: u8,
     /// A [`lookup`] state.
     lookup: u8,
+    /// The update's [`record_size`], in 8-byte words.
+    record_words: u8,
     /// The bucket of a [`lookup::FOUND`] or [`lookup::NEXT`].
     bucket: u32,
     /// The key, zero-padded to [`INLINE_KEY`] bytes if shorter, then the
@@ -126,6 +131,7 @@ impl Queued {
         key_len: 0,
         value_len: 0,
         lookup: lookup::NONE,
+        record_words: 0,
         bucket: 0,
         bytes: [0; INLINE_BYTES],
     };
@@ -165,12 +171,7 @@ impl Queued {
     /// The arena bytes the update appends if it cannot overwrite in place.
     #[inline]
     fn record_size(&self) -> usize {
-        let value_len = if self.value_len == DELETE {
-            0
-        } else {
-            self.value_len
-        };
-        record_size(usize::from(self.key_len), usize::from(value_len))
+        usize::from(self.record_words) * 8
     }
 
     /// How far the lookup of the key has come; `None`: not started.
@@ -182,6 +183,22 @@ impl Queued {
             lookup::NEXT => Some(LineProbe::Next(bucket)),
             lookup::ABSENT => Some(LineProbe::Absent),
             _ => None,
+        }
+    }
+
+    /// Notes how far the lookup of the key has come.
+    #[inline]
+    fn set_lookup(&mut self, step: LineProbe) {
+        let (state, bucket) = match step {
+            LineProbe::Found(bucket) => (lookup::FOUND, bucket),
+            LineProbe::Next(bucket) => (lookup::NEXT, bucket),
+            LineProbe::Absent => (lookup::ABSENT, 0),
+        };
+        // A bucket past `u32` (a table of 128 GiB) is not kept: the update
+        // looks its key up in full.
+        match u32::try_from(bucket) {
+            Ok(bucket) => (self.lookup, self.bucket) = (state, bucket),
+            Err(_) => self.lookup = lookup::NONE,
         }
     }
 }
@@ -196,6 +213,9 @@ pub(crate) struct Update<'q> {
     /// How far the lookup of the key in the index has come while queued;
     /// `None`: not started.
     pub(crate) lookup: Option<LineProbe>,
+    /// The bytes its record takes in the arena if appended
+    /// ([`record_size`]).
+    pub(crate) size: usize,
 }
 
 impl Update<'_> {
@@ -242,6 +262,12 @@ impl Pending {
         &self.ring[at as usize % DEPTH]
     }
 
+    /// [`entry`](Self::entry), to change.
+    #[inline]
+    fn entry_mut(&mut self, at: u64) -> &mut Queued {
+        &mut self.ring[at as usize % DEPTH]
+    }
+
     /// The absolute position of the update queued `back` updates before
     /// the newest one (0: the newest).
     #[inline]
@@ -261,11 +287,13 @@ impl Pending {
         debug_assert!(self.len() < DEPTH);
         let value_len = value.map_or(0, <[u8]>::len);
         debug_assert!(fits(key.len(), value_len));
-        let q = &mut self.ring[self.queued as usize % DEPTH];
+        let size = record_size(key.len(), value_len);
+        let q = self.entry_mut(self.queued);
         q.hash = hash;
         q.key_len = key.len() as u8;
         q.value_len = value.map_or(DELETE, |v| v.len() as u8);
         q.lookup = lookup::NONE;
+        q.record_words = (size / 8) as u8;
         match zero_padded(key) {
             Some(padded) => q.bytes[..INLINE_KEY].copy_from_slice(&padded),
             None => q.bytes[..key.len()].copy_from_slice(key),
@@ -275,7 +303,7 @@ impl Pending {
             q.bytes[start..start + value.len()].copy_from_slice(value);
         }
         self.queued += 1;
-        self.record_bytes += record_size(key.len(), value_len);
+        self.record_bytes += size;
     }
 
     /// The update at absolute position `at` (between `applied` and
@@ -287,6 +315,7 @@ impl Pending {
             probe: q.probe(),
             value: q.value(),
             lookup: q.lookup(),
+            size: q.record_size(),
         }
     }
 
@@ -304,40 +333,39 @@ impl Pending {
         self.applied += 1;
     }
 
-    /// The key of the update queued `back` updates before the newest one
-    /// (0: the newest), if it is still queued, as the index compares it.
+    /// The update queued `back` updates before the newest one (0: the
+    /// newest), if it is still queued.
     #[inline]
-    pub(crate) fn probe_back(&self, back: usize) -> Option<Probe<'_>> {
-        (back < self.len()).then(|| self.entry(self.position_back(back)).probe())
-    }
-
-    /// How far the lookup of the key of the update queued `back` updates
-    /// before the newest one has come, if it is still queued and the
-    /// lookup has started.
-    #[inline]
-    pub(crate) fn lookup_back(&self, back: usize) -> Option<LineProbe> {
+    fn back_mut(&mut self, back: usize) -> Option<&mut Queued> {
         if back >= self.len() {
             return None;
         }
-        self.entry(self.position_back(back)).lookup()
+        Some(self.entry_mut(self.position_back(back)))
     }
 
-    /// Notes how far the lookup of the key of the update queued `back`
-    /// updates before the newest one has come (see [`probe_back`](Self::probe_back)).
+    /// Starts the lookup of the key of the update queued `back` updates
+    /// before the newest one, if that update is still queued:
+    /// `step(probe)` looks the key up from its home and says how far it
+    /// got.
     #[inline]
-    pub(crate) fn set_lookup(&mut self, back: usize, step: LineProbe) {
-        debug_assert!(back < self.len());
-        let q = &mut self.ring[self.position_back(back) as usize % DEPTH];
-        let (state, bucket) = match step {
-            LineProbe::Found(bucket) => (lookup::FOUND, bucket),
-            LineProbe::Next(bucket) => (lookup::NEXT, bucket),
-            LineProbe::Absent => (lookup::ABSENT, 0),
-        };
-        // A bucket past `u32` (a table of 128 GiB) is not kept: the update
-        // looks its key up in full.
-        match u32::try_from(bucket) {
-            Ok(bucket) => (q.lookup, q.bucket) = (state, bucket),
-            Err(_) => q.lookup = lookup::NONE,
+    pub(crate) fn start_lookup(&mut self, back: usize, step: impl FnOnce(&Probe<'_>) -> LineProbe) {
+        if let Some(q) = self.back_mut(back) {
+            let reached = step(&q.probe());
+            q.set_lookup(reached);
+        }
+    }
+
+    /// Goes on with the lookup of the key of the update queued `back`
+    /// updates before the newest one, if that update is still queued and
+    /// its lookup stopped at the end of a line ([`LineProbe::Next`]):
+    /// `step(probe, from)` looks the key up from bucket `from`.
+    #[inline]
+    pub(crate) fn continue_lookup(&mut self, back: usize, step: impl FnOnce(&Probe<'_>, usize) -> LineProbe) {
+        if let Some(q) = self.back_mut(back)
+            && let Some(LineProbe::Next(from)) = q.lookup()
+        {
+            let reached = step(&q.probe(), from);
+            q.set_lookup(reached);
         }
     }
 
@@ -435,11 +463,69 @@ mod tests {
             expected_bytes += record_size(8, value.len());
             assert_eq!(p.record_bytes(), expected_bytes);
             assert_eq!(p.record_sizes().sum::<usize>(), expected_bytes);
-            assert_eq!(p.probe_back(0).unwrap().key(), i.to_le_bytes());
+            assert_eq!(key_back(&mut p, 0).unwrap(), i.to_le_bytes());
         }
         let first = 2 * DEPTH as u64;
-        assert_eq!(p.probe_back(DEPTH - 1).unwrap().key(), first.to_le_bytes());
-        assert!(p.probe_back(DEPTH).is_none());
+        assert_eq!(key_back(&mut p, DEPTH - 1).unwrap(), first.to_le_bytes());
+        assert!(key_back(&mut p, DEPTH).is_none());
+    }
+
+    /// The key of the update queued `back` updates before the newest, as
+    /// [`Pending::start_lookup`] shows it, if that update is queued.
+    fn key_back(p: &mut Pending, back: usize) -> Option<Vec<u8>> {
+        let mut seen = None;
+        p.start_lookup(back, |probe| {
+            seen = Some(probe.key().to_vec());
+            LineProbe::Next(0)
+        });
+        seen
+    }
+
+    #[test]
+    fn a_lookup_goes_on_from_where_it_stopped_until_it_ends() {
+        let mut p = Pending::new();
+        p.push(1, b"a", Some(b"1"));
+        p.push(2, b"b", None);
+        // Nothing is queued two updates before the newest.
+        p.start_lookup(2, |_| panic!("no such update"));
+        // Not started: nothing to go on with.
+        p.continue_lookup(1, |_, _| panic!("not started"));
+        assert_eq!(p.oldest().unwrap().lookup, None);
+
+        p.start_lookup(1, |probe| {
+            assert_eq!(probe.key(), b"a");
+            LineProbe::Next(6)
+        });
+        p.continue_lookup(1, |probe, from| {
+            assert_eq!((probe.key(), from), (&b"a"[..], 6));
+            LineProbe::Next(8)
+        });
+        p.continue_lookup(1, |_, from| {
+            assert_eq!(from, 8);
+            LineProbe::Found(9)
+        });
+        // Ended: found.
+        p.continue_lookup(1, |_, _| panic!("the lookup ended"));
+        assert_eq!(p.oldest().unwrap().hint(), Some(9));
+
+        p.start_lookup(0, |probe| {
+            assert_eq!(probe.key(), b"b");
+            LineProbe::Absent
+        });
+        p.continue_lookup(0, |_, _| panic!("the lookup ended"));
+        p.pop();
+        assert_eq!(p.oldest().unwrap().lookup, Some(LineProbe::Absent));
+        assert_eq!(p.oldest().unwrap().hint(), None);
+    }
+
+    #[test]
+    fn a_bucket_past_u32_is_not_kept() {
+        let mut p = Pending::new();
+        p.push(1, b"a", Some(b"1"));
+        p.start_lookup(0, |_| LineProbe::Found(1 << 32));
+        // The update looks its key up in full; no lookup to go on with.
+        assert_eq!(p.oldest().unwrap().lookup, None);
+        p.continue_lookup(0, |_, _| panic!("not started"));
     }
 
     #[test]
@@ -462,7 +548,10 @@ mod tests {
                 // from the key.
                 let expected = Probe::new(key, key_len as u64);
                 assert_eq!(queued.probe, expected);
-                assert_eq!(p.probe_back(0), Some(expected));
+                p.start_lookup(0, |probe| {
+                    assert_eq!(*probe, expected);
+                    LineProbe::Absent
+                });
                 assert_eq!(p.latest(key_len as u64, key), Some(value));
             }
         }

@@ -10,7 +10,6 @@ use super::arena::record_size;
 use super::batch::{BatchOp, LOOKAHEAD, SlotPrefetch};
 use super::config::StateConfig;
 use super::drain::StateDrain;
-use super::index::LineProbe;
 use super::pending::{DEPTH, LOCATE_STAGE, Pending, RETRY_STAGE, Update, fits};
 use super::store::{Probe, Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
@@ -321,21 +320,18 @@ impl StateWriter {
     fn apply_now(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
         self.flush();
         self.reserve_slot()?;
-        self.store.check_size(key.len(), value.map_or(0, <[u8]>::len))?;
+        let size = self.store.check_size(key.len(), value.map_or(0, <[u8]>::len))?;
         let probe = Probe::new(key, self.store.hash(key));
-        let (entry, garbage) = apply_update(
+        let (pushed, garbage) = apply_update(
             &mut self.store,
             &mut self.producer,
             self.epoch,
-            (&probe, value),
+            (&probe, value, size),
             None,
         )?;
         self.store.compact(garbage, &mut self.producer, None);
-        let Some(entry) = entry else {
-            return Ok(false);
-        };
-        self.push(entry);
-        Ok(true)
+        self.publish();
+        Ok(pushed)
     }
 
     /// Admits a single update into the write-behind queue: applies the
@@ -360,16 +356,11 @@ impl StateWriter {
         )?;
         self.pending.push(hash, key, value);
         self.store.prefetch(hash);
-        if let Some(probe) = self.pending.probe_back(LOCATE_STAGE) {
-            let step = self.store.locate(&probe, None);
-            self.pending.set_lookup(LOCATE_STAGE, step);
-        }
-        if let Some(LineProbe::Next(from)) = self.pending.lookup_back(RETRY_STAGE)
-            && let Some(probe) = self.pending.probe_back(RETRY_STAGE)
-        {
-            let step = self.store.locate(&probe, Some(from));
-            self.pending.set_lookup(RETRY_STAGE, step);
-        }
+        let store = &self.store;
+        self.pending
+            .start_lookup(LOCATE_STAGE, |probe| store.locate(probe, None));
+        self.pending
+            .continue_lookup(RETRY_STAGE, |probe, from| store.locate(probe, Some(from)));
         Ok(())
     }
 
@@ -381,23 +372,22 @@ impl StateWriter {
             return;
         };
         let hint = update.hint();
-        let Update { probe, value, .. } = update;
+        let Update {
+            probe, value, size, ..
+        } = update;
         // Admission reserved a changelog slot and arena room for this
         // update, behind everything queued before it: applying it cannot
         // fail. Were it to, the state and its log would diverge, which must
         // not pass silently.
-        let (entry, garbage) = apply_update(
+        let (_, garbage) = apply_update(
             &mut self.store,
             &mut self.producer,
             self.epoch,
-            (&probe, value),
+            (&probe, value, size),
             hint,
         )
         .expect("room reserved when the update was queued");
         self.pending.pop();
-        if let Some(entry) = entry {
-            self.push_unpublished(entry);
-        }
         if garbage > 0 {
             self.store
                 .compact(garbage, &mut self.producer, Some(&self.pending));
@@ -637,18 +627,16 @@ impl StateWriter {
             // the arena holds segments for them all (and nothing else
             // allocates before `compact` below), and the ring has room.
             let (key, value) = view(item);
-            let (entry, earned) = apply_update(
+            let size = record_size(key.len(), value.map_or(0, <[u8]>::len));
+            let (pushed, earned) = apply_update(
                 &mut self.store,
                 &mut self.producer,
                 self.epoch,
-                (&Probe::new(key, key_hash), value),
+                (&Probe::new(key, key_hash), value, size),
                 hint,
             )?;
             garbage += earned;
-            if let Some(entry) = entry {
-                self.push_unpublished(entry);
-                applied += 1;
-            }
+            applied += usize::from(pushed);
         }
         // Ring 1 sees the whole batch at once, and is woken if it crossed a
         // doorbell mark.
@@ -840,16 +828,6 @@ impl StateWriter {
         IncrementalCheckpointError::BufferOverflow { epoch: self.epoch }
     }
 
-    /// [`push`](Self::push) for a batch: visible to Ring 1 once the batch
-    /// publishes, and no doorbell (the batch rings it).
-    #[inline]
-    fn push_unpublished(&mut self, entry: StateChangelogEntry) {
-        // The batch checked room for all its entries up front.
-        self.producer
-            .push_unpublished(entry)
-            .expect("changelog slots reserved before the batch");
-    }
-
     #[inline]
     fn push(&mut self, entry: StateChangelogEntry) {
         // `reserve_slot` saw room and only this producer fills slots, so the
@@ -862,38 +840,53 @@ impl StateWriter {
     }
 }
 
-/// Applies one update, `(key, value)` with `None` for a delete's value, to
-/// the store, without compacting; returns the changelog entry to
-/// push (none for a delete of an absent key) and the compaction budget
-/// earned. `hint` is where the index was seen to keep the key. The caller
-/// has checked the record's size and reserved its changelog slot; without
-/// arena room reserved too, the update may fail for lack of it, changing
-/// nothing. A free function, not a method, so that the key and value may be
-/// borrowed from the writer's own queue.
+/// Applies one update, `(key, value, size)` with `None` for a delete's
+/// value and the record's [`record_size`], to the store, without
+/// compacting, and pushes its changelog entry without publishing it;
+/// returns whether it pushed one (a delete of an absent key changes and
+/// logs nothing) and the compaction budget earned. `hint` is where the
+/// index was seen to keep the key. The caller has checked the record's
+/// size and reserved its changelog slot; without arena room reserved too,
+/// the update may fail for lack of it, changing nothing. A free function,
+/// not a method, so that the key and value may be borrowed from the
+/// writer's own queue.
 #[inline]
 fn apply_update(
     store: &mut StateStore,
     producer: &mut ChangelogProducer,
     epoch: u64,
-    (probe, value): (&Probe<'_>, Option<&[u8]>),
+    (probe, value, size): (&Probe<'_>, Option<&[u8]>, usize),
     hint: Option<usize>,
-) -> Result<(Option<StateChangelogEntry>, usize)> {
-    let size = record_size(probe.key().len(), value.map_or(0, <[u8]>::len));
-    Ok(match value {
+) -> Result<(bool, usize)> {
+    // The caller reserved the slot and only this producer fills slots, so
+    // the push cannot fail; a failure would mean the state and its log
+    // diverged, which must not pass silently.
+    let push = |producer: &mut ChangelogProducer, entry| {
+        producer
+            .push_unpublished(entry)
+            .expect("changelog slot reserved before the update");
+    };
+    match value {
         Some(value) => {
             let (Written { offset, key_hash }, earned) =
                 store.put_hashed(probe, value, size, producer, hint)?;
-            let entry = StateChangelogEntry::new(epoch, key_hash, offset, value.len() as u32, StateOp::Put);
-            (Some(entry), earned)
+            push(
+                producer,
+                StateChangelogEntry::new(epoch, key_hash, offset, value.len() as u32, StateOp::Put),
+            );
+            Ok((true, earned))
         }
-        None => {
-            let (written, earned) = store.delete_hashed(probe, size, producer, hint)?;
-            let entry = written.map(|Written { offset, key_hash }| {
-                StateChangelogEntry::new(epoch, key_hash, offset, 0, StateOp::Delete)
-            });
-            (entry, earned)
-        }
-    })
+        None => match store.delete_hashed(probe, size, producer, hint)? {
+            (Some(Written { offset, key_hash }), earned) => {
+                push(
+                    producer,
+                    StateChangelogEntry::new(epoch, key_hash, offset, 0, StateOp::Delete),
+                );
+                Ok((true, earned))
+            }
+            (None, earned) => Ok((false, earned)),
+        },
+    }
 }
 
 impl Drop for StateWriter {
