@@ -97,6 +97,13 @@ impl RecordRef<'_> {
     }
 }
 
+/// The segment slot of arena offset `offset`, and the byte within that
+/// segment, for segments of `1 << shift` bytes.
+#[inline]
+fn split_offset(offset: u64, shift: u32) -> (usize, usize) {
+    ((offset >> shift) as usize, (offset & ((1 << shift) - 1)) as usize)
+}
+
 /// The mappings, shared by the writer and the reader.
 struct Mappings {
     shift: u32,
@@ -125,8 +132,7 @@ impl Mappings {
     /// the returned borrow lives.
     #[inline]
     unsafe fn record<'a>(&'a self, offset: u64) -> RecordRef<'a> {
-        let slot = (offset >> self.shift) as usize;
-        let within = (offset & ((1u64 << self.shift) - 1)) as usize;
+        let (slot, within) = split_offset(offset, self.shift);
         let base = self.bases[slot].load(Ordering::Acquire);
         assert!(
             !base.is_null(),
@@ -320,7 +326,7 @@ impl Arena {
 
     #[inline]
     fn slot_of(&self, offset: u64) -> usize {
-        (offset >> self.shift) as usize
+        split_offset(offset, self.shift).0
     }
 
     fn map_segment(&mut self) -> Result<u32> {
@@ -537,8 +543,8 @@ impl Arena {
 
     #[inline]
     fn base(&self, offset: u64) -> *mut u8 {
-        let within = (offset & ((1u64 << self.shift) - 1)) as usize;
-        let base = self.maps.bases[self.slot_of(offset)].load(Ordering::Relaxed);
+        let (slot, within) = split_offset(offset, self.shift);
+        let base = self.maps.bases[slot].load(Ordering::Relaxed);
         // SAFETY: only offsets handed out by `allocate` reach here; their
         // segment is mapped and `within` is inside it.
         unsafe { base.add(within) }
@@ -568,7 +574,7 @@ impl Arena {
     /// corrupted index could ask for.
     #[inline]
     pub(crate) fn value(&self, offset: u64, key_len: usize, value_len: usize) -> &[u8] {
-        let within = (offset & ((1u64 << self.shift) - 1)) as usize;
+        let (_, within) = split_offset(offset, self.shift);
         let start = within + HEADER_LEN + key_len;
         assert!(
             start + value_len <= self.segment_size(),
