@@ -62,7 +62,7 @@ use laminar_storage::incremental::{
     RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
 };
 use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
-use support::{Distribution, FigureTable, calibrate, clock, retrying, verdict};
+use support::{Distribution, FigureTable, Timer, clock, retrying, verdict};
 use tokio::runtime::Runtime;
 
 /// Value size of the main recovery case: 16 + 1,008 = 1 KiB per key.
@@ -688,16 +688,7 @@ fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTa
         "Ring 0 latency: windows of {} epochs without and with a checkpoint loop",
         sizes.window_epochs
     );
-    let ticks_per_ns = calibrate(sizes.calibration);
-    let overhead = {
-        let mut v = Vec::with_capacity(100_000);
-        for _ in 0..100_000 {
-            let t0 = clock::start();
-            let t1 = clock::stop();
-            v.push(t1.wrapping_sub(t0));
-        }
-        Distribution::new(v).quantile(0.5)
-    };
+    let timer = Timer::measure(sizes.calibration, 100_000);
 
     let dir = dir.join("latency");
     // Every checkpoint a base merged from the previous one and the delta.
@@ -735,18 +726,18 @@ fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTa
     shutdown(rt, manager, writer);
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
 
+    let ticks_per_ns = timer.ticks_per_ns;
     let ns = |ticks: u64| ticks as f64 / ticks_per_ns;
-    let net = |ticks: u64| ticks.saturating_sub(overhead) as f64 / ticks_per_ns;
     let pooled =
         |ws: &[Window]| Distribution::new(ws.iter().flat_map(|w| w.samples.iter().copied()).collect());
     let (a, b) = (pooled(&without), pooled(&with));
     let row = |d: &Distribution| {
         format!(
             "{:.0} / {:.0} / {:.0} / {:.0} ns",
-            net(d.quantile(0.5)),
-            net(d.quantile(0.99)),
-            net(d.quantile(0.999)),
-            net(d.quantile(1.0))
+            timer.net_ns(d, 0.5),
+            timer.net_ns(d, 0.99),
+            timer.net_ns(d, 0.999),
+            timer.net_ns(d, 1.0)
         )
     };
     let describe = |ws: &[Window]| {
@@ -803,9 +794,9 @@ fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTa
         ),
         String::new(),
     );
-    let ratio = net(b.quantile(0.99)) / net(a.quantile(0.99)).max(f64::MIN_POSITIVE);
+    let net_ratio = |q: f64| timer.net_ns(&b, q) / timer.net_ns(&a, q).max(f64::MIN_POSITIVE);
+    let (ratio, ratio999) = (net_ratio(0.99), net_ratio(0.999));
     let raw_ratio = ns(b.quantile(0.99)) / ns(a.quantile(0.99)).max(f64::MIN_POSITIVE);
-    let ratio999 = net(b.quantile(0.999)) / net(a.quantile(0.999)).max(f64::MIN_POSITIVE);
     table.row(
         section,
         "p99 with ÷ p99 without (minus timer; raw); p99.9 ratio",
@@ -816,8 +807,10 @@ fn latency_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTa
         section,
         "  timer",
         format!(
-            "{:.1} ns subtracted (p50 of an empty pair)",
-            overhead as f64 / ticks_per_ns
+            "percentiles estimated between the clock's {:.1} ns steps, less an empty pair's mean, \
+             {:.1} ns",
+            timer.step_ns(),
+            timer.overhead_ns()
         ),
         format!("{}; {ticks_per_ns:.3} ticks/ns", clock::METHOD),
     );
