@@ -177,8 +177,8 @@ impl Distribution {
 /// start/stop pair around nothing reads.
 ///
 /// Some CPUs advance the TSC in steps much coarser than one tick (AMD's
-/// Zen adds 26 or so at a 100 MHz reference clock: 10 ns), which is the
-/// size of a whole Ring 0 put. A figure "minus timer" is therefore the
+/// Zen adds 26 or so at a 100 MHz reference clock: 10 ns, a sixth of a
+/// Ring 0 put). A figure "minus timer" is therefore the
 /// quantile estimated between steps
 /// ([`Distribution::quantile_between_steps`]) less the timer's mean cost:
 /// a quantized clock's mean reading is right on average, its median
@@ -237,7 +237,7 @@ impl Timer {
 
     /// Checks the "minus timer" figures on a computation whose length is
     /// known: a chain of dependent multiplies about `target_ns` long, its
-    /// length varied by ±30% from run to run so that its durations spread
+    /// length varied by ±30% from call to call so that its durations spread
     /// as an operation's do, is timed `n` times one by one; its median
     /// length, timed as one stretch of 100,000 repeats where the clock's
     /// step does not matter, is the answer.
