@@ -65,7 +65,7 @@ use laminar_storage::incremental::{
     Change, IncrementalCheckpointError, StateConfig, StateDrain, StateWriter,
 };
 use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
-use support::{Distribution, Timer, clock, verdict};
+use support::{Distribution, Timer, clock, sample_buffer, time_each, time_prepared, verdict};
 
 const COMMIT_EVERY: u32 = PUTS_PER_EPOCH as u32;
 const CHANGELOG_CAPACITY: usize = 1 << 16;
@@ -623,14 +623,6 @@ const QUANTILES: [(&str, f64); 6] = [
     ("max", 1.0),
 ];
 
-/// A fresh vector of `n` samples with its pages already touched.
-fn sample_buffer(n: usize) -> Vec<u64> {
-    let mut v = vec![0u64; n];
-    v.fill(u64::MAX);
-    v.clear();
-    v
-}
-
 /// Times `op(key)` for the first `n` keys of `keys` (cycled), one by one.
 /// Each key is copied out of `keys` before its timer starts: the caller of
 /// Ring 0 holds the key it just made, while a cache line of the
@@ -639,27 +631,6 @@ fn sample_buffer(n: usize) -> Vec<u64> {
 #[inline(always)]
 fn time_each_key(n: usize, keys: &[Key], mut op: impl FnMut(&Key)) -> Vec<u64> {
     time_prepared(n, |i| *black_box(&keys[i % keys.len()]), |key: Key| op(&key))
-}
-
-/// Times `op(i)` for `i` in `0..n`, one by one.
-#[inline(always)]
-fn time_each(n: usize, op: impl FnMut(usize)) -> Vec<u64> {
-    time_prepared(n, |i| i, op)
-}
-
-/// Times `op(prepare(i))` for `i` in `0..n`, one by one; only `op` is
-/// timed.
-#[inline(always)]
-fn time_prepared<T>(n: usize, mut prepare: impl FnMut(usize) -> T, mut op: impl FnMut(T)) -> Vec<u64> {
-    let mut samples = sample_buffer(n);
-    for i in 0..n {
-        let input = prepare(i);
-        let t0 = clock::start();
-        op(input);
-        let t1 = clock::stop();
-        samples.push(t1.wrapping_sub(t0));
-    }
-    samples
 }
 
 struct Table<'t> {

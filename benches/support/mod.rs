@@ -83,6 +83,35 @@ pub mod clock {
     }
 }
 
+/// A fresh vector of `n` samples with its pages already touched.
+pub fn sample_buffer(n: usize) -> Vec<u64> {
+    let mut v = vec![0u64; n];
+    v.fill(u64::MAX);
+    v.clear();
+    v
+}
+
+/// Times `op(i)` for `i` in `0..n`, one by one.
+#[inline(always)]
+pub fn time_each(n: usize, op: impl FnMut(usize)) -> Vec<u64> {
+    time_prepared(n, |i| i, op)
+}
+
+/// Times `op(prepare(i))` for `i` in `0..n`, one by one; only `op` is
+/// timed.
+#[inline(always)]
+pub fn time_prepared<T>(n: usize, mut prepare: impl FnMut(usize) -> T, mut op: impl FnMut(T)) -> Vec<u64> {
+    let mut samples = sample_buffer(n);
+    for i in 0..n {
+        let input = prepare(i);
+        let t0 = clock::start();
+        op(input);
+        let t1 = clock::stop();
+        samples.push(t1.wrapping_sub(t0));
+    }
+    samples
+}
+
 /// Clock ticks per nanosecond, measured against `Instant` over `span`.
 pub fn calibrate(span: Duration) -> f64 {
     let (i0, t0) = (Instant::now(), clock::start());
@@ -199,14 +228,9 @@ impl Timer {
     /// `pairs` empty start/stop pairs.
     pub fn measure(calibration: Duration, pairs: usize) -> Self {
         let ticks_per_ns = calibrate(calibration);
-        let mut samples = Vec::with_capacity(pairs);
-        for i in 0..pairs {
-            let t0 = clock::start();
+        let empty = Distribution::new(time_each(pairs, |i| {
             std::hint::black_box(i);
-            let t1 = clock::stop();
-            samples.push(t1.wrapping_sub(t0));
-        }
-        let empty = Distribution::new(samples);
+        }));
         Timer {
             ticks_per_ns,
             step: empty.quantum().max(1),
@@ -248,19 +272,16 @@ impl Timer {
         let spread = (links * 3 / 10).max(1);
         let known_ns = chain_ns(self, links, 100_000);
         let mut seed = 0x5eed_0003_u64;
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n {
+        let next = |_| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             // Uniform over links ± spread: the median is `links`.
-            let length = links - spread + (seed % u64::from(2 * spread + 1)) as u32;
-            let t0 = clock::start();
+            (links - spread + (seed % u64::from(2 * spread + 1)) as u32, seed)
+        };
+        let timed = Distribution::new(time_prepared(n, next, |(length, seed)| {
             std::hint::black_box(chain(length, seed));
-            let t1 = clock::stop();
-            samples.push(t1.wrapping_sub(t0));
-        }
-        let timed = Distribution::new(samples);
+        }));
         TimerCheck {
             known_ns,
             estimated_ns: self.net_ns(&timed, 0.5),
