@@ -44,6 +44,9 @@ pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
 pub(crate) const WRITE_AHEAD_BYTES: usize = 1 << 20;
 /// Changes drained per call, between checks of the batch size.
 const DRAIN_CHUNK: usize = 4096;
+/// Wait after a failed spare segment before preallocating again: on a full
+/// disk every attempt writes zeros until the disk refuses them.
+const SPARE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What Ring 1 publishes after every step.
 #[derive(Debug, Clone)]
@@ -213,6 +216,9 @@ impl Ring1 {
         let mut io: Option<JoinHandle<IoDone>> = None;
         let mut spare: Option<JoinHandle<std::result::Result<SpareSegment, WalError>>> = None;
         let mut spare_ready = None;
+        // After a failed spare, no new one before this (rotation meanwhile
+        // creates the segment inline).
+        let mut spare_retry_at: Option<tokio::time::Instant> = None;
         let mut commands_open = true;
         // Changes to log before stopping (set by a shutdown request).
         let mut stop_after: Option<u64> = None;
@@ -234,11 +240,14 @@ impl Ring1 {
                 if let Some(result) = spare_ready.take()
                     && let Err(e) = wal.install_spare(result)
                 {
-                    tracing::warn!(error = %e, "preallocating the next WAL segment failed; rotation will create it inline");
+                    tracing::warn!(error = %e, "preallocating the next WAL segment failed; retrying in 1 s, rotation meanwhile creates it inline");
+                    spare_retry_at = Some(tokio::time::Instant::now() + SPARE_RETRY_DELAY);
                 }
                 if spare.is_none()
+                    && spare_retry_at.is_none_or(|at| tokio::time::Instant::now() >= at)
                     && let Some(job) = wal.spare_job()
                 {
+                    spare_retry_at = None;
                     spare = Some(tokio::task::spawn_blocking(move || job.run()));
                 }
             }

@@ -986,11 +986,13 @@ fn a_failed_spare_job_does_not_poison() {
     });
     assert!(matches!(w.install_spare(job.run()), Err(WalError::Io { .. })));
     assert!(!w.is_poisoned());
+    // The failed job removed its partial file: on a full disk it would
+    // otherwise keep the space it took.
+    assert!(temp_files(&dir).is_empty());
     let mut model = Vec::new();
     write_epochs(&mut w, &mut model, 1..=20, 4, 40);
     assert!(w.current_segment() > 1);
     drop(w);
-    // The half-written spare is a temporary file: ignored, then removed.
     let (ops, report) = collect(&StdFs, &dir, TOLERATE, 0).unwrap();
     assert_eq!(ops, model);
     drop(

@@ -201,10 +201,28 @@ impl SpareJob {
     ///
     /// [`WalError::Io`] if creating, writing or syncing it fails (ENOSPC
     /// included). The writer is not affected: without a spare it creates
-    /// the next segment itself when it rotates.
+    /// the next segment itself when it rotates. The partial file is removed
+    /// (best effort: the next writer's open removes what is left), so that
+    /// a preallocation that failed on a full disk does not keep the space
+    /// it managed to take.
     pub(crate) fn run(self) -> Result<SpareSegment, WalError> {
         let path = self.dir.join(spare_file_name(self.segment));
         let mut file = self.fs.create(&path).map_err(io_err("create", &path))?;
+        match self.fill(file.as_mut(), &path) {
+            Ok(()) => Ok(SpareSegment {
+                segment: self.segment,
+                path,
+                file,
+            }),
+            Err(e) => {
+                drop(file);
+                let _ = self.fs.remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn fill(&self, file: &mut dyn FsFile, path: &Path) -> Result<(), WalError> {
         // Zero-fill in steps, each made durable before the next: one 64 MiB
         // flush queued tens of milliseconds of writes ahead of the WAL's own
         // fdatasync (measured: 15-25 ms stalls); 1 MiB steps paid so many
@@ -214,15 +232,11 @@ impl SpareJob {
         let mut from = 0;
         while from < self.size {
             let to = (from + SPARE_FILL_STEP).min(self.size);
-            write_zeros(file.as_mut(), from, to).map_err(io_err("write", &path))?;
-            file.sync_data().map_err(io_err("fdatasync", &path))?;
+            write_zeros(file, from, to).map_err(io_err("write", path))?;
+            file.sync_data().map_err(io_err("fdatasync", path))?;
             from = to;
         }
-        Ok(SpareSegment {
-            segment: self.segment,
-            path,
-            file,
-        })
+        Ok(())
     }
 }
 
