@@ -39,7 +39,7 @@ use super::manifest::{
     FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
 };
 use super::merge::{Merge, Source};
-use super::store::{CheckpointStore, StoredFile};
+use super::store::{CheckpointStore, StoredFile, TMP_SUFFIX};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{
@@ -607,8 +607,10 @@ impl Checkpointer {
         }
 
         // Every name of ours that no kept manifest needs: partial files
-        // always, unreferenced data files only when every manifest could be
-        // read (an unreadable one might need them).
+        // (a manifest's or data file's name + `.tmp`) always, unreferenced
+        // data files only when every manifest could be read (an unreadable
+        // one might need them). Other names, however close to ours, are
+        // the user's.
         let all_readable = self.manifests.values().all(Option::is_some);
         let referenced: HashSet<String> = self
             .manifests
@@ -629,7 +631,9 @@ impl Checkpointer {
                 if parse_data_file_name(n).is_some() {
                     return all_readable && !referenced.contains(n);
                 }
-                n.starts_with("data_") || n.starts_with(super::manifest::MANIFEST_PREFIX)
+                n.strip_suffix(TMP_SUFFIX).is_some_and(|base| {
+                    parse_manifest_name(base).is_some() || parse_data_file_name(base).is_some()
+                })
             })
             .collect();
         if !garbage.is_empty() {
