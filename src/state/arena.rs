@@ -626,6 +626,28 @@ impl Arena {
     }
 }
 
+/// Sizes a scratch file and, where the platform can, allocates its blocks
+/// now: a sparse file's pages are allocated when Ring 0 first writes them
+/// through the map, and on a full file system that write is a SIGBUS that
+/// kills the process instead of an error. (glibc's `posix_fallocate`
+/// writes the blocks itself on file systems without `fallocate`; where it
+/// is refused as unsupported, the file stays sparse.)
+fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::io::AsRawFd;
+        let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+        // SAFETY: a valid open descriptor; the call only reads its
+        // integer arguments.
+        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        if r != 0 && r != libc::EOPNOTSUPP && r != libc::ENOSYS {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
 fn map_scratch_file(dir: &std::path::Path, slot: usize, size: usize) -> std::io::Result<MmapMut> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("arena-{}-{slot}.seg", std::process::id()));
@@ -635,7 +657,11 @@ fn map_scratch_file(dir: &std::path::Path, slot: usize, size: usize) -> std::io:
         .create(true)
         .truncate(true)
         .open(&path)?;
-    file.set_len(size as u64)?;
+    if let Err(e) = allocate(&file, size as u64) {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     // SAFETY: the file was just created by us and is unlinked below (on
     // Unix) before anyone else can open it, so no other process or handle
     // modifies the mapped bytes.
