@@ -13,7 +13,10 @@
 //!   segment creation) on the still-full disk;
 //! * `*_preallocation_resumes_when_space_returns`: the spare segment fails
 //!   while the disk is full, space comes back before the next rotation, and
-//!   the WAL goes on without an error.
+//!   the WAL goes on without an error;
+//! * `*_file_backed_arena_on_a_full_disk`: `ArenaBacking::File` scratch
+//!   files on the full file system: the update needing a new arena segment
+//!   fails with `Io` (ENOSPC) instead of a SIGBUS.
 //!
 //! Each time: every error is typed (`ENOSPC` under the wrapping, never
 //! `is_corruption()`; a failed checkpoint leaves Ring 1 running, a failed
@@ -741,6 +744,121 @@ fn preallocation_resumes_when_space_returns(kind: FsKind) {
     report(kind, "preallocation resumes when space returns", &ledger, &lines);
 }
 
+const ARENA_CHILD: &str = "LAMINAR_REAL_FS_ARENA_DIR";
+
+/// The child of [`file_backed_arena_on_a_full_disk`]: a manager whose WAL
+/// and checkpoints are in `<dir>/state` (room to spare) and whose arena is
+/// scratch files in `ARENA_CHILD` (a full file system); puts until an
+/// update fails, then prints `UPDATE FAILED <class> <errno>`.
+#[test]
+fn arena_child() {
+    let Some(arena) = std::env::var_os(ARENA_CHILD) else {
+        return; // Not the child.
+    };
+    let state = tempfile::tempdir().unwrap();
+    let state_config = laminar_storage::incremental::StateConfig::new()
+        .with_arena_segment_size(1 << 20)
+        .with_arena_backing(laminar_storage::incremental::ArenaBacking::File(
+            arena.clone().into(),
+        ));
+    let arena = std::path::PathBuf::from(arena);
+    runtime().block_on(async {
+        let (manager, mut writer) =
+            IncrementalCheckpointManager::open(config(state.path()).with_state(state_config))
+                .await
+                .unwrap();
+        println!("OPENED");
+        // Now the file system is full: the next arena segment cannot be
+        // allocated.
+        mount::fill_leaving(&arena.join("ballast"), 0);
+        let value = [7u8; 1000];
+        let mut acked = 0;
+        for i in 0u64.. {
+            let key = format!("key-{i:012}");
+            if let Err(e) = retry(|| writer.put(key.as_bytes(), &value)).await {
+                println!(
+                    "UPDATE FAILED {} {:?} after {i} puts: {e}",
+                    errors::class(&e),
+                    errno(&e)
+                );
+                break;
+            }
+            if i % 1000 == 999 {
+                acked = writer.commit_epoch().unwrap();
+                manager.wait_durable(acked).await.unwrap();
+            }
+        }
+        // The commit needs arena room too; either way what was
+        // acknowledged stays, and shutdown flushes.
+        match writer.commit_epoch() {
+            Ok(e) => println!("COMMIT OK {e}"),
+            Err(e) => println!("COMMIT FAILED {}", errors::class(&e)),
+        }
+        manager.shutdown().await.unwrap();
+        drop(writer);
+        println!("SHUT DOWN, acknowledged epoch {acked}");
+        let (manager, writer) = IncrementalCheckpointManager::open(config(state.path()))
+            .await
+            .unwrap();
+        let r = manager.recovery().epoch;
+        assert!(r >= acked, "recovered {r} < acknowledged {acked}");
+        for i in 0..acked * 1000 {
+            let key = format!("key-{i:012}");
+            assert_eq!(writer.get(key.as_bytes()), Some(&value[..]), "{key}");
+        }
+        manager.shutdown().await.unwrap();
+        println!("VERIFIED epoch {r} >= {acked}");
+    });
+}
+
+/// `ArenaBacking::File` with its scratch directory on a file system that
+/// fills up: a put that needs a new arena segment must fail with a typed
+/// error (the arena segment cannot be allocated), not kill the process
+/// with SIGBUS when Ring 0 first touches a page the file system cannot
+/// back.
+fn file_backed_arena_on_a_full_disk(kind: FsKind) {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(mut mnt) = Mount::new(kind, 32 << 20) else {
+        return;
+    };
+    let arena = mnt.path().join("arena");
+    std::fs::create_dir(&arena).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["arena_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ARENA_CHILD, &arena)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.signal(),
+        Some(7),
+        "{kind}: the process died of SIGBUS when the file-backed arena touched a page the full file system could not back:\n{stdout}"
+    );
+    assert!(
+        out.status.success(),
+        "{kind}: the child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let failed = stdout
+        .lines()
+        .find_map(|l| l.split_once("UPDATE FAILED ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("{kind}: no update failed:\n{stdout}"));
+    assert!(
+        failed.starts_with("Io StorageFull Some(28)"),
+        "{kind}: the update failed with something else than a typed full disk: {failed}"
+    );
+    assert!(stdout.contains("VERIFIED"), "{stdout}");
+    let commit = stdout
+        .lines()
+        .find(|l| l.starts_with("COMMIT"))
+        .unwrap_or_default();
+    eprintln!(
+        "real_fs {kind} file-backed arena on a full disk: put failed: {failed}; then {commit}; \
+         shutdown and reopen kept every acknowledged epoch"
+    );
+}
+
 macro_rules! on_both {
     ($($scenario:ident),* $(,)?) => {
         mod ext4 {
@@ -758,4 +876,5 @@ on_both!(
     full_during_wal_preallocation,
     full_during_wal_preallocation_at_epoch_boundary,
     preallocation_resumes_when_space_returns,
+    file_backed_arena_on_a_full_disk,
 );

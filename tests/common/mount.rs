@@ -219,43 +219,8 @@ impl Mount {
     /// space).
     pub fn fill_leaving(&mut self, leave: u64) -> u64 {
         let path = self.mount_point.join(format!("ballast-{}", self.ballast.len()));
-        let file = File::create(&path).expect("ballast file");
         self.ballast.push(path.clone());
-        let mut taken = 0u64;
-        // Allocate in steps, re-reading the free space: ext4 needs extent
-        // blocks of its own for a large file.
-        loop {
-            let free = self.free_bytes();
-            if free <= leave {
-                break;
-            }
-            let step = (free - leave).max(4096);
-            // SAFETY: a valid open descriptor; fallocate only reads its
-            // integer arguments.
-            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, taken as i64, step as i64) };
-            if r != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    if step <= 4096 {
-                        break;
-                    }
-                    // Retry smaller: what is free is not all allocatable
-                    // in one extent.
-                    let half = step / 2;
-                    // SAFETY: as above.
-                    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, taken as i64, half as i64) };
-                    if r != 0 {
-                        break;
-                    }
-                    taken += half;
-                    continue;
-                }
-                panic!("fallocate of {} failed: {e}", path.display());
-            }
-            taken += step;
-        }
-        file.sync_all().expect("sync ballast");
-        taken
+        fill_leaving(&path, leave)
     }
 
     /// Fills the file system to the last byte.
@@ -269,6 +234,48 @@ impl Mount {
             fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
         }
     }
+}
+
+/// Allocates `path` (a new file) until at most `leave` bytes stay free on
+/// its file system; returns the bytes it took.
+pub fn fill_leaving(path: &Path, leave: u64) -> u64 {
+    let fs_dir = path.parent().expect("a file in a directory");
+    let file = File::create(path).expect("ballast file");
+    let mut taken = 0u64;
+    // Allocate in steps, re-reading the free space: ext4 needs extent
+    // blocks of its own for a large file.
+    loop {
+        let free = free_bytes(fs_dir).expect("statvfs");
+        if free <= leave {
+            break;
+        }
+        let step = (free - leave).max(4096);
+        // SAFETY: a valid open descriptor; fallocate only reads its
+        // integer arguments.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, taken as i64, step as i64) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                if step <= 4096 {
+                    break;
+                }
+                // Retry smaller: what is free is not all allocatable in
+                // one extent.
+                let half = step / 2;
+                // SAFETY: as above.
+                let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, taken as i64, half as i64) };
+                if r != 0 {
+                    break;
+                }
+                taken += half;
+                continue;
+            }
+            panic!("fallocate of {} failed: {e}", path.display());
+        }
+        taken += step;
+    }
+    file.sync_all().expect("sync ballast");
+    taken
 }
 
 /// `f_bavail * f_frsize` of the file system holding `path`.
