@@ -16,6 +16,9 @@
 //! runs as the same user, whom the permission bits bind already, and the
 //! bind-mount case skips (`LAMINAR_REQUIRE_MOUNTS=1` makes that fail).
 
+// Linux only: mounts, `fallocate`, `/proc/self`.
+#![cfg(target_os = "linux")]
+
 #[path = "common/errors.rs"]
 mod errors;
 #[path = "common/mount.rs"]

@@ -23,6 +23,9 @@
 //!   `LAMINAR_MANY_KILLS` (default 1) sets the number of kills,
 //!   `LAMINAR_MANY_SEED` replays one.
 
+// Linux only: mounts, `fallocate`, `/proc/self`.
+#![cfg(target_os = "linux")]
+
 #[path = "common/fleet.rs"]
 mod fleet;
 

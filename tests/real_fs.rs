@@ -30,6 +30,9 @@
 //! Mounting needs root; elsewhere the tests print why and skip (see
 //! `common/mount.rs`; `LAMINAR_REQUIRE_MOUNTS=1` makes that a failure).
 
+// Linux only: mounts, `fallocate`, `/proc/self`.
+#![cfg(target_os = "linux")]
+
 #[path = "common/errors.rs"]
 mod errors;
 #[path = "common/mount.rs"]
@@ -818,7 +821,7 @@ fn arena_child() {
 /// back.
 fn file_backed_arena_on_a_full_disk(kind: FsKind) {
     use std::os::unix::process::ExitStatusExt;
-    let Some(mut mnt) = Mount::new(kind, 32 << 20) else {
+    let Some(mnt) = Mount::new(kind, 32 << 20) else {
         return;
     };
     let arena = mnt.path().join("arena");
