@@ -33,8 +33,7 @@ use std::process::Command;
 
 use errors::{EACCES, EROFS, errno, named_path};
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
-    RecoveryManager,
+    CheckpointConfig, IncrementalCheckpointError, RecoveryConfig, RecoveryManager,
 };
 
 const CHILD_CASE: &str = "LAMINAR_HOSTILE_CASE";
@@ -63,7 +62,7 @@ fn value(epoch: u64, k: u64) -> Vec<u8> {
 /// Runs `epochs` more epochs (each updating keys `0..50`, and after a few,
 /// a checkpoint) and shuts down. Returns the last epoch.
 async fn ingest(dir: &Path, epochs: u64) -> u64 {
-    let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir)).await.unwrap();
+    let (manager, mut writer) = errors::open_when_unlocked(config(dir)).await.unwrap();
     let mut last = 0;
     for _ in 0..epochs {
         let epoch = writer.epoch();
@@ -164,7 +163,7 @@ fn outcome(result: Result<u64, IncrementalCheckpointError>) -> Outcome {
 }
 
 async fn try_open(dir: &Path) -> Result<u64, IncrementalCheckpointError> {
-    let (manager, writer) = IncrementalCheckpointManager::open(config(dir)).await?;
+    let (manager, writer) = errors::open_when_unlocked(config(dir)).await?;
     let epoch = manager.recovery().epoch;
     drop(writer);
     manager.shutdown().await?;
@@ -172,10 +171,19 @@ async fn try_open(dir: &Path) -> Result<u64, IncrementalCheckpointError> {
 }
 
 async fn try_recover(dir: &Path) -> Result<u64, IncrementalCheckpointError> {
-    RecoveryManager::new(RecoveryConfig::new(dir, dir.join("wal")))
-        .recover()
-        .await
-        .map(|r| r.epoch)
+    // Retried while `Locked`, as `errors::open_when_unlocked` says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match RecoveryManager::new(RecoveryConfig::new(dir, dir.join("wal")))
+            .recover()
+            .await
+        {
+            Err(IncrementalCheckpointError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.map(|r| r.epoch),
+        }
+    }
 }
 
 /// Asserts a typed error naming `expect_path` (or a path under it).
@@ -289,7 +297,7 @@ fn symlinks_are_followed_and_their_targets_never_deleted_or_overwritten() {
     fs::remove_file(&manifest).unwrap();
     symlink(&outside, &manifest).unwrap();
     rt.block_on(async {
-        let (manager, mut writer) = IncrementalCheckpointManager::open(config(&dir)).await.unwrap();
+        let (manager, mut writer) = errors::open_when_unlocked(config(&dir)).await.unwrap();
         let summary = manager.recovery().clone();
         assert_eq!(summary.epoch, 35, "{summary:?}");
         assert_eq!(summary.checkpoints_skipped, 1, "{summary:?}");
@@ -372,7 +380,7 @@ fn files_of_the_user_in_the_state_directories_are_left_alone() {
     // Opens, checkpoints (retention and WAL truncation run), reopens.
     rt.block_on(ingest(&dir, 40));
     rt.block_on(async {
-        let (manager, writer) = IncrementalCheckpointManager::open(config(&dir)).await.unwrap();
+        let (manager, writer) = errors::open_when_unlocked(config(&dir)).await.unwrap();
         assert_eq!(manager.recovery().epoch, 75);
         check_state(&writer, 75);
         assert!(manager.recovery().checkpoint_id.is_some());

@@ -177,3 +177,32 @@ impl Tally {
         out
     }
 }
+
+/// [`IncrementalCheckpointManager::open`], retried for up to 2 s while it
+/// fails with `Locked`.
+///
+/// The directory lock is an `flock` on an open file. A child process
+/// spawned by another thread of the same process (these tests run `mount`,
+/// `mkfs.ext4` and child test processes in parallel) shares every open
+/// file of the parent between its fork and its exec, locks included, so a
+/// lock released by a clean shutdown can stay held for that moment. A
+/// lock still held after 2 s is a real one.
+pub async fn open_when_unlocked(
+    config: laminar_storage::incremental::CheckpointConfig,
+) -> Result<
+    (
+        laminar_storage::incremental::IncrementalCheckpointManager,
+        laminar_storage::incremental::StateWriter,
+    ),
+    IncrementalCheckpointError,
+> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match laminar_storage::incremental::IncrementalCheckpointManager::open(config.clone()).await {
+            Err(IncrementalCheckpointError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
