@@ -109,8 +109,11 @@ pub fn make_value(put: u64, buf: &mut [u8]) {
         rest.copy_from_slice(&state.to_le_bytes()[..n]);
     }
     let (head, tail) = buf.split_at_mut(half);
-    for (dst, src) in tail.iter_mut().zip(head.iter().cycle()) {
-        *dst = *src;
+    if half > 0 {
+        for chunk in tail.chunks_mut(half) {
+            let n = chunk.len();
+            chunk.copy_from_slice(&head[..n]);
+        }
     }
 }
 
