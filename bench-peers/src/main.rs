@@ -37,7 +37,7 @@ USAGE: bench-peers [OPTIONS]
 
 OPTIONS:
   --rounds N          rounds per workload, engines alternating (default 3)
-  --workloads LIST    w1,w2 (default both)
+  --workloads LIST    w1,w2 (default both), or none (with --overwrite)
   --engines LIST      laminar,rocksdb,fjall,surrealkv,okaywal (default all)
   --overwrite         also the overwrite mode: 20 M overwrites of 200,000 keys,
                       a checkpoint every 2 M puts, disk bytes per live byte
@@ -84,7 +84,10 @@ fn options(args: &[String]) -> Result<Options> {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--rounds" => o.rounds = value()?.parse()?,
-            "--workloads" => o.workloads = parse_list(&value()?, Workload::by_name, "workload")?,
+            "--workloads" => {
+                let list = value()?;
+                o.workloads = if list == "none" { Vec::new() } else { parse_list(&list, Workload::by_name, "workload")? };
+            }
             "--engines" => o.engines = parse_list(&value()?, Engine::from_id, "engine")?,
             "--overwrite" => o.overwrite = true,
             "--cold-recovery" => o.cold_recovery = true,
