@@ -91,7 +91,14 @@ pub fn write(job: &Job) -> Result<()> {
         let first_s = t.elapsed().as_secs_f64();
 
         let churn_key = |i: u64| w.churn_key(i - w.puts);
-        epochs(&mut *writer, &w, w.puts, w.churn_puts(), &churn_key, &mut latencies)?;
+        epochs(
+            &mut *writer,
+            &w,
+            w.puts,
+            w.churn_puts(),
+            &churn_key,
+            &mut latencies,
+        )?;
         let t = Instant::now();
         let churn_bytes = writer.checkpoint()?;
         let churn_s = t.elapsed().as_secs_f64();
@@ -134,6 +141,8 @@ pub fn recover(job: &Job) -> Result<()> {
     }
     let recovery_s = start.elapsed().as_secs_f64();
     let rss = disk::rss().saturating_sub(rss_before);
-    println!("RESULT recovery_s={recovery_s} open_s={open_s} mismatches={mismatches} rss_recovered_bytes={rss}");
+    println!(
+        "RESULT recovery_s={recovery_s} open_s={open_s} mismatches={mismatches} rss_recovered_bytes={rss}"
+    );
     Ok(())
 }

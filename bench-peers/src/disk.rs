@@ -23,7 +23,12 @@ pub fn epoch_write(value_len: usize) -> usize {
 /// `fdatasync`. Returns the total and every write+sync's own time.
 pub fn sync_floor(dir: &Path, epochs: usize, epoch_write: usize) -> Result<(Duration, Vec<Duration>)> {
     let path = dir.join("floor.dat");
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     // Preallocate by writing zeros and syncing: the blocks are allocated and
     // written, so the timed writes overwrite them as a WAL segment is.
     let zeros = vec![0u8; 1 << 20];
@@ -121,7 +126,11 @@ pub fn footprint(dir: &Path) -> Result<(u64, u64)> {
 /// This process's resident set, in bytes.
 pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     pages * page

@@ -63,7 +63,9 @@ struct Options {
 }
 
 fn parse_list<T>(list: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>> {
-    list.split(',').map(|s| parse(s.trim()).ok_or_else(|| format!("unknown {what} `{s}`").into())).collect()
+    list.split(',')
+        .map(|s| parse(s.trim()).ok_or_else(|| format!("unknown {what} `{s}`").into()))
+        .collect()
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -86,7 +88,11 @@ fn options(args: &[String]) -> Result<Options> {
             "--rounds" => o.rounds = value()?.parse()?,
             "--workloads" => {
                 let list = value()?;
-                o.workloads = if list == "none" { Vec::new() } else { parse_list(&list, Workload::by_name, "workload")? };
+                o.workloads = if list == "none" {
+                    Vec::new()
+                } else {
+                    parse_list(&list, Workload::by_name, "workload")?
+                };
             }
             "--engines" => o.engines = parse_list(&value()?, Engine::from_id, "engine")?,
             "--overwrite" => o.overwrite = true,
@@ -114,7 +120,11 @@ fn options(args: &[String]) -> Result<Options> {
 }
 
 fn shrink(w: Workload) -> Workload {
-    Workload { puts: w.puts / 10, keys: w.keys / 10, ..w }
+    Workload {
+        puts: w.puts / 10,
+        keys: w.keys / 10,
+        ..w
+    }
 }
 
 fn main() {
@@ -136,10 +146,24 @@ fn child_main(args: &[String], write: bool) -> Result<()> {
         return Err("child: bad arguments".into());
     };
     let engine = Engine::from_id(engine).ok_or("child: unknown engine")?;
-    let workload = Workload { name: "child", puts: puts.parse()?, keys: keys.parse()?, value_len: value_len.parse()? };
+    let workload = Workload {
+        name: "child",
+        puts: puts.parse()?,
+        keys: keys.parse()?,
+        value_len: value_len.parse()?,
+    };
     let every: u64 = every.parse()?;
-    let job = child::Job { engine, dir: Path::new(dir), workload, checkpoint_every: (every > 0).then_some(every) };
-    if write { child::write(&job) } else { child::recover(&job) }
+    let job = child::Job {
+        engine,
+        dir: Path::new(dir),
+        workload,
+        checkpoint_every: (every > 0).then_some(every),
+    };
+    if write {
+        child::write(&job)
+    } else {
+        child::recover(&job)
+    }
 }
 
 /// One engine's figures from one round.
@@ -157,10 +181,13 @@ impl Sample {
                 let (k, v) = pair.split_once('=').ok_or("bad RESULT line")?;
                 self.values.insert(k.to_string(), v.parse()?);
             }
-        } else if let Some(rest) = line.strip_prefix("LAT ") {
-            if !rest.is_empty() {
-                self.latencies = rest.split(',').map(str::parse).collect::<std::result::Result<_, _>>()?;
-            }
+        } else if let Some(rest) = line.strip_prefix("LAT ")
+            && !rest.is_empty()
+        {
+            self.latencies = rest
+                .split(',')
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()?;
         }
         Ok(())
     }
@@ -242,19 +269,27 @@ fn run(o: &Options) -> Result<()> {
     std::fs::create_dir_all(&o.dir)?;
     let seq_file = o.dir.join("seq-read.dat");
     let seq_bytes = if o.quick { 64 << 20 } else { 1 << 30 };
-    eprintln!("preparing a {} MiB file for the sequential read bandwidth", seq_bytes >> 20);
+    eprintln!(
+        "preparing a {} MiB file for the sequential read bandwidth",
+        seq_bytes >> 20
+    );
     disk::prepare_seq_file(&seq_file, seq_bytes)?;
 
     let mut all = Vec::new();
     for w in &o.workloads {
-        let mut results = WorkloadResults { workload: Some(*w), ..Default::default() };
+        let mut results = WorkloadResults {
+            workload: Some(*w),
+            ..Default::default()
+        };
         for round in 0..o.rounds {
             // The disk first, then the engines, the order turning each round.
             let floor_epochs = (w.puts / workload::PUTS_PER_EPOCH) as usize;
             let write = disk::epoch_write(w.value_len);
             let (floor, each) = disk::sync_floor(&o.dir, floor_epochs, write)?;
             results.floor_s.push(floor.as_secs_f64());
-            results.floor_each_us.extend(each.iter().map(|d| d.as_micros() as u32));
+            results
+                .floor_each_us
+                .extend(each.iter().map(|d| d.as_micros() as u32));
             let bw = disk::seq_read_bandwidth(&seq_file)?;
             results.seq_read.push(bw);
             eprintln!(
@@ -280,12 +315,19 @@ fn run(o: &Options) -> Result<()> {
     if o.overwrite {
         let w = if o.quick { shrink(OVERWRITE) } else { OVERWRITE };
         let every = w.puts / 10;
-        let mut results = WorkloadResults { workload: Some(w), ..Default::default() };
+        let mut results = WorkloadResults {
+            workload: Some(w),
+            ..Default::default()
+        };
         for &engine in &o.engines {
             let dir = o.dir.join("overwrite").join(engine.id());
             fresh_dir(&dir)?;
             let mut sample = Sample::default();
-            eprintln!("overwrite: {} ({} puts, a checkpoint every {every})", engine.id(), w.puts);
+            eprintln!(
+                "overwrite: {} ({} puts, a checkpoint every {every})",
+                engine.id(),
+                w.puts
+            );
             run_writer(engine, &dir, &w, every, &mut sample)?;
             std::fs::remove_dir_all(&dir)?;
             results.samples.entry(engine.id()).or_default().push(sample);
@@ -299,7 +341,15 @@ fn run(o: &Options) -> Result<()> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         format!("bench-peers/run {}", args.join(" ")).trim().to_string()
     });
-    let text = report::render(&all, overwrite.as_ref(), &o.engines, &machine, &command, o.rounds, o.cold_recovery);
+    let text = report::render(
+        &all,
+        overwrite.as_ref(),
+        &o.engines,
+        &machine,
+        &command,
+        o.rounds,
+        o.cold_recovery,
+    );
     println!("{}", text.table);
     if o.report {
         report::write(&o.out, &text, &all, &o.engines)?;
@@ -315,7 +365,9 @@ fn run_one(o: &Options, w: &Workload, engine: Engine) -> Result<Sample> {
     run_writer(engine, &dir, w, 0, &mut sample)?;
     let (allocated, apparent) = disk::footprint(&dir)?;
     sample.values.insert("disk_bytes".into(), allocated as f64);
-    sample.values.insert("disk_apparent_bytes".into(), apparent as f64);
+    sample
+        .values
+        .insert("disk_apparent_bytes".into(), apparent as f64);
     if o.cold_recovery {
         disk::drop_dir_cache(&dir)?;
     }
@@ -334,7 +386,11 @@ fn run_one(o: &Options, w: &Workload, engine: Engine) -> Result<Sample> {
         v("ckpt2_bytes") / 1e3,
         v("recovery_s"),
         allocated as f64 / 1e6,
-        if v("mismatches") == 0.0 { String::new() } else { format!(" | {} KEYS WRONG", v("mismatches")) }
+        if v("mismatches") == 0.0 {
+            String::new()
+        } else {
+            format!(" | {} KEYS WRONG", v("mismatches"))
+        }
     );
     Ok(sample)
 }

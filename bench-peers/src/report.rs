@@ -12,7 +12,6 @@ use plotters::prelude::*;
 use crate::WorkloadResults;
 use crate::engines::{Engine, Result};
 
-
 /// Where and when the run happened.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -39,7 +38,10 @@ impl Machine {
         let field = |name: &str| {
             lscpu
                 .lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .map(|v| v.trim_start_matches(':').trim().to_string())
+                })
                 .unwrap_or_else(|| "?".into())
         };
         let cpu = format!(
@@ -60,7 +62,13 @@ impl Machine {
         let dir = dir.to_string_lossy().to_string();
         let file_system = shell("findmnt", &["-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", &dir]);
         let date = shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-        Machine { cpu, memory, kernel, file_system, date }
+        Machine {
+            cpu,
+            memory,
+            kernel,
+            file_system,
+            date,
+        }
     }
 }
 
@@ -79,12 +87,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {
     let finite = v.iter().copied().filter(|x| x.is_finite());
-    (finite.clone().fold(f64::INFINITY, f64::min), finite.fold(f64::NEG_INFINITY, f64::max))
+    (
+        finite.clone().fold(f64::INFINITY, f64::min),
+        finite.fold(f64::NEG_INFINITY, f64::max),
+    )
 }
 
 /// Thousands separators.
@@ -176,28 +191,49 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1e3)
 }
 
+/// A number taken from one engine's summary.
+type Metric = Box<dyn Fn(&Summary) -> f64>;
+/// A table cell printed from one engine's summary.
+type Cell<'a> = &'a dyn Fn(&Summary) -> String;
+
 /// A metric row: its label, how to print one engine's value, and which
 /// number the ratio compares (`higher_is_better` picks the direction).
 struct Row {
     label: String,
     cell: Box<dyn Fn(&Summary) -> String>,
     /// The ratio table's label, the number it compares and its direction.
-    ratio: Option<(String, Box<dyn Fn(&Summary) -> f64>, bool)>,
+    ratio: Option<(String, Metric, bool)>,
     /// Shown in the engines' table (a row may exist for its ratio only).
     shown: bool,
 }
 
 fn row(label: impl Into<String>, cell: impl Fn(&Summary) -> String + 'static) -> Row {
-    Row { label: label.into(), cell: Box::new(cell), ratio: None, shown: true }
+    Row {
+        label: label.into(),
+        cell: Box::new(cell),
+        ratio: None,
+        shown: true,
+    }
 }
 
 /// A row of the ratio table only.
 fn ratio_only(label: &str, value: impl Fn(&Summary) -> f64 + 'static, higher_is_better: bool) -> Row {
-    Row { label: String::new(), cell: Box::new(|_| String::new()), ratio: None, shown: false }.ratio(label, value, higher_is_better)
+    Row {
+        label: String::new(),
+        cell: Box::new(|_| String::new()),
+        ratio: None,
+        shown: false,
+    }
+    .ratio(label, value, higher_is_better)
 }
 
 impl Row {
-    fn ratio(mut self, label: &str, value: impl Fn(&Summary) -> f64 + 'static, higher_is_better: bool) -> Row {
+    fn ratio(
+        mut self,
+        label: &str,
+        value: impl Fn(&Summary) -> f64 + 'static,
+        higher_is_better: bool,
+    ) -> Row {
         self.ratio = Some((label.to_string(), Box::new(value), higher_is_better));
         self
     }
@@ -209,37 +245,86 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
     let floor_s = median(results.floor_s.clone());
     let rows = vec![
         row("durable ingest, puts/s (min–max)", |s: &Summary| {
-            format!("**{} k** ({}–{})", group(s.ingest_puts_s / 1e3), group(s.ingest_range.0 / 1e3), group(s.ingest_range.1 / 1e3))
+            format!(
+                "**{} k** ({}–{})",
+                group(s.ingest_puts_s / 1e3),
+                group(s.ingest_range.0 / 1e3),
+                group(s.ingest_range.1 / 1e3)
+            )
         })
         .ratio("durable ingest", |s| s.ingest_puts_s, true),
         row("… of which puts / waits for durability, s", |s: &Summary| {
             format!("{:.3} / {:.3}", s.ingest_s - s.commit_wait_s, s.commit_wait_s)
         }),
-        row("commit→durable p50 / p99 / max, ms", |s: &Summary| match &s.latency {
-            Some(h) => format!("{} / {} / {}", ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max())),
-            None => "–".into(),
+        row("commit→durable p50 / p99 / max, ms", |s: &Summary| {
+            match &s.latency {
+                Some(h) => format!(
+                    "{} / {} / {}",
+                    ms(h.value_at_quantile(0.5)),
+                    ms(h.value_at_quantile(0.99)),
+                    ms(h.max())
+                ),
+                None => "–".into(),
+            }
         })
-        .ratio("commit→durable p50", |s| s.latency.as_ref().map_or(f64::NAN, |h| h.value_at_quantile(0.5) as f64), false),
-        ratio_only("commit→durable p99", |s| s.latency.as_ref().map_or(f64::NAN, |h| h.value_at_quantile(0.99) as f64), false),
-        row("first checkpoint, s / MB", |s: &Summary| format!("{:.3} / {:.1}", s.ckpt1_s, s.ckpt1_bytes / 1e6))
-            .ratio("first checkpoint time", |s| s.ckpt1_s, false),
+        .ratio(
+            "commit→durable p50",
+            |s| {
+                s.latency
+                    .as_ref()
+                    .map_or(f64::NAN, |h| h.value_at_quantile(0.5) as f64)
+            },
+            false,
+        ),
+        ratio_only(
+            "commit→durable p99",
+            |s| {
+                s.latency
+                    .as_ref()
+                    .map_or(f64::NAN, |h| h.value_at_quantile(0.99) as f64)
+            },
+            false,
+        ),
+        row("first checkpoint, s / MB", |s: &Summary| {
+            format!("{:.3} / {:.1}", s.ckpt1_s, s.ckpt1_bytes / 1e6)
+        })
+        .ratio("first checkpoint time", |s| s.ckpt1_s, false),
         ratio_only("first checkpoint bytes", |s| s.ckpt1_bytes, false),
-        row("checkpoint after 1% churn, s / KB", |s: &Summary| format!("{:.3} / {}", s.ckpt2_s, group(s.ckpt2_bytes / 1e3)))
-            .ratio("checkpoint after churn, time", |s| s.ckpt2_s, false),
-        ratio_only("checkpoint after churn, bytes", |s| s.ckpt2_bytes, false),
-        row("recovery after SIGKILL (open + read every key), s (min–max)", |s: &Summary| {
-            format!("**{:.3}** ({:.3}–{:.3})", s.recovery_s, s.recovery_range.0, s.recovery_range.1)
+        row("checkpoint after 1% churn, s / KB", |s: &Summary| {
+            format!("{:.3} / {}", s.ckpt2_s, group(s.ckpt2_bytes / 1e3))
         })
+        .ratio("checkpoint after churn, time", |s| s.ckpt2_s, false),
+        ratio_only("checkpoint after churn, bytes", |s| s.ckpt2_bytes, false),
+        row(
+            "recovery after SIGKILL (open + read every key), s (min–max)",
+            |s: &Summary| {
+                format!(
+                    "**{:.3}** ({:.3}–{:.3})",
+                    s.recovery_s, s.recovery_range.0, s.recovery_range.1
+                )
+            },
+        )
         .ratio("recovery", |s| s.recovery_s, false),
         row("… of which open, s", |s: &Summary| format!("{:.3}", s.open_s)),
-        row("resident memory per live key, writer / recovered, bytes", |s: &Summary| {
-            format!("{:.0} / {:.0}", s.rss_writer_per_key, s.rss_recovered_per_key)
+        row(
+            "resident memory per live key, writer / recovered, bytes",
+            |s: &Summary| format!("{:.0} / {:.0}", s.rss_writer_per_key, s.rss_recovered_per_key),
+        )
+        .ratio(
+            "resident memory per key (writer)",
+            |s| s.rss_writer_per_key,
+            false,
+        ),
+        row("disk bytes per live byte at the crash", |s: &Summary| {
+            format!("{:.2}", s.disk_per_live)
         })
-        .ratio("resident memory per key (writer)", |s| s.rss_writer_per_key, false),
-        row("disk bytes per live byte at the crash", |s: &Summary| format!("{:.2}", s.disk_per_live))
-            .ratio("disk bytes per live byte", |s| s.disk_per_live, false),
+        .ratio("disk bytes per live byte", |s| s.disk_per_live, false),
         row("every key verified after recovery", |s: &Summary| {
-            if s.mismatches == 0.0 { format!("yes ({} rounds)", s.rounds) } else { format!("**NO: {} wrong**", s.mismatches) }
+            if s.mismatches == 0.0 {
+                format!("yes ({} rounds)", s.rounds)
+            } else {
+                format!("**NO: {} wrong**", s.mismatches)
+            }
         }),
     ];
 
@@ -307,7 +392,11 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
     if let Some(lam) = sums.iter().find(|s| s.engine == Engine::Laminar) {
         let peers: Vec<&Summary> = sums.iter().filter(|s| s.engine != Engine::Laminar).collect();
         if !peers.is_empty() {
-            let _ = write!(out, "\n| {} laminar-storage ÷ peer (> 1: laminar-storage better) |", w.name);
+            let _ = write!(
+                out,
+                "\n| {} laminar-storage ÷ peer (> 1: laminar-storage better) |",
+                w.name
+            );
             for p in &peers {
                 let _ = write!(out, " {} |", p.engine.short_label());
             }
@@ -317,12 +406,18 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
             }
             out.push('\n');
             for r in &rows {
-                let Some((label, value, higher)) = &r.ratio else { continue };
+                let Some((label, value, higher)) = &r.ratio else {
+                    continue;
+                };
                 let _ = write!(out, "| {label} |");
                 for p in &peers {
                     let (l, v) = (value(lam), value(p));
                     let ratio = if *higher { l / v } else { v / l };
-                    let cell = if ratio.is_finite() { format!("{ratio:.2}×") } else { "–".into() };
+                    let cell = if ratio.is_finite() {
+                        format!("{ratio:.2}×")
+                    } else {
+                        "–".into()
+                    };
                     let _ = write!(out, " {cell} |");
                 }
                 out.push('\n');
@@ -353,10 +448,16 @@ fn overwrite_table(results: &WorkloadResults, engines: &[Engine]) -> String {
         let _ = write!(out, " --- |");
     }
     out.push('\n');
-    let lines: [(&str, &dyn Fn(&Summary) -> String); 3] = [
-        ("disk bytes per live byte at the end", &|s| format!("{:.2}", s.overwrite_disk_per_live)),
-        ("largest, after any checkpoint", &|s| format!("{:.2}", s.overwrite_max_disk_per_live)),
-        ("durable puts/s, checkpoints included", &|s| format!("{} k", group(s.overwrite_puts_s / 1e3))),
+    let lines: [(&str, Cell); 3] = [
+        ("disk bytes per live byte at the end", &|s| {
+            format!("{:.2}", s.overwrite_disk_per_live)
+        }),
+        ("largest, after any checkpoint", &|s| {
+            format!("{:.2}", s.overwrite_max_disk_per_live)
+        }),
+        ("durable puts/s, checkpoints included", &|s| {
+            format!("{} k", group(s.overwrite_puts_s / 1e3))
+        }),
     ];
     for (label, cell) in lines {
         let _ = write!(out, "| {label} |");
@@ -365,7 +466,11 @@ fn overwrite_table(results: &WorkloadResults, engines: &[Engine]) -> String {
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "\nLive data: {:.1} MB (keys + values).", w.live_bytes() as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "\nLive data: {:.1} MB (keys + values).",
+        w.live_bytes() as f64 / 1e6
+    );
     out
 }
 
@@ -401,7 +506,11 @@ pub fn render(
          over the phase, per live key. Disk bytes are allocated blocks (each inode once) of everything the \
          engine keeps, checkpoints included, per byte of live keys and values. Engines run in a different order \
          each round, {} rounds per workload.",
-        if cold { "with the engine's files dropped from the page cache first (cold)" } else { "right after the crash with the page cache as the crash left it (warm)" },
+        if cold {
+            "with the engine's files dropped from the page cache first (cold)"
+        } else {
+            "right after the crash with the page cache as the crash left it (warm)"
+        },
         rounds
     );
     let header = format!(
@@ -424,11 +533,20 @@ pub fn render(
          Generated by `bench-peers` (issue 24); do not edit by hand: rerun it.\n\n{section}{plots}\n\
          Raw per-round figures: [`results.csv`](results.csv).\n"
     );
-    Rendered { table: format!("{header}\n{tables}{caveats}"), full, section }
+    Rendered {
+        table: format!("{header}\n{tables}{caveats}"),
+        full,
+        section,
+    }
 }
 
-const COLORS: [RGBColor; 5] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLORS: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 fn color(e: Engine) -> RGBColor {
     COLORS[Engine::ALL.iter().position(|x| *x == e).unwrap_or(0)]
@@ -452,7 +570,11 @@ fn bars(
     reference: Option<(f64, &str)>,
     fmt: &dyn Fn(f64) -> String,
 ) -> PlotResult {
-    let highest = values.iter().map(|v| v.1).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let highest = values
+        .iter()
+        .map(|v| v.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
     // A reference far above every bar would flatten them: it is then named
     // in the legend instead of drawn.
     let reference_drawn = reference.filter(|r| r.0.is_finite() && r.0 <= highest * 3.0);
@@ -482,20 +604,27 @@ fn bars(
         let c = color(*engine);
         chart.draw_series(std::iter::once(Rectangle::new(
             [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)],
-            c.mix(if *engine == Engine::Laminar { 0.95 } else { 0.6 }).filled(),
+            c.mix(if *engine == Engine::Laminar { 0.95 } else { 0.6 })
+                .filled(),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             fmt(*v),
             (SegmentValue::CenterOf(i), *v + top * 0.02),
-            ("sans-serif", 13).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Bottom,
-            )),
+            ("sans-serif", 13)
+                .into_font()
+                .color(&BLACK)
+                .pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Bottom,
+                )),
         )))?;
     }
     if let Some((r, label)) = reference {
         let (points, label) = match reference_drawn {
-            Some(_) => (vec![(SegmentValue::Exact(0), r), (SegmentValue::Last, r)], label.to_string()),
+            Some(_) => (
+                vec![(SegmentValue::Exact(0), r), (SegmentValue::Last, r)],
+                label.to_string(),
+            ),
             // Off the scale: in the legend only.
             None => (Vec::new(), format!("{label}: {} (off the scale)", fmt(r))),
         };
@@ -525,10 +654,16 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
     let values: Vec<(Engine, f64)> = sums.iter().map(|s| (s.engine, s.ingest_puts_s)).collect();
     bars(
         &root,
-        &format!("{}: durable ingest, epochs of 1,000 puts each made durable (median)", w.name),
+        &format!(
+            "{}: durable ingest, epochs of 1,000 puts each made durable (median)",
+            w.name
+        ),
         "puts/s",
         &values,
-        Some((w.puts as f64 / floor_s, "disk floor: pwrite + fdatasync per epoch")),
+        Some((
+            w.puts as f64 / floor_s,
+            "disk floor: pwrite + fdatasync per epoch",
+        )),
         &|v| format!("{} k", group(v / 1e3)),
     )?;
     root.present()?;
@@ -537,21 +672,63 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
     let root = SVGBackend::new(&path, (1350, 430)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 3));
-    let seconds = |v: f64| if v < 0.1 { format!("{:.3}", v) } else { format!("{:.2}", v) };
-    bars(&panels[0], &format!("{}: first checkpoint, s", w.name), "s", &sums.iter().map(|s| (s.engine, s.ckpt1_s)).collect::<Vec<_>>(), None, &seconds)?;
-    bars(&panels[1], &format!("{}: checkpoint after 1% churn, s", w.name), "s", &sums.iter().map(|s| (s.engine, s.ckpt2_s)).collect::<Vec<_>>(), None, &seconds)?;
-    bars(&panels[2], &format!("{}: recovery (open + read all), s", w.name), "s", &sums.iter().map(|s| (s.engine, s.recovery_s)).collect::<Vec<_>>(), None, &seconds)?;
+    let seconds = |v: f64| {
+        if v < 0.1 {
+            format!("{:.3}", v)
+        } else {
+            format!("{:.2}", v)
+        }
+    };
+    bars(
+        &panels[0],
+        &format!("{}: first checkpoint, s", w.name),
+        "s",
+        &sums.iter().map(|s| (s.engine, s.ckpt1_s)).collect::<Vec<_>>(),
+        None,
+        &seconds,
+    )?;
+    bars(
+        &panels[1],
+        &format!("{}: checkpoint after 1% churn, s", w.name),
+        "s",
+        &sums.iter().map(|s| (s.engine, s.ckpt2_s)).collect::<Vec<_>>(),
+        None,
+        &seconds,
+    )?;
+    bars(
+        &panels[2],
+        &format!("{}: recovery (open + read all), s", w.name),
+        "s",
+        &sums.iter().map(|s| (s.engine, s.recovery_s)).collect::<Vec<_>>(),
+        None,
+        &seconds,
+    )?;
     root.present()?;
 
     let path = out.join(format!("{name}-latency.svg"));
     let root = SVGBackend::new(&path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let hists: Vec<(Engine, &Histogram<u64>)> = sums.iter().filter_map(|s| s.latency.as_ref().map(|h| (s.engine, h))).collect();
-    let lo = hists.iter().map(|(_, h)| h.min() as f64 / 1e3).fold(f64::INFINITY, f64::min).max(0.01) * 0.8;
-    let hi = hists.iter().map(|(_, h)| h.max() as f64 / 1e3).fold(0.0, f64::max) * 1.25;
+    let hists: Vec<(Engine, &Histogram<u64>)> = sums
+        .iter()
+        .filter_map(|s| s.latency.as_ref().map(|h| (s.engine, h)))
+        .collect();
+    let lo = hists
+        .iter()
+        .map(|(_, h)| h.min() as f64 / 1e3)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01)
+        * 0.8;
+    let hi = hists
+        .iter()
+        .map(|(_, h)| h.max() as f64 / 1e3)
+        .fold(0.0, f64::max)
+        * 1.25;
     let max_x = 3.3;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: commit → durable latency per epoch, all rounds", w.name), ("sans-serif", 18))
+        .caption(
+            format!("{}: commit → durable latency per epoch, all rounds", w.name),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
@@ -581,7 +758,10 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
             .collect();
         points.push((max_x, h.max() as f64 / 1e3));
         chart
-            .draw_series(LineSeries::new(points, c.stroke_width(if *engine == Engine::Laminar { 3 } else { 2 })))?
+            .draw_series(LineSeries::new(
+                points,
+                c.stroke_width(if *engine == Engine::Laminar { 3 } else { 2 }),
+            ))?
             .label(engine.short_label())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
@@ -625,17 +805,17 @@ pub fn write(out: &Path, text: &Rendered, all: &[WorkloadResults], engines: &[En
     let benchmarks = out.join("../benchmarks.md");
     if let Ok(doc) = std::fs::read_to_string(&benchmarks) {
         let (begin, end) = ("<!-- peers:begin -->", "<!-- peers:end -->");
-        if let (Some(b), Some(e)) = (doc.find(begin), doc.find(end)) {
-            if b < e {
-                let replaced = format!(
-                    "{}{begin}\n{}\nPlots and raw figures: [docs/peers/report.md](peers/report.md).\n{}",
-                    &doc[..b],
-                    text.section.trim_end(),
-                    &doc[e..]
-                );
-                std::fs::write(&benchmarks, replaced)?;
-                eprintln!("updated {}", benchmarks.display());
-            }
+        if let (Some(b), Some(e)) = (doc.find(begin), doc.find(end))
+            && b < e
+        {
+            let replaced = format!(
+                "{}{begin}\n{}\nPlots and raw figures: [docs/peers/report.md](peers/report.md).\n{}",
+                &doc[..b],
+                text.section.trim_end(),
+                &doc[e..]
+            );
+            std::fs::write(&benchmarks, replaced)?;
+            eprintln!("updated {}", benchmarks.display());
         }
     }
     Ok(())

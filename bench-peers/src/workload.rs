@@ -23,14 +23,31 @@ pub struct Workload {
     pub value_len: usize,
 }
 
-pub const W1: Workload = Workload { name: "W1", puts: 1_000_000, keys: 200_000, value_len: 100 };
-pub const W2: Workload = Workload { name: "W2", puts: 300_000, keys: 100_000, value_len: 1024 };
+pub const W1: Workload = Workload {
+    name: "W1",
+    puts: 1_000_000,
+    keys: 200_000,
+    value_len: 100,
+};
+pub const W2: Workload = Workload {
+    name: "W2",
+    puts: 300_000,
+    keys: 100_000,
+    value_len: 1024,
+};
 /// The opt-in overwrite mode: W1's keys and values, twenty times as long.
-pub const OVERWRITE: Workload = Workload { name: "overwrite", puts: 20_000_000, keys: 200_000, value_len: 100 };
+pub const OVERWRITE: Workload = Workload {
+    name: "overwrite",
+    puts: 20_000_000,
+    keys: 200_000,
+    value_len: 100,
+};
 
 impl Workload {
     pub fn by_name(name: &str) -> Option<Workload> {
-        [W1, W2, OVERWRITE].into_iter().find(|w| w.name.eq_ignore_ascii_case(name))
+        [W1, W2, OVERWRITE]
+            .into_iter()
+            .find(|w| w.name.eq_ignore_ascii_case(name))
     }
 
     /// The churn phase: 1% of the puts to 1% of the keys.
@@ -138,9 +155,15 @@ impl Expected {
         let mut values = vec![0u8; last.len() * workload.value_len];
         for (k, put) in last.iter().enumerate() {
             assert_ne!(*put, u64::MAX, "every key is written by the main phase");
-            make_value(*put, &mut values[k * workload.value_len..(k + 1) * workload.value_len]);
+            make_value(
+                *put,
+                &mut values[k * workload.value_len..(k + 1) * workload.value_len],
+            );
         }
-        Expected { value_len: workload.value_len, values }
+        Expected {
+            value_len: workload.value_len,
+            values,
+        }
     }
 
     #[inline]

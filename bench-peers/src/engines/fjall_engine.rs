@@ -35,19 +35,31 @@ impl FjallWriter {
         std::fs::create_dir_all(root)?;
         let (db, keyspace) = open(root)?;
         let batch = Some(durable_batch(&db));
-        Ok(Self { root: root.to_path_buf(), db, keyspace, batch, new_files: NewFiles::default() })
+        Ok(Self {
+            root: root.to_path_buf(),
+            db,
+            keyspace,
+            batch,
+            new_files: NewFiles::default(),
+        })
     }
 }
 
 impl Writer for FjallWriter {
     #[inline]
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.batch.as_mut().expect("a batch is open between commits").insert(&self.keyspace, key, value);
+        self.batch
+            .as_mut()
+            .expect("a batch is open between commits")
+            .insert(&self.keyspace, key, value);
         Ok(())
     }
 
     fn commit_durable(&mut self) -> Result<()> {
-        let batch = self.batch.replace(durable_batch(&self.db)).expect("a batch is open between commits");
+        let batch = self
+            .batch
+            .replace(durable_batch(&self.db))
+            .expect("a batch is open between commits");
         batch.commit()?;
         Ok(())
     }
@@ -55,7 +67,7 @@ impl Writer for FjallWriter {
     fn checkpoint(&mut self) -> Result<u64> {
         self.keyspace.rotate_memtable_and_wait()?;
         self.db.persist(PersistMode::SyncAll)?;
-        Ok(self.new_files.new_bytes(&self.root.join("db"), &is_table)?)
+        self.new_files.new_bytes(&self.root.join("db"), &is_table)
     }
 }
 

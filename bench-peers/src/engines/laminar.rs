@@ -22,8 +22,13 @@ pub struct LaminarWriter {
 impl LaminarWriter {
     pub fn open(dir: &Path) -> Result<Self> {
         let runtime = runtime()?;
-        let (manager, writer) = runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
-        Ok(Self { runtime, manager, writer })
+        let (manager, writer) =
+            runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
+        Ok(Self {
+            runtime,
+            manager,
+            writer,
+        })
     }
 }
 
@@ -61,8 +66,13 @@ pub struct LaminarReader {
 impl LaminarReader {
     pub fn open(dir: &Path) -> Result<Self> {
         let runtime = runtime()?;
-        let (manager, writer) = runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
-        Ok(Self { _runtime: runtime, _manager: manager, writer })
+        let (manager, writer) =
+            runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
+        Ok(Self {
+            _runtime: runtime,
+            _manager: manager,
+            writer,
+        })
     }
 }
 

@@ -29,7 +29,13 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub const ALL: [Engine; 5] = [Engine::Laminar, Engine::RocksDb, Engine::Fjall, Engine::SurrealKv, Engine::OkayWal];
+    pub const ALL: [Engine; 5] = [
+        Engine::Laminar,
+        Engine::RocksDb,
+        Engine::Fjall,
+        Engine::SurrealKv,
+        Engine::OkayWal,
+    ];
 
     /// The short name used on the command line, in directories and files.
     pub fn id(self) -> &'static str {

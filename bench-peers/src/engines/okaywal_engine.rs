@@ -54,7 +54,10 @@ impl LogManager for SnapshotManager {
             Ok(())
         } else {
             // Refusing keeps the segment: it is replayed at the next open.
-            Err(io::Error::other(format!("entry {} is not in a durable snapshot yet", last.0)))
+            Err(io::Error::other(format!(
+                "entry {} is not in a durable snapshot yet",
+                last.0
+            )))
         }
     }
 }
@@ -93,7 +96,9 @@ fn load_snapshot(root: &Path) -> Result<(State, u64)> {
         let vlen = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
         at += 8;
         let key = body.get(at..at + klen).ok_or_else(|| bad("truncated key"))?;
-        let value = body.get(at + klen..at + klen + vlen).ok_or_else(|| bad("truncated value"))?;
+        let value = body
+            .get(at + klen..at + klen + vlen)
+            .ok_or_else(|| bad("truncated value"))?;
         state.insert(key.into(), value.into());
         at += klen + vlen;
     }
@@ -106,9 +111,14 @@ fn open(root: &Path) -> Result<(&'static WriteAheadLog, State, Arc<AtomicU64>)> 
     let (state, last) = load_snapshot(root)?;
     let covered = Arc::new(AtomicU64::new(last));
     let replayed = Arc::new(Mutex::new(state));
-    let manager = SnapshotManager { covered: covered.clone(), replayed: replayed.clone() };
+    let manager = SnapshotManager {
+        covered: covered.clone(),
+        replayed: replayed.clone(),
+    };
     // Only the harness's snapshots recycle segments (see the module docs).
-    let log = Configuration::default_for(root.join("wal")).checkpoint_after_bytes(u64::MAX).open(manager)?;
+    let log = Configuration::default_for(root.join("wal"))
+        .checkpoint_after_bytes(u64::MAX)
+        .open(manager)?;
     let state = std::mem::take(&mut *replayed.lock().expect("no panics while holding the state"));
     // An `EntryWriter` borrows the log across a whole epoch; the process ends
     // with the log, so it lives for the rest of it.
@@ -128,13 +138,28 @@ impl OkayWalWriter {
     pub fn open(root: &Path) -> Result<Self> {
         let (log, state, covered) = open(root)?;
         let last_entry = covered.load(Ordering::Acquire);
-        Ok(Self { root: root.to_path_buf(), log, state, entry: None, last_entry, covered })
+        Ok(Self {
+            root: root.to_path_buf(),
+            log,
+            state,
+            entry: None,
+            last_entry,
+            covered,
+        })
     }
 
     fn write_snapshot(&self) -> Result<u64> {
         let tmp = self.root.join("snapshot.tmp");
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        let mut out = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new(), len: 0 };
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut out = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
         out.write_all(MAGIC)?;
         out.write_all(&self.last_entry.to_le_bytes())?;
         out.write_all(&(self.state.len() as u64).to_le_bytes())?;

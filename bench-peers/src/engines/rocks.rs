@@ -29,7 +29,14 @@ impl RocksWriter {
         let db = DB::open(&options(), root.join("db"))?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        Ok(Self { root: root.to_path_buf(), db, batch: WriteBatch::default(), sync, checkpoints: 0, new_files: NewFiles::default() })
+        Ok(Self {
+            root: root.to_path_buf(),
+            db,
+            batch: WriteBatch::default(),
+            sync,
+            checkpoints: 0,
+            new_files: NewFiles::default(),
+        })
     }
 }
 
@@ -42,7 +49,7 @@ impl Writer for RocksWriter {
 
     fn commit_durable(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.batch);
-        self.db.write_opt(&batch, &self.sync)?;
+        self.db.write_opt(batch, &self.sync)?;
         Ok(())
     }
 
@@ -62,7 +69,9 @@ pub struct RocksReader {
 
 impl RocksReader {
     pub fn open(root: &Path) -> Result<Self> {
-        Ok(Self { db: DB::open(&options(), root.join("db"))? })
+        Ok(Self {
+            db: DB::open(&options(), root.join("db"))?,
+        })
     }
 }
 

@@ -27,7 +27,14 @@ impl SurrealWriter {
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)?;
         let (runtime, tree) = open(root)?;
-        Ok(Self { root: root.to_path_buf(), runtime, tree, tx: None, checkpoints: 0, new_files: NewFiles::default() })
+        Ok(Self {
+            root: root.to_path_buf(),
+            runtime,
+            tree,
+            tx: None,
+            checkpoints: 0,
+            new_files: NewFiles::default(),
+        })
     }
 }
 
@@ -73,7 +80,11 @@ impl SurrealReader {
     pub fn open(root: &Path) -> Result<Self> {
         let (runtime, tree) = open(root)?;
         let tx = tree.begin_with_mode(Mode::ReadOnly)?;
-        Ok(Self { _runtime: runtime, _tree: tree, tx })
+        Ok(Self {
+            _runtime: runtime,
+            _tree: tree,
+            tx,
+        })
     }
 }
 
