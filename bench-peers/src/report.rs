@@ -151,16 +151,8 @@ pub fn summarize(results: &WorkloadResults, engine: Engine) -> Option<Summary> {
     let col = |k: &str| -> Vec<f64> { samples.iter().map(|s| s.get(k).unwrap_or(f64::NAN)).collect() };
     let ingest: Vec<f64> = col("ingest_s").iter().map(|s| w.puts as f64 / s).collect();
     let recovery = col("recovery_s");
-    let mut latency = None;
-    if samples.iter().any(|s| !s.latencies.is_empty()) {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-        for s in samples {
-            for &us in &s.latencies {
-                h.saturating_record(us.max(1) as u64);
-            }
-        }
-        latency = Some(h);
-    }
+    let all_latencies: Vec<u32> = samples.iter().flat_map(|s| s.latencies.iter().copied()).collect();
+    let latency = (!all_latencies.is_empty()).then(|| histogram(&all_latencies));
     let live = w.live_bytes() as f64;
     Some(Summary {
         engine,
@@ -185,6 +177,15 @@ pub fn summarize(results: &WorkloadResults, engine: Engine) -> Option<Summary> {
         overwrite_max_disk_per_live: median(col("overwrite_max_disk_bytes")) / live,
         overwrite_puts_s: median(col("overwrite_s").iter().map(|s| w.puts as f64 / s).collect()),
     })
+}
+
+/// Microsecond samples as a histogram (1 µs to 60 s, 3 significant digits).
+fn histogram(samples_us: &[u32]) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for &us in samples_us {
+        h.saturating_record(u64::from(us.max(1)));
+    }
+    h
 }
 
 fn ms(us: u64) -> String {
@@ -355,13 +356,7 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
         out.push('\n');
     }
 
-    let floor_each = {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-        for &us in &results.floor_each_us {
-            h.saturating_record(us.max(1) as u64);
-        }
-        h
-    };
+    let floor_each = histogram(&results.floor_each_us);
     let epochs = w.puts / crate::workload::PUTS_PER_EPOCH;
     let _ = writeln!(
         out,
@@ -712,17 +707,19 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
         .iter()
         .filter_map(|s| s.latency.as_ref().map(|h| (s.engine, h)))
         .collect();
-    let lo = hists
+    // The disk's own write+sync of one epoch, for reference.
+    let floor = histogram(&r.floor_each_us);
+    let all = hists
         .iter()
-        .map(|(_, h)| h.min() as f64 / 1e3)
+        .map(|(_, h)| *h)
+        .chain((!floor.is_empty()).then_some(&floor));
+    let lo = all
+        .clone()
+        .map(|h| h.min() as f64 / 1e3)
         .fold(f64::INFINITY, f64::min)
         .max(0.01)
         * 0.8;
-    let hi = hists
-        .iter()
-        .map(|(_, h)| h.max() as f64 / 1e3)
-        .fold(0.0, f64::max)
-        * 1.25;
+    let hi = all.map(|h| h.max() as f64 / 1e3).fold(0.0, f64::max) * 1.25;
     let max_x = 3.3;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -747,8 +744,7 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
         .y_desc("ms (log)")
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()?;
-    for (engine, h) in &hists {
-        let c = color(*engine);
+    let curve = |h: &Histogram<u64>| -> Vec<(f64, f64)> {
         let mut points: Vec<(f64, f64)> = (0..=150)
             .map(|k| {
                 let x = k as f64 * 0.02;
@@ -757,6 +753,17 @@ fn plot_workload(out: &Path, r: &WorkloadResults, engines: &[Engine]) -> PlotRes
             })
             .collect();
         points.push((max_x, h.max() as f64 / 1e3));
+        points
+    };
+    if !floor.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(curve(&floor), 6, 4, RED.stroke_width(2)))?
+            .label("disk: one epoch's pwrite + fdatasync")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    }
+    for (engine, h) in &hists {
+        let c = color(*engine);
+        let points = curve(h);
         chart
             .draw_series(LineSeries::new(
                 points,
