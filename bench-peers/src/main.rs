@@ -282,28 +282,34 @@ fn run(o: &Options) -> Result<()> {
             ..Default::default()
         };
         for round in 0..o.rounds {
-            // The disk first, then the engines, the order turning each round.
-            let floor_epochs = (w.puts / workload::PUTS_PER_EPOCH) as usize;
-            let write = disk::epoch_write(w.value_len);
-            let (floor, each) = disk::sync_floor(&o.dir, floor_epochs, write)?;
-            results.floor_s.push(floor.as_secs_f64());
-            results
-                .floor_each_us
-                .extend(each.iter().map(|d| d.as_micros() as u32));
+            // The disk's read bandwidth once a round; its sync floor right
+            // before every engine (a shared disk's syncs vary from minute to
+            // minute, so each engine's figure has a floor from its moment);
+            // the engines in an order that turns each round.
             let bw = disk::seq_read_bandwidth(&seq_file)?;
             results.seq_read.push(bw);
             eprintln!(
-                "{} round {}/{}: disk floor {:.3} s for {floor_epochs} x {} KiB pwrite+fdatasync; sequential read {:.0} MB/s",
+                "{} round {}/{}: sequential read {:.0} MB/s",
                 w.name,
                 round + 1,
                 o.rounds,
-                floor.as_secs_f64(),
-                write >> 10,
                 bw / 1e6
             );
             let n = o.engines.len();
             for k in 0..n {
                 let engine = o.engines[(k + round) % n];
+                let floor_epochs = (w.puts / workload::PUTS_PER_EPOCH) as usize;
+                let write = disk::epoch_write(w.value_len);
+                let (floor, each) = disk::sync_floor(&o.dir, floor_epochs, write)?;
+                results.floor_s.push(floor.as_secs_f64());
+                results
+                    .floor_each_us
+                    .extend(each.iter().map(|d| d.as_micros() as u32));
+                eprint!(
+                    "  [disk floor {:.3} s for {floor_epochs} x {} KiB pwrite+fdatasync]",
+                    floor.as_secs_f64(),
+                    write >> 10
+                );
                 let sample = run_one(o, w, engine)?;
                 results.samples.entry(engine.id()).or_default().push(sample);
             }
@@ -377,7 +383,7 @@ fn run_one(o: &Options, w: &Workload, engine: Engine) -> Result<Sample> {
     std::fs::remove_dir_all(&dir)?;
     let v = |k: &str| sample.get(k).unwrap_or(f64::NAN);
     eprintln!(
-        "  {:<10} ingest {:>7.0} k puts/s | ckpt {:.3} s {:.1} MB | churn ckpt {:.3} s {:.0} KB | recovery {:.3} s | disk {:.1} MB{}",
+        " {:<10} ingest {:>7.0} k puts/s | ckpt {:.3} s {:.1} MB | churn ckpt {:.3} s {:.0} KB | recovery {:.3} s | disk {:.1} MB{}",
         engine.id(),
         w.puts as f64 / v("ingest_s") / 1e3,
         v("ckpt1_s"),
