@@ -188,6 +188,10 @@ fn histogram(samples_us: &[u32]) -> Histogram<u64> {
     h
 }
 
+fn rounds(n: usize) -> String {
+    format!("{n} round{}", if n == 1 { "" } else { "s" })
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1e3)
 }
@@ -322,7 +326,7 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
         .ratio("disk bytes per live byte", |s| s.disk_per_live, false),
         row("every key verified after recovery", |s: &Summary| {
             if s.mismatches == 0.0 {
-                format!("yes ({} rounds)", s.rounds)
+                format!("yes ({})", rounds(s.rounds))
             } else {
                 format!("**NO: {} wrong**", s.mismatches)
             }
@@ -332,12 +336,12 @@ fn workload_tables(results: &WorkloadResults, engines: &[Engine]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {}: {} puts of {}-byte values over {} keys, epochs of 1,000 made durable; {} rounds, medians\n",
+        "### {}: {} puts of {}-byte values over {} keys, epochs of 1,000 made durable; {}, medians\n",
         w.name,
         group(w.puts as f64),
         w.value_len,
         group(w.keys as f64),
-        sums.first().map_or(0, |s| s.rounds)
+        rounds(sums.first().map_or(0, |s| s.rounds))
     );
     let _ = write!(out, "| {} |", w.name);
     for s in &sums {
@@ -511,13 +515,13 @@ pub fn render(
          Checkpoint bytes are what the checkpoint newly wrote. Resident memory is the process's RSS growth \
          over the phase, per live key. Disk bytes are allocated blocks (each inode once) of everything the \
          engine keeps, checkpoints included, per byte of live keys and values. Engines run in a different order \
-         each round, {} rounds per workload.",
+         each round, {} per workload.",
         if cold {
             "with the engine's files dropped from the page cache first (cold)"
         } else {
             "right after the crash with the page cache as the crash left it (warm)"
         },
-        rounds
+        self::rounds(rounds)
     );
     let header = format!(
         "Measured {} with `{}`.\n\nMachine: {}; {} of memory; {}; file system `{}`. \
