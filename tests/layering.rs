@@ -57,21 +57,6 @@ const KNOWN_EXCEPTIONS: &[(&str, &str, &str)] = &[
         "the umbrella error wraps `WalError`, defined in `wal`: it moves into `error`",
     ),
     (
-        "io/mod.rs",
-        "checkpoint/mod.rs",
-        "`FileSystem::map` returns `StoredFile`, defined in `checkpoint`: it moves into `io`",
-    ),
-    (
-        "io/std_fs.rs",
-        "checkpoint/mod.rs",
-        "`StdFs::map` builds a `StoredFile`: it moves into `io`",
-    ),
-    (
-        "recovery/mod.rs",
-        "manager/mod.rs",
-        "`RecoveryManager` takes the directories' lock through `manager::lock_dirs`: it moves into `io`",
-    ),
-    (
         "state/writer.rs",
         "manager/mod.rs",
         "Ring 0 watches Ring 1 through `manager::Ring1Watch` (the state layer's work moves it below `state`)",

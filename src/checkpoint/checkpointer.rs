@@ -28,18 +28,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::data_file::{DataFile, DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN};
+use super::data_file::{DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN};
 use super::delta::DeltaBuilder;
 use super::manifest::{
     FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
 };
-use super::merge::{Merge, Source};
-use super::store::{CheckpointStore, StoredFile, TMP_SUFFIX};
+use super::merge::Merge;
+use super::reader::{Inventory, chain_sources, io_error, read_chain};
+use super::store::{CheckpointStore, TMP_SUFFIX};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{
@@ -67,147 +68,6 @@ pub(crate) struct CheckpointStats {
     pub(crate) last_nanos: AtomicU64,
     pub(crate) wal_segments_removed: AtomicU64,
     pub(crate) cleanup_failures: AtomicU64,
-}
-
-/// What a listing of the store found.
-#[derive(Debug, Default)]
-pub(crate) struct Inventory {
-    /// Every published manifest by id, decoded or the error reading it.
-    pub(crate) manifests: BTreeMap<u64, Result<Manifest>>,
-    /// Every name in the store.
-    pub(crate) names: Vec<String>,
-}
-
-impl Inventory {
-    /// Lists `store` and reads every manifest.
-    pub(crate) async fn read(store: &dyn CheckpointStore, dir: &Path) -> Result<Self> {
-        let names = store
-            .list()
-            .await
-            .map_err(|source| IncrementalCheckpointError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        let mut manifests = BTreeMap::new();
-        for name in &names {
-            let Some(id) = parse_manifest_name(name) else {
-                continue;
-            };
-            manifests.insert(id, read_manifest(store, dir, name).await);
-        }
-        Ok(Self { manifests, names })
-    }
-
-    /// One more than every id in use (manifests, data files, partial
-    /// files), so a new checkpoint never reuses a name.
-    pub(crate) fn next_id(&self) -> u64 {
-        let data = self.names.iter().filter_map(|n| {
-            let base = n.split_once(".tmp").map_or(n.as_str(), |(b, _)| b);
-            parse_manifest_name(base).or_else(|| parse_data_file_name(base).map(|(id, _)| id))
-        });
-        data.chain(self.manifests.keys().copied()).max().unwrap_or(0) + 1
-    }
-}
-
-/// Reads and decodes one manifest.
-pub(crate) async fn read_manifest(store: &dyn CheckpointStore, dir: &Path, name: &str) -> Result<Manifest> {
-    let path = dir.join(name);
-    let bytes = store.read(name).await.map_err(|source| io_error(&path, source))?;
-    Manifest::decode(&bytes).map_err(|e| e.in_file(&path))
-}
-
-/// An I/O error on `path`, unwrapping an error of ours carried through
-/// `io::Error` (from inside a [`FileContents`](super::FileContents)).
-pub(crate) fn io_error(path: &Path, source: io::Error) -> IncrementalCheckpointError {
-    let source = match source.downcast::<IncrementalCheckpointError>() {
-        Ok(ours) => return ours,
-        Err(source) => source,
-    };
-    if source.kind() == io::ErrorKind::NotFound {
-        return IncrementalCheckpointError::NotFound {
-            path: path.to_path_buf(),
-        };
-    }
-    IncrementalCheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// A chain's data files, read and checked against the manifest (header,
-/// footer, size, checksum, count); their entries are checked as they are
-/// read.
-pub(crate) async fn read_chain(
-    store: &dyn CheckpointStore,
-    dir: &Path,
-    files: &[FileRef],
-) -> Result<Vec<(FileRef, StoredFile)>> {
-    let mut out = Vec::with_capacity(files.len());
-    for f in files {
-        let name = f.name();
-        let path = dir.join(&name);
-        let bytes = store
-            .read(&name)
-            .await
-            .map_err(|source| io_error(&path, source))?;
-        check_file(f, &bytes, &path)?;
-        out.push((*f, bytes));
-    }
-    Ok(out)
-}
-
-/// Checks a data file's header and footer against its manifest entry.
-pub(crate) fn check_file(f: &FileRef, bytes: &[u8], path: &Path) -> Result<()> {
-    let corrupt = |offset, reason| IncrementalCheckpointError::Corruption {
-        file: path.to_path_buf(),
-        offset,
-        reason,
-    };
-    if bytes.len() as u64 != f.len {
-        return Err(corrupt(
-            bytes.len().min(f.len as usize) as u64,
-            "data file size differs from its manifest",
-        ));
-    }
-    let file = DataFile::open(bytes).map_err(|e| e.in_file(path))?;
-    if file.kind != f.kind || file.checkpoint_id != f.id || file.epoch != f.epoch {
-        return Err(corrupt(12, "data file header differs from its manifest"));
-    }
-    if file.checksum() != f.checksum {
-        return Err(IncrementalCheckpointError::CrcMismatch {
-            file: path.to_path_buf(),
-            offset: bytes.len() as u64 - 8,
-            expected: f.checksum,
-            actual: file.checksum(),
-        });
-    }
-    if file.entry_count() != f.entries {
-        return Err(corrupt(
-            bytes.len() as u64 - 24,
-            "data file entry count differs from its manifest",
-        ));
-    }
-    Ok(())
-}
-
-/// The entries of a chain's files as merge sources, oldest first, with
-/// errors naming their file.
-pub(crate) fn chain_sources<'a>(
-    chain: &'a [(FileRef, StoredFile)],
-    dir: &Path,
-) -> Vec<Source<'a, IncrementalCheckpointError>> {
-    chain
-        .iter()
-        .map(|(f, bytes)| {
-            let path = dir.join(f.name());
-            // Checked by `read_chain`; a failure here still reports cleanly.
-            match DataFile::open(bytes) {
-                Ok(file) => Box::new(file.entries().map(move |e| e.map_err(|err| err.in_file(&path))))
-                    as Source<'a, IncrementalCheckpointError>,
-                Err(e) => Box::new(std::iter::once(Err(e.in_file(&path)))),
-            }
-        })
-        .collect()
 }
 
 /// What the WAL scan found for the target epoch.

@@ -11,6 +11,9 @@
 //! * `merge.rs`: k-way merge of sorted sources, newest wins.
 //! * `store.rs`: [`CheckpointStore`], the storage trait, and its local
 //!   directory implementation.
+//! * `reader.rs`: reading published checkpoints back: the store's
+//!   manifests, a chain's files checked against its manifest, their
+//!   entries.
 //! * `checkpointer.rs`: the task that takes checkpoints: builds the delta
 //!   or base, publishes it, applies retention, truncates the WAL.
 //!
@@ -31,12 +34,13 @@ pub(crate) mod delta;
 pub(crate) mod manifest;
 pub(crate) mod merge;
 mod metadata;
+pub(crate) mod reader;
 pub(crate) mod store;
 
 use std::path::Path;
 
 pub use metadata::IncrementalCheckpointMetadata;
-pub use store::{CheckpointStore, FileContents, LocalDirStore, StoredFile};
+pub use store::{CheckpointStore, FileContents, LocalDirStore};
 
 use crate::error::IncrementalCheckpointError;
 

@@ -72,10 +72,9 @@
 pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
-pub use crate::checkpoint::{
-    CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore, StoredFile,
-};
+pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::IncrementalCheckpointError;
+pub use crate::io::StoredFile;
 pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
 pub use crate::recovery::{
     RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, WalDamage,

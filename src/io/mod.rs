@@ -17,15 +17,17 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use crate::checkpoint::StoredFile;
-
 #[cfg(test)]
 pub(crate) mod faulty;
+mod lock;
 #[cfg(test)]
 pub(crate) mod sim;
 mod std_fs;
+mod stored_file;
 
+pub(crate) use lock::{DirLocks, lock_dirs, lock_dirs_for};
 pub(crate) use std_fs::StdFs;
+pub use stored_file::StoredFile;
 
 /// An open file. Positional reads and writes; no shared cursor.
 pub(crate) trait FsFile: Send + fmt::Debug {

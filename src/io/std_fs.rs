@@ -5,8 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use super::{FileSystem, FsFile};
-use crate::checkpoint::StoredFile;
+use super::{FileSystem, FsFile, StoredFile};
 
 /// The real file system through `std::fs`: `File::sync_data` is
 /// `fdatasync`, a directory is synced by opening it and calling `sync_all`.

@@ -34,8 +34,6 @@ mod checkpoint_task;
 mod config;
 mod ring1;
 
-use std::fs::{File, OpenOptions};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,13 +48,10 @@ use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
-use crate::io::{FileSystem, StdFs};
+use crate::io::{FileSystem, StdFs, lock_dirs_for};
 use crate::recovery::{Recovery, RecoveryConfig, WalDamage, recover_with};
 use crate::state::StateWriter;
 use crate::wal::{WalBatch, WalWriter};
-
-/// Name of the lock file in the WAL directory.
-pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The handle to a running state: durability waits, stats, shutdown.
 ///
@@ -78,13 +73,6 @@ struct Inner {
     checkpoint_stats: Arc<CheckpointStats>,
     config: CheckpointConfig,
     recovery: RecoverySummary,
-}
-
-/// The lock files of the checkpoint and WAL directories, held while a
-/// manager (or a recovery) has them open; released on drop.
-#[derive(Debug)]
-pub(crate) struct DirLocks {
-    _files: Vec<File>,
 }
 
 /// What `open` recovered.
@@ -484,44 +472,6 @@ impl IncrementalCheckpointManager {
     /// The configuration it was opened with.
     pub fn config(&self) -> &CheckpointConfig {
         &self.inner.config
-    }
-}
-
-/// Takes the directories' locks (see [`DirLocks`]).
-pub(crate) fn lock_dirs(checkpoint_dir: &Path, wal_dir: &Path) -> Result<DirLocks> {
-    lock_dirs_for(checkpoint_dir, wal_dir, true)
-}
-
-/// The WAL directory's lock, and the checkpoint directory's when it is a
-/// local directory of its own.
-fn lock_dirs_for(checkpoint_dir: &Path, wal_dir: &Path, local_checkpoints: bool) -> Result<DirLocks> {
-    let mut files = vec![lock_dir(wal_dir)?];
-    if local_checkpoints && checkpoint_dir != wal_dir {
-        files.push(lock_dir(checkpoint_dir)?);
-    }
-    Ok(DirLocks { _files: files })
-}
-
-fn lock_dir(dir: &Path) -> Result<File> {
-    let io = |source| IncrementalCheckpointError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| IncrementalCheckpointError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(IncrementalCheckpointError::Locked { path }),
-        Err(std::fs::TryLockError::Error(source)) => Err(IncrementalCheckpointError::Io { path, source }),
     }
 }
 

@@ -33,8 +33,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::DirLocks;
 use crate::error::{IncrementalCheckpointError, Result};
+use crate::io::DirLocks;
 use crate::state::{Change, StateDrain};
 use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
 

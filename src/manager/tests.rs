@@ -1,6 +1,7 @@
 //! Ring 1 under injected I/O faults, through the I/O seam on the real file
 //! system.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::*;

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail, WalDamage};
-use crate::checkpoint::checkpointer::{Inventory, chain_sources, read_chain};
+use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
 use crate::checkpoint::manifest::{FileRef, Manifest};
 use crate::checkpoint::merge::{Merge, Source};
-use crate::checkpoint::{CheckpointStore, StoredFile};
+use crate::checkpoint::reader::{Inventory, chain_sources, read_chain};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
-use crate::io::FileSystem;
+use crate::io::{FileSystem, StoredFile};
 use crate::state::{BulkLoader, StateDrain, StateWriter};
 use crate::wal::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
 

@@ -29,11 +29,11 @@ use std::sync::Arc;
 
 pub(crate) use load::{Recovery, recover_with};
 
-use crate::checkpoint::checkpointer::{chain_sources, read_chain, read_manifest};
 use crate::checkpoint::merge::Merge;
+use crate::checkpoint::reader::{chain_sources, read_chain, read_manifest};
 use crate::checkpoint::{CheckpointStore, IncrementalCheckpointMetadata, LocalDirStore};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
-use crate::io::StdFs;
+use crate::io::{StdFs, lock_dirs};
 use crate::state::{StateConfig, StateWriter};
 use crate::wal::WalRecoveryMode;
 
@@ -216,7 +216,7 @@ impl RecoveryManager {
     /// step in progress finish in the background; the lock is released
     /// when it does.
     pub async fn recover(&self) -> Result<RecoveredState> {
-        let locks = crate::manager::lock_dirs(&self.config.checkpoint_dir, &self.config.wal_dir)?;
+        let locks = lock_dirs(&self.config.checkpoint_dir, &self.config.wal_dir)?;
         let store = self.config.store();
         let recovery = recover_with(&self.config, Arc::new(StdFs), store.as_ref()).await?;
         drop(locks);
