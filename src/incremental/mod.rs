@@ -73,7 +73,7 @@ pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
-pub use crate::error::IncrementalCheckpointError;
+pub use crate::error::{IncrementalCheckpointError, WalError};
 pub use crate::io::StoredFile;
 pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
 pub use crate::recovery::{
@@ -84,4 +84,4 @@ pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{
     ArenaBacking, BatchOp, Change, StateConfig, StateDrain, StateWriter, StateWriterStats,
 };
-pub use crate::wal::{WalError, WalRecoveryMode, WalSyncMode, wal_size};
+pub use crate::wal::{WalRecoveryMode, WalSyncMode, wal_size};

@@ -1,10 +1,12 @@
 //! The crate's top-level error. Each layer has its own error type
-//! (e.g. [`WalError`](crate::wal::WalError)) that converts into this one.
+//! (e.g. [`WalError`]) that converts into this one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::wal::WalError;
+mod wal;
+
+pub use wal::WalError;
 
 /// Every error the public API returns.
 ///
