@@ -27,6 +27,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::coding::le_u32;
 use crate::io::{FileSystem, FsFile};
 use crate::wal::commit::{CommitRecord, commit_payload_len, encode_commit_payload};
 use crate::wal::{ReplayOp, ReplayReport, WalError, WalRecoveryMode, replay};
@@ -81,12 +82,6 @@ impl FileSystem for MemDir {
     fn sync_dir(&self, _: &Path) -> io::Result<()> {
         unsupported()
     }
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
 }
 
 /// Makes a segment's header valid (magic, version, number, known flags,

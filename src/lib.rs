@@ -28,6 +28,7 @@
 
 mod changelog;
 mod checkpoint;
+mod coding;
 mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]

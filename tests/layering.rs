@@ -27,9 +27,10 @@ use std::path::{Path, PathBuf};
 /// The layers of `src/`, lowest first. A module imports only modules in the
 /// same layer (its own) or in earlier ones.
 const LAYERS: &[&[&str]] = &[
-    // Primitives: the loom shim and the crate's errors.
+    // Primitives: the loom shim, the crate's errors, the byte codec.
     &["sync"],
     &["error"],
+    &["coding"],
     // The I/O seam (files, locks, stored files).
     &["io"],
     // Ring 0: the changelog ring and the state store built on it.

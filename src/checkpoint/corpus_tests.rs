@@ -37,6 +37,7 @@ use super::data_file::{
     HEADER_LEN,
 };
 use super::manifest::{FileRef, Manifest};
+use crate::coding::le_u32;
 use crate::io::sim::Rng;
 use crate::test_support::{self as test_alloc, env_seed};
 use crate::wal::WalPosition;
@@ -57,10 +58,6 @@ fn data_file(kind: DataKind, n: usize) -> Vec<u8> {
         }
     }
     w.finish().unwrap().1
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {

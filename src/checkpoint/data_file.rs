@@ -18,6 +18,7 @@
 use std::io::{self, Write};
 
 use super::FormatError;
+use crate::coding::{le_u32, le_u64};
 
 /// First bytes of a data file.
 pub(crate) const DATA_MAGIC: [u8; 8] = *b"LMNRDATA";
@@ -91,18 +92,6 @@ pub(crate) struct DataSummary {
     pub(crate) entries: u64,
     /// Tombstones among them.
     pub(crate) tombstones: u64,
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn encode_header(kind: DataKind, checkpoint_id: u64, epoch: u64) -> [u8; HEADER_LEN] {

@@ -21,9 +21,9 @@
 
 use std::collections::HashMap;
 
-use super::FormatError;
 use super::data_file::DataKind;
 use super::metadata::IncrementalCheckpointMetadata;
+use crate::coding::{Decode, Decoder, Encode, FormatError, PutLe, le_u32};
 use crate::wal::{ReplayFrom, WalPosition};
 
 const MAGIC: [u8; 8] = *b"LMNRMANI";
@@ -120,27 +120,6 @@ pub(crate) struct Manifest {
     pub(crate) files: Vec<FileRef>,
 }
 
-fn take<'b>(bytes: &mut &'b [u8], n: usize, at: &mut usize) -> Result<&'b [u8], FormatError> {
-    let (head, tail) = bytes
-        .split_at_checked(n)
-        .ok_or(FormatError::corrupt(*at as u64, "manifest truncated"))?;
-    *bytes = tail;
-    *at += n;
-    Ok(head)
-}
-
-fn u64_at(bytes: &mut &[u8], at: &mut usize) -> Result<u64, FormatError> {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(take(bytes, 8, at)?);
-    Ok(u64::from_le_bytes(a))
-}
-
-fn u32_at(bytes: &mut &[u8], at: &mut usize) -> Result<u32, FormatError> {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(take(bytes, 4, at)?);
-    Ok(u32::from_le_bytes(a))
-}
-
 impl Manifest {
     /// Where a WAL replay after this checkpoint starts.
     pub(crate) fn replay_from(&self) -> ReplayFrom {
@@ -184,34 +163,26 @@ impl Manifest {
             position.offset,
             position.next_seq,
         ] {
-            body.extend_from_slice(&v.to_le_bytes());
+            body.put_u64(v);
         }
-        body.extend_from_slice(&position.sync_gen.to_le_bytes());
-        body.extend_from_slice(&0u32.to_le_bytes()); // reserved
-        body.extend_from_slice(&flags.to_le_bytes());
-        body.extend_from_slice(&(self.sources.len() as u32).to_le_bytes());
-        for (name, offset) in &self.sources {
-            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            body.extend_from_slice(name.as_bytes());
-            body.extend_from_slice(&offset.to_le_bytes());
+        body.put_u32(position.sync_gen);
+        body.put_u32(0); // reserved
+        body.put_u32(flags);
+        body.put_u32(self.sources.len() as u32);
+        for source in &self.sources {
+            source.encode_into(&mut body);
         }
-        body.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        body.put_u32(self.files.len() as u32);
         for f in &self.files {
-            body.extend_from_slice(&u32::from(f.kind.code()).to_le_bytes());
-            body.extend_from_slice(&f.id.to_le_bytes());
-            body.extend_from_slice(&f.epoch.to_le_bytes());
-            body.extend_from_slice(&f.len.to_le_bytes());
-            body.extend_from_slice(&f.checksum.to_le_bytes());
-            body.extend_from_slice(&f.entries.to_le_bytes());
-            body.extend_from_slice(&0u32.to_le_bytes());
+            f.encode_into(&mut body);
         }
         let mut out = Vec::with_capacity(PREFIX_LEN + body.len() + 4);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.put_u32(VERSION);
+        out.put_u32(body.len() as u32);
         out.extend_from_slice(&body);
         let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        out.put_u32(crc);
         out
     }
 
@@ -235,177 +206,45 @@ impl Manifest {
     ///
     /// A [`FormatError`] naming the offset of what is wrong.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        if bytes.len() < PREFIX_LEN + 4 {
-            return Err(FormatError::corrupt(0, "manifest shorter than its header"));
-        }
-        if bytes[0..8] != MAGIC {
-            return Err(FormatError::corrupt(0, "not a manifest (bad magic)"));
-        }
-        let crc_at = bytes.len() - 4;
-        let mut stored = [0u8; 4];
-        stored.copy_from_slice(&bytes[crc_at..]);
-        let stored = u32::from_le_bytes(stored);
-        let actual = crc32fast::hash(&bytes[..crc_at]);
-        if stored != actual {
-            return Err(FormatError::Crc {
-                offset: 0,
-                expected: stored,
-                actual,
-            });
-        }
-        let mut at = 8;
-        let mut rest = &bytes[8..crc_at];
-        let version = u32_at(&mut rest, &mut at)?;
-        if version != VERSION && version != VERSION_1 {
-            return Err(FormatError::Version {
-                found: version,
-                supported: VERSION,
-            });
-        }
-        let body_len = u32_at(&mut rest, &mut at)? as usize;
-        if body_len != rest.len() {
-            return Err(FormatError::corrupt(
-                12,
-                "manifest body length does not match the file",
-            ));
-        }
-        let mut v = [0u64; 10];
-        for x in &mut v {
-            *x = u64_at(&mut rest, &mut at)?;
-        }
-        let [
-            id,
-            epoch,
-            timestamp,
-            parent,
-            watermark,
-            key_count,
-            size_bytes,
-            delta_bytes,
-            wal_segment,
-            wal_offset, // version 1: reserved
-        ] = v;
-        let position_at = at - 8;
-        let (wal_next_seq, wal_sync_gen) = if version == VERSION_1 {
-            (0, 0)
-        } else {
-            let seq = u64_at(&mut rest, &mut at)?;
-            let sync_gen = u32_at(&mut rest, &mut at)?;
-            let _reserved = u32_at(&mut rest, &mut at)?;
-            (seq, sync_gen)
-        };
-        let flags_at = at;
-        let flags = u32_at(&mut rest, &mut at)?;
-        let known = if version == VERSION_1 {
-            FLAG_INCREMENTAL | FLAG_WATERMARK
-        } else {
-            FLAG_INCREMENTAL | FLAG_WATERMARK | FLAG_WAL_POSITION
-        };
-        if flags & !known != 0 {
-            return Err(FormatError::corrupt(flags_at as u64, "unknown manifest flags"));
-        }
-        let wal_position = if flags & FLAG_WAL_POSITION != 0 {
-            let p = WalPosition {
-                segment: wal_segment,
-                offset: wal_offset,
-                next_seq: wal_next_seq,
-                sync_gen: wal_sync_gen,
-            };
-            if !p.follows_a_record() {
-                return Err(FormatError::corrupt(
-                    position_at as u64,
-                    "WAL position before the first possible commit",
-                ));
-            }
-            Some(p)
-        } else {
-            if version != VERSION_1 && (wal_offset, wal_next_seq, wal_sync_gen) != (0, 0, 0) {
-                return Err(FormatError::corrupt(
-                    position_at as u64,
-                    "WAL position fields set without their flag",
-                ));
-            }
-            None
-        };
-        let count_at = at;
-        let n = u32_at(&mut rest, &mut at)? as usize;
-        if n > rest.len() / 12 {
-            return Err(FormatError::corrupt(
-                count_at as u64,
-                "source count exceeds the manifest",
-            ));
+        let (version, mut d) = open_envelope(bytes)?;
+        let fixed = Fixed::decode(&mut d, version)?;
+        let count_at = d.offset();
+        let n = d.u32()? as usize;
+        if n > d.remaining() / 12 {
+            return Err(d.corrupt_at(count_at, "source count exceeds the manifest"));
         }
         let mut sources = Vec::with_capacity(n);
         for _ in 0..n {
-            let name_at = at;
-            let len = u32_at(&mut rest, &mut at)? as usize;
-            let name = std::str::from_utf8(take(&mut rest, len, &mut at)?)
-                .map_err(|_| FormatError::corrupt(name_at as u64, "source name is not UTF-8"))?;
-            sources.push((name.to_owned(), u64_at(&mut rest, &mut at)?));
+            sources.push(d.decode::<Source>()?);
         }
-        let count_at = at;
-        let n = u32_at(&mut rest, &mut at)? as usize;
-        if n == 0 || n > rest.len() / FILE_ENTRY_LEN {
-            return Err(FormatError::corrupt(
-                count_at as u64,
-                "file count does not fit the manifest",
-            ));
+        let files_at = d.offset();
+        let files = decode_chain(&mut d)?;
+        if !d.is_empty() {
+            return Err(d.corrupt_at(d.offset(), "trailing bytes in the manifest"));
         }
-        let mut files = Vec::with_capacity(n);
-        for i in 0..n {
-            let entry_at = at;
-            let code = u32_at(&mut rest, &mut at)?;
-            let kind = u8::try_from(code)
-                .ok()
-                .and_then(DataKind::from_code)
-                .filter(|k| *k != DataKind::Run)
-                .ok_or(FormatError::corrupt(entry_at as u64, "unknown data file kind"))?;
-            if (i == 0) != (kind == DataKind::Base) {
-                return Err(FormatError::corrupt(
-                    entry_at as u64,
-                    "a chain is one base followed by deltas",
-                ));
-            }
-            let f = FileRef {
-                kind,
-                id: u64_at(&mut rest, &mut at)?,
-                epoch: u64_at(&mut rest, &mut at)?,
-                len: u64_at(&mut rest, &mut at)?,
-                checksum: u32_at(&mut rest, &mut at)?,
-                entries: u64_at(&mut rest, &mut at)?,
-            };
-            let _reserved = u32_at(&mut rest, &mut at)?;
-            files.push(f);
-        }
-        if !rest.is_empty() {
-            return Err(FormatError::corrupt(at as u64, "trailing bytes in the manifest"));
-        }
-        let incremental = flags & FLAG_INCREMENTAL != 0;
+        let incremental = fixed.flags & FLAG_INCREMENTAL != 0;
         let last = files[files.len() - 1];
-        if last.id != id || last.epoch != epoch || incremental != (last.kind == DataKind::Delta) {
-            return Err(FormatError::corrupt(
-                count_at as u64,
-                "the chain's last file is not this checkpoint's",
-            ));
+        if last.id != fixed.id || last.epoch != fixed.epoch || incremental != (last.kind == DataKind::Delta) {
+            return Err(d.corrupt_at(files_at, "the chain's last file is not this checkpoint's"));
         }
-        if incremental && parent == 0 {
+        if incremental && fixed.parent == 0 {
             return Err(FormatError::corrupt(
                 40,
                 "an incremental checkpoint without a parent",
             ));
         }
         Ok(Self {
-            id,
-            epoch,
-            timestamp,
-            parent_id: (parent != 0).then_some(parent),
+            id: fixed.id,
+            epoch: fixed.epoch,
+            timestamp: fixed.timestamp,
+            parent_id: (fixed.parent != 0).then_some(fixed.parent),
             incremental,
-            watermark: (flags & FLAG_WATERMARK != 0).then_some(watermark as i64),
-            key_count,
-            size_bytes,
-            delta_bytes,
-            wal_segment,
-            wal_position,
+            watermark: (fixed.flags & FLAG_WATERMARK != 0).then_some(fixed.watermark as i64),
+            key_count: fixed.key_count,
+            size_bytes: fixed.size_bytes,
+            delta_bytes: fixed.delta_bytes,
+            wal_segment: fixed.wal_segment,
+            wal_position: fixed.wal_position,
             sources,
             files,
         })
@@ -427,6 +266,205 @@ impl Manifest {
             chain_length: self.files.len() as u32,
         }
     }
+}
+
+/// A source name and its offset, as a manifest lists them.
+type Source = (String, u64);
+
+impl Encode for Source {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        let (name, offset) = self;
+        out.put_u32(name.len() as u32);
+        out.extend_from_slice(name.as_bytes());
+        out.put_u64(*offset);
+    }
+}
+
+impl Decode<'_> for Source {
+    fn decode_from(d: &mut Decoder<'_>) -> Result<Self, FormatError> {
+        let name_at = d.offset();
+        let len = d.u32()? as usize;
+        let name = std::str::from_utf8(d.bytes(len)?)
+            .map_err(|_| d.corrupt_at(name_at, "source name is not UTF-8"))?
+            .to_owned();
+        Ok((name, d.u64()?))
+    }
+}
+
+impl Encode for FileRef {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put_u32(u32::from(self.kind.code()));
+        out.put_u64(self.id);
+        out.put_u64(self.epoch);
+        out.put_u64(self.len);
+        out.put_u32(self.checksum);
+        out.put_u64(self.entries);
+        out.put_u32(0); // reserved
+    }
+}
+
+impl Decode<'_> for FileRef {
+    fn decode_from(d: &mut Decoder<'_>) -> Result<Self, FormatError> {
+        let entry_at = d.offset();
+        let kind = u8::try_from(d.u32()?)
+            .ok()
+            .and_then(DataKind::from_code)
+            .filter(|k| *k != DataKind::Run)
+            .ok_or(d.corrupt_at(entry_at, "unknown data file kind"))?;
+        let f = Self {
+            kind,
+            id: d.u64()?,
+            epoch: d.u64()?,
+            len: d.u64()?,
+            checksum: d.u32()?,
+            entries: d.u64()?,
+        };
+        let _reserved = d.u32()?;
+        Ok(f)
+    }
+}
+
+/// Checks magic, CRC, version and body length; returns the version and a
+/// decoder over the body.
+fn open_envelope(bytes: &[u8]) -> Result<(u32, Decoder<'_>), FormatError> {
+    if bytes.len() < PREFIX_LEN + 4 {
+        return Err(FormatError::corrupt(0, "manifest shorter than its header"));
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(FormatError::corrupt(0, "not a manifest (bad magic)"));
+    }
+    let crc_at = bytes.len() - 4;
+    let stored = le_u32(bytes, crc_at);
+    let actual = crc32fast::hash(&bytes[..crc_at]);
+    if stored != actual {
+        return Err(FormatError::Crc {
+            offset: 0,
+            expected: stored,
+            actual,
+        });
+    }
+    let mut d = Decoder::new(&bytes[8..crc_at], 8, "manifest truncated");
+    let version = d.u32()?;
+    if version != VERSION && version != VERSION_1 {
+        return Err(FormatError::Version {
+            found: version,
+            supported: VERSION,
+        });
+    }
+    let body_len = d.u32()? as usize;
+    if body_len != d.remaining() {
+        return Err(FormatError::corrupt(
+            12,
+            "manifest body length does not match the file",
+        ));
+    }
+    Ok((version, d))
+}
+
+/// The fixed-width fields at the start of a manifest's body.
+struct Fixed {
+    id: u64,
+    epoch: u64,
+    timestamp: u64,
+    parent: u64,
+    watermark: u64,
+    key_count: u64,
+    size_bytes: u64,
+    delta_bytes: u64,
+    wal_segment: u64,
+    flags: u32,
+    wal_position: Option<WalPosition>,
+}
+
+impl Fixed {
+    /// Reads them as `version` lays them out, checking the flags and the
+    /// WAL position.
+    fn decode(d: &mut Decoder<'_>, version: u32) -> Result<Self, FormatError> {
+        let mut v = [0u64; 10];
+        for x in &mut v {
+            *x = d.u64()?;
+        }
+        let [
+            id,
+            epoch,
+            timestamp,
+            parent,
+            watermark,
+            key_count,
+            size_bytes,
+            delta_bytes,
+            wal_segment,
+            wal_offset, // version 1: reserved
+        ] = v;
+        let position_at = d.offset() - 8;
+        let (wal_next_seq, wal_sync_gen) = if version == VERSION_1 {
+            (0, 0)
+        } else {
+            let seq = d.u64()?;
+            let sync_gen = d.u32()?;
+            let _reserved = d.u32()?;
+            (seq, sync_gen)
+        };
+        let flags_at = d.offset();
+        let flags = d.u32()?;
+        let known = if version == VERSION_1 {
+            FLAG_INCREMENTAL | FLAG_WATERMARK
+        } else {
+            FLAG_INCREMENTAL | FLAG_WATERMARK | FLAG_WAL_POSITION
+        };
+        if flags & !known != 0 {
+            return Err(d.corrupt_at(flags_at, "unknown manifest flags"));
+        }
+        let wal_position = if flags & FLAG_WAL_POSITION != 0 {
+            let p = WalPosition {
+                segment: wal_segment,
+                offset: wal_offset,
+                next_seq: wal_next_seq,
+                sync_gen: wal_sync_gen,
+            };
+            if !p.follows_a_record() {
+                return Err(d.corrupt_at(position_at, "WAL position before the first possible commit"));
+            }
+            Some(p)
+        } else {
+            if version != VERSION_1 && (wal_offset, wal_next_seq, wal_sync_gen) != (0, 0, 0) {
+                return Err(d.corrupt_at(position_at, "WAL position fields set without their flag"));
+            }
+            None
+        };
+        Ok(Self {
+            id,
+            epoch,
+            timestamp,
+            parent,
+            watermark,
+            key_count,
+            size_bytes,
+            delta_bytes,
+            wal_segment,
+            flags,
+            wal_position,
+        })
+    }
+}
+
+/// The chain's data files: a count, then one base and its deltas.
+fn decode_chain(d: &mut Decoder<'_>) -> Result<Vec<FileRef>, FormatError> {
+    let count_at = d.offset();
+    let n = d.u32()? as usize;
+    if n == 0 || n > d.remaining() / FILE_ENTRY_LEN {
+        return Err(d.corrupt_at(count_at, "file count does not fit the manifest"));
+    }
+    let mut files = Vec::with_capacity(n);
+    for i in 0..n {
+        let entry_at = d.offset();
+        let f: FileRef = d.decode()?;
+        if (i == 0) != (f.kind == DataKind::Base) {
+            return Err(d.corrupt_at(entry_at, "a chain is one base followed by deltas"));
+        }
+        files.push(f);
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -37,63 +37,10 @@ mod metadata;
 pub(crate) mod reader;
 pub(crate) mod store;
 
-use std::path::Path;
-
 pub use metadata::IncrementalCheckpointMetadata;
 pub use store::{CheckpointStore, FileContents, LocalDirStore};
 
-use crate::error::IncrementalCheckpointError;
-
-/// What is wrong with a checkpoint file's bytes, and where.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FormatError {
-    /// Invalid content at `offset`.
-    Corrupt { offset: u64, reason: &'static str },
-    /// A checksum over the region starting at `offset` does not match.
-    Crc { offset: u64, expected: u32, actual: u32 },
-    /// Written by a format version this build does not read.
-    Version { found: u32, supported: u32 },
-}
-
-impl FormatError {
-    pub(crate) const fn corrupt(offset: u64, reason: &'static str) -> Self {
-        Self::Corrupt { offset, reason }
-    }
-
-    /// Where the damage is.
-    #[cfg(any(test, fuzzing))]
-    pub(crate) fn offset(&self) -> u64 {
-        match self {
-            Self::Corrupt { offset, .. } | Self::Crc { offset, .. } => *offset,
-            Self::Version { .. } => 8,
-        }
-    }
-
-    /// The crate error naming `file`.
-    pub(crate) fn in_file(self, file: &Path) -> IncrementalCheckpointError {
-        let file = file.to_path_buf();
-        match self {
-            Self::Corrupt { offset, reason } => {
-                IncrementalCheckpointError::Corruption { file, offset, reason }
-            }
-            Self::Crc {
-                offset,
-                expected,
-                actual,
-            } => IncrementalCheckpointError::CrcMismatch {
-                file,
-                offset,
-                expected,
-                actual,
-            },
-            Self::Version { found, supported } => IncrementalCheckpointError::UnsupportedVersion {
-                file,
-                found,
-                supported,
-            },
-        }
-    }
-}
+pub(crate) use crate::coding::FormatError;
 
 #[cfg(test)]
 mod corpus_tests;

@@ -2,6 +2,8 @@
 //! the record frame, byte for byte as `docs/format.md` draws them. Pure
 //! functions over byte slices; no I/O.
 
+use crate::coding::{Decoder, FormatError, le_u32, le_u64};
+
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"LMNRWAL\0";
 /// The segment format version this build writes and reads.
@@ -112,52 +114,42 @@ pub(crate) fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_LEN
     b
 }
 
-/// Why a segment header is rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HeaderError {
-    /// Not a valid header; the reason names what.
-    Invalid(&'static str),
-    /// A valid magic with a version this build does not read.
-    Version(u32),
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
-pub(crate) fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, HeaderError> {
+/// Decodes a segment header: magic, CRC, version, flags, in that order.
+/// Every damage is reported at offset 0 (the header is one unit); a valid
+/// header of another version is [`FormatError::Version`].
+pub(crate) fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FormatError> {
+    let invalid = |reason| FormatError::corrupt(0, reason);
     let Some(b) = buf.get(..SEGMENT_HEADER_LEN) else {
-        return Err(HeaderError::Invalid("segment shorter than its header"));
+        return Err(invalid("segment shorter than its header"));
     };
     if b[0..8] != SEGMENT_MAGIC {
-        return Err(HeaderError::Invalid("bad segment magic"));
+        return Err(invalid("bad segment magic"));
     }
-    if crc32fast::hash(&b[0..32]) != le_u32(b, 32) {
-        return Err(HeaderError::Invalid("segment header CRC mismatch"));
+    let (expected, actual) = (le_u32(b, 32), crc32fast::hash(&b[0..32]));
+    if expected != actual {
+        return Err(FormatError::Crc {
+            offset: 0,
+            expected,
+            actual,
+        });
     }
-    let version = le_u32(b, 8);
+    let mut d = Decoder::new(&b[8..32], 8, "segment shorter than its header");
+    let version = d.u32()?;
     if version != FORMAT_VERSION {
-        return Err(HeaderError::Version(version));
+        return Err(FormatError::Version {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
-    let flags = le_u32(b, 28);
+    let segment = d.u64()?;
+    let first_seq = d.u64()?;
+    let flags = d.u32()?;
     if flags & !HEADER_FLAG_EPOCH_BOUNDARY != 0 {
-        return Err(HeaderError::Invalid("unknown segment header flags"));
+        return Err(invalid("unknown segment header flags"));
     }
     Ok(SegmentHeader {
-        segment: le_u64(b, 12),
-        first_seq: le_u64(b, 20),
+        segment,
+        first_seq,
         starts_at_epoch_boundary: flags & HEADER_FLAG_EPOCH_BOUNDARY != 0,
     })
 }

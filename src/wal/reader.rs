@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use super::commit::CommitRecord;
 use super::format::{
-    FRAME_HEADER_LEN, Frame, FrameError, HeaderError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
+    FRAME_HEADER_LEN, Frame, FrameError, RecordType, SECTOR, SEGMENT_HEADER_LEN, decode_put,
     decode_segment_header, end_of_nonzero, frame_payload_len, parse_frame, parse_segment_file_name,
     segment_file_name,
 };
 use super::{WalError, WalRecoveryMode, io_err};
+use crate::coding::FormatError;
 use crate::io::{FileSystem, FsFile};
 
 /// One operation handed to the replay callback.
@@ -701,15 +702,18 @@ where
     ) -> Result<Flow, WalError> {
         let header = match decode_segment_header(bytes.bytes()) {
             Ok(h) => h,
-            Err(HeaderError::Version(found)) => {
+            Err(FormatError::Version { found, supported }) => {
                 return Err(WalError::UnsupportedVersion {
                     file: path.to_path_buf(),
                     found,
-                    supported: super::format::FORMAT_VERSION,
+                    supported,
                 });
             }
-            Err(HeaderError::Invalid(reason)) => {
-                return self.bad_header(path, 0, bytes.len(), reason);
+            Err(FormatError::Corrupt { offset, reason }) => {
+                return self.bad_header(path, offset as usize, bytes.len(), reason);
+            }
+            Err(FormatError::Crc { .. }) => {
+                return self.bad_header(path, 0, bytes.len(), "segment header CRC mismatch");
             }
         };
         if header.segment != seg {
