@@ -9,7 +9,12 @@
 //!   records are framed).
 //! * `batch.rs`: [`WalBatch`], records encoded ahead of writing.
 //! * `writer.rs`: [`WalWriter`], preallocation, rotation, sync, poisoning.
-//! * `reader.rs`: [`replay`], recovery modes, torn-tail detection.
+//! * `reader.rs`: [`replay`]: walks the segments, applies complete epochs,
+//!   reports what it found.
+//! * `position.rs`: where a replay starts and where the writer resumes.
+//! * `segment_bytes.rs`: a segment's bytes, read on demand.
+//! * `damage.rs`: torn tail or corruption, and what each
+//!   [`WalRecoveryMode`] does with it.
 //! * `commit.rs`: the epoch-commit payload codec.
 //!
 //! # Lifecycle and ownership
@@ -33,8 +38,11 @@ use std::time::Duration;
 
 mod batch;
 pub(crate) mod commit;
+mod damage;
 mod format;
+mod position;
 mod reader;
+mod segment_bytes;
 mod writer;
 
 #[cfg(test)]
@@ -46,9 +54,10 @@ mod corpus_tests;
 pub(crate) use crate::error::WalError;
 pub(crate) use batch::WalBatch;
 
+pub(crate) use position::{ReplayFrom, ReplayRange, WalPosition};
 #[cfg(any(test, fuzzing))]
 pub(crate) use reader::replay;
-pub(crate) use reader::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalPosition, replay_range};
+pub(crate) use reader::{ReplayOp, ReplayReport, replay_range};
 
 pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
 

@@ -1,0 +1,315 @@
+//! Damage in the log: telling a torn tail (a crash artefact at the end of
+//! the newest segment) from corruption, and what each
+//! [`WalRecoveryMode`] does with either (`docs/format.md`, "Telling a torn
+//! tail from corruption").
+
+use std::path::{Path, PathBuf};
+
+use super::format::{FRAME_HEADER_LEN, Frame, SECTOR, parse_frame, segment_file_name};
+use super::position::{ReplayFrom, ResumePosition};
+use super::reader::{ApplyError, BadAction, EndPos, Flow, ReplayOp, ReplayReport, Replayer};
+use super::{WalError, WalRecoveryMode};
+
+/// A torn tail that was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TornTail {
+    /// The newest segment.
+    pub(crate) file: PathBuf,
+    /// Offset of the first byte dropped.
+    pub(crate) offset: u64,
+    /// Bytes dropped (up to the last non-zero byte of the segment).
+    pub(crate) bytes_dropped: u64,
+}
+
+/// Damage that a recovery mode skipped or stopped at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CorruptionReport {
+    /// The damaged segment (for a missing segment: the name it should have).
+    pub(crate) file: PathBuf,
+    /// Offset of the damage.
+    pub(crate) offset: u64,
+    /// Bytes skipped or discarded from there in this file.
+    pub(crate) bytes: u64,
+    /// What is wrong.
+    pub(crate) reason: &'static str,
+}
+
+/// Sync generations of the valid frames found after a bad spot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gens {
+    None,
+    One(u32),
+    Many,
+}
+
+/// `g` is at or after `last` in wrapping order.
+pub(super) fn gen_not_before(g: u32, last: u32) -> bool {
+    g.wrapping_sub(last) < 1 << 31
+}
+
+/// Whether `[x, y)` shows a write that never reached the disk: an aligned
+/// sector of zeros, or zeros from `x` to the next sector boundary (the
+/// unwritten rest of a sector shared with the last durable record). A flipped
+/// bit in a written record shows neither, unless the record's first bytes up
+/// to a sector boundary are zero: then the damage is reported as a torn tail
+/// (never silently accepted), the safer of the two possible mistakes.
+fn lost_sector_evidence(buf: &[u8], x: usize, y: usize) -> bool {
+    let y = y.min(buf.len());
+    let boundary = (x / SECTOR + 1) * SECTOR;
+    if boundary <= y && buf[x..boundary].iter().all(|&b| b == 0) {
+        return true;
+    }
+    let mut s = x.div_ceil(SECTOR) * SECTOR;
+    while s + SECTOR <= y {
+        if buf[s..s + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}
+
+/// Valid frames with a sequence number of at least `expect` starting in
+/// `[from, to)`: the first one, and their sync generations.
+fn scan_later(buf: &[u8], from: usize, to: usize, expect: u64) -> (Option<(usize, u64)>, Gens) {
+    let max_seq = expect.saturating_add((buf.len() / FRAME_HEADER_LEN) as u64 + 1);
+    let mut first = None;
+    let mut gens = Gens::None;
+    let mut p = from;
+    while p < to {
+        if let Some(f) = plausible_frame(buf, p, expect, max_seq) {
+            if first.is_none() {
+                first = Some((p, f.seq));
+            }
+            gens = match gens {
+                Gens::None => Gens::One(f.sync_gen),
+                Gens::One(g) if g == f.sync_gen => Gens::One(g),
+                _ => Gens::Many,
+            };
+            p += f.total_len;
+        } else {
+            p += 1;
+        }
+    }
+    (first, gens)
+}
+
+fn plausible_frame(buf: &[u8], p: usize, min_seq: u64, max_seq: u64) -> Option<Frame<'_>> {
+    let h = buf.get(p..)?.get(..FRAME_HEADER_LEN)?;
+    if !(1..=4).contains(&h[8]) {
+        return None;
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&h[13..21]);
+    let seq = u64::from_le_bytes(s);
+    if seq < min_seq || seq > max_seq {
+        return None;
+    }
+    parse_frame(buf, p).ok()
+}
+
+fn corruption(path: &Path, offset: usize, reason: &'static str) -> WalError {
+    WalError::Corruption {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    }
+}
+
+impl<F> Replayer<F>
+where
+    F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
+{
+    /// A segment whose header is unusable: an error, or stop before it, or
+    /// skip it whole.
+    pub(super) fn bad_header(
+        &mut self,
+        path: &Path,
+        offset: usize,
+        len: usize,
+        reason: &'static str,
+    ) -> Result<Flow, WalError> {
+        let report = CorruptionReport {
+            file: path.to_path_buf(),
+            offset: offset as u64,
+            bytes: len.saturating_sub(offset) as u64,
+            reason,
+        };
+        match self.mode {
+            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                Err(corruption(path, offset, reason))
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                self.report.stopped_at = Some(report);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                self.report.skipped.push(report);
+                self.expect_seq = None;
+                // If no later segment is readable, the writer resumes before
+                // this one and must be allowed to replace it.
+                self.discard = true;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bad_spot(
+        &mut self,
+        seg: u64,
+        path: &Path,
+        buf: &[u8],
+        pos: usize,
+        end_nz: usize,
+        is_newest: bool,
+        seg_gen: Option<u32>,
+        (reason, certain): (&'static str, bool),
+    ) -> Result<BadAction, WalError> {
+        let expect = self.expect_seq.unwrap_or(0);
+        let reason = if !is_newest && end_nz <= pos {
+            "segment ends without its seal record"
+        } else {
+            reason
+        };
+        // Only the newest segment has a tail to classify, and only skipping
+        // needs the next valid record elsewhere.
+        let (first_later, gens) = if is_newest || self.mode == WalRecoveryMode::SkipAnyCorruptedRecords {
+            scan_later(buf, pos + 1, end_nz, expect)
+        } else {
+            (None, Gens::Many)
+        };
+        let tail_like = is_newest
+            && !certain
+            && match gens {
+                Gens::None => true,
+                Gens::One(g) => match seg_gen {
+                    None => true,
+                    Some(last) => {
+                        g == last
+                            || (gen_not_before(g, last)
+                                && lost_sector_evidence(buf, pos, first_later.map_or(end_nz, |(y, _)| y)))
+                    }
+                },
+                Gens::Many => false,
+            };
+        let dropped = end_nz.saturating_sub(pos) as u64;
+        let stop_here = EndPos {
+            segment: seg,
+            offset: pos as u64,
+            next_seq: expect,
+            sealed: false,
+        };
+        let torn = TornTail {
+            file: path.to_path_buf(),
+            offset: pos as u64,
+            bytes_dropped: dropped,
+        };
+        let report = |bytes: u64| CorruptionReport {
+            file: path.to_path_buf(),
+            offset: pos as u64,
+            bytes,
+            reason,
+        };
+        match self.mode {
+            WalRecoveryMode::AbsoluteConsistency => Err(if tail_like {
+                WalError::TornTail {
+                    file: path.to_path_buf(),
+                    offset: pos as u64,
+                    bytes: dropped,
+                }
+            } else {
+                corruption(path, pos, reason)
+            }),
+            WalRecoveryMode::TolerateCorruptedTailRecords => {
+                if tail_like {
+                    self.report.torn_tail = Some(torn);
+                    self.end = Some(stop_here);
+                    Ok(BadAction::Stop)
+                } else {
+                    Err(corruption(path, pos, reason))
+                }
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                if tail_like {
+                    self.report.torn_tail = Some(torn);
+                } else {
+                    self.report.stopped_at = Some(report(dropped));
+                    self.discard = true;
+                }
+                self.end = Some(stop_here);
+                Ok(BadAction::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                if let Some((y, seq)) = first_later {
+                    self.report.skipped.push(report((y - pos) as u64));
+                    self.expect_seq = Some(seq);
+                    Ok(BadAction::ResumeAt(y))
+                } else if is_newest {
+                    self.report.torn_tail = Some(torn);
+                    self.end = Some(stop_here);
+                    Ok(BadAction::Stop)
+                } else {
+                    self.report.skipped.push(report((buf.len() - pos) as u64));
+                    self.expect_seq = None;
+                    Ok(BadAction::NextSegment)
+                }
+            }
+        }
+    }
+
+    /// Segment `segment`, which the log needs, is not in `dir`: an error,
+    /// or stop before it, or go on past it.
+    pub(super) fn missing_segment(&mut self, dir: &Path, segment: u64) -> Result<Flow, WalError> {
+        let lost = CorruptionReport {
+            file: dir.join(segment_file_name(segment)),
+            offset: 0,
+            bytes: 0,
+            reason: "missing segment",
+        };
+        match self.mode {
+            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+                Err(WalError::MissingSegment {
+                    dir: dir.to_path_buf(),
+                    segment,
+                })
+            }
+            WalRecoveryMode::PointInTimeRecovery => {
+                self.report.stopped_at = Some(lost);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            WalRecoveryMode::SkipAnyCorruptedRecords => {
+                self.report.skipped.push(lost);
+                self.expect_seq = None;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
+    /// No segment at or after `from`. From the very start that is a new
+    /// log; after a checkpoint it means the segment holding the
+    /// checkpoint's commit is gone, and with it whatever was acknowledged
+    /// after the checkpoint: an error, unless the mode accepts the loss.
+    /// The log then goes on after the lost segment, never again at a
+    /// number the checkpoint's replay would pass over.
+    pub(super) fn no_segments(mut self, from: ReplayFrom, dir: &Path) -> Result<ReplayReport, WalError> {
+        let (segment, next_seq, next_gen) = match from {
+            ReplayFrom::Segment(0) => return Ok(self.report),
+            ReplayFrom::Segment(s) => (s, 1, 0),
+            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
+        };
+        self.missing_segment(dir, segment)?;
+        self.report.resume = ResumePosition {
+            segment,
+            offset: 0,
+            next_seq,
+            next_gen,
+            zero_until: 0,
+            start_new_segment: true,
+            discard_later_segments: false,
+        };
+        Ok(self.report)
+    }
+}
