@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{FRAME_HEADER_LEN, Frame, SECTOR, parse_frame, segment_file_name};
 use super::position::{ReplayFrom, ResumePosition};
-use super::reader::{ApplyError, BadAction, EndPos, Flow, ReplayOp, ReplayReport, Replayer};
+use super::reader::{ApplyError, BadAction, EndPos, Flow, ReplayOp, ReplayReport, Replayer, Segment};
 use super::{WalError, WalRecoveryMode};
 
 /// A torn tail that was dropped.
@@ -108,6 +108,48 @@ fn plausible_frame(buf: &[u8], p: usize, min_seq: u64, max_seq: u64) -> Option<F
     parse_frame(buf, p).ok()
 }
 
+/// Where a segment's records stop being valid, and what was found there.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BadSpot {
+    /// Offset of the frame that should have been there.
+    pub(super) pos: usize,
+    /// One past the segment's last non-zero byte.
+    pub(super) end_nz: usize,
+    /// The sync generation of the last valid record of this segment read.
+    pub(super) seg_gen: Option<u32>,
+    /// What is wrong.
+    pub(super) reason: &'static str,
+    /// Whether the damage cannot be a torn write (a CRC that holds over
+    /// invalid content, a sequence gap): corruption whatever follows.
+    pub(super) certain: bool,
+}
+
+/// Whether the damage at `pos` of the newest segment looks like a write the
+/// crash cut short: no valid frame after it, or only frames of the same
+/// sync generation as the last valid record (the unsynced rest of its
+/// write), or of a later one with the sign of a lost sector before them.
+fn looks_torn(
+    buf: &[u8],
+    pos: usize,
+    end_nz: usize,
+    seg_gen: Option<u32>,
+    first_later: Option<(usize, u64)>,
+    gens: Gens,
+) -> bool {
+    match gens {
+        Gens::None => true,
+        Gens::One(g) => match seg_gen {
+            None => true,
+            Some(last) => {
+                g == last
+                    || (gen_not_before(g, last)
+                        && lost_sector_evidence(buf, pos, first_later.map_or(end_nz, |(y, _)| y)))
+            }
+        },
+        Gens::Many => false,
+    }
+}
+
 fn corruption(path: &Path, offset: usize, reason: &'static str) -> WalError {
     WalError::Corruption {
         file: path.to_path_buf(),
@@ -155,18 +197,24 @@ where
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A place in `seg` (whose bytes read so far are `buf`) where no valid
+    /// record starts though one should: a torn tail (dropped and, with the
+    /// default mode, repaired) or corruption (an error, or stopped at or
+    /// skipped, as the mode says).
     pub(super) fn bad_spot(
         &mut self,
-        seg: u64,
-        path: &Path,
+        seg: &Segment<'_>,
         buf: &[u8],
-        pos: usize,
-        end_nz: usize,
-        is_newest: bool,
-        seg_gen: Option<u32>,
-        (reason, certain): (&'static str, bool),
+        spot: BadSpot,
     ) -> Result<BadAction, WalError> {
+        let BadSpot {
+            pos,
+            end_nz,
+            seg_gen,
+            reason,
+            certain,
+        } = spot;
+        let (path, seg, is_newest) = (seg.path, seg.number, seg.is_newest);
         let expect = self.expect_seq.unwrap_or(0);
         let reason = if !is_newest && end_nz <= pos {
             "segment ends without its seal record"
@@ -180,20 +228,7 @@ where
         } else {
             (None, Gens::Many)
         };
-        let tail_like = is_newest
-            && !certain
-            && match gens {
-                Gens::None => true,
-                Gens::One(g) => match seg_gen {
-                    None => true,
-                    Some(last) => {
-                        g == last
-                            || (gen_not_before(g, last)
-                                && lost_sector_evidence(buf, pos, first_later.map_or(end_nz, |(y, _)| y)))
-                    }
-                },
-                Gens::Many => false,
-            };
+        let tail_like = is_newest && !certain && looks_torn(buf, pos, end_nz, seg_gen, first_later, gens);
         let dropped = end_nz.saturating_sub(pos) as u64;
         let stop_here = EndPos {
             segment: seg,

@@ -13,10 +13,11 @@
 //! tail or corruption, and what each recovery mode does with it).
 
 use std::error::Error as StdError;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use super::commit::CommitRecord;
-use super::damage::{CorruptionReport, TornTail, gen_not_before};
+use super::damage::{BadSpot, CorruptionReport, TornTail, gen_not_before};
 use super::format::{
     Frame, FrameError, RecordType, SEGMENT_HEADER_LEN, decode_put, decode_segment_header, parse_frame,
     segment_file_name,
@@ -98,6 +99,38 @@ enum PendingOp {
         start: usize,
         end: usize,
     },
+}
+
+/// The segment being read.
+pub(super) struct Segment<'a> {
+    pub(super) number: u64,
+    pub(super) path: &'a Path,
+    /// The newest segment: damage at its end may be a torn tail.
+    pub(super) is_newest: bool,
+    /// The oldest segment on disk: it may start after removed ones.
+    pub(super) is_oldest: bool,
+}
+
+/// Where the scan of a segment's records is.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Where reading began (the header's end, or a checkpoint's position).
+    from: usize,
+    /// The next frame.
+    pos: usize,
+    /// Its sequence number.
+    expect: u64,
+    /// The sync generation it may not be older than.
+    seg_gen: Option<u32>,
+}
+
+/// What taking in a valid frame led to.
+enum Taken {
+    Next,
+    /// The commit of the epoch the replay stops at.
+    ReachedUntil,
+    /// A seal: the segment's last record.
+    Seal,
 }
 
 pub(super) enum Flow {
@@ -259,7 +292,13 @@ where
         let path = dir.join(segment_file_name(seg));
         let mut bytes = SegmentBytes::open(fs, &path).map_err(io_err("read", &path))?;
         r.report.segments_read += 1;
-        match r.scan_segment(seg, &path, &mut bytes, start, seg == newest, seg == segments[0])? {
+        let segment = Segment {
+            number: seg,
+            path: &path,
+            is_newest: seg == newest,
+            is_oldest: seg == segments[0],
+        };
+        match r.scan_segment(&segment, &mut bytes, start)? {
             Flow::NextSegment => {}
             Flow::Stop => break,
         }
@@ -274,13 +313,31 @@ where
     /// Reads the records of one segment, from its start or from `start`.
     fn scan_segment(
         &mut self,
-        seg: u64,
-        path: &Path,
+        seg: &Segment<'_>,
         bytes: &mut SegmentBytes,
         start: Option<WalPosition>,
-        is_newest: bool,
-        is_oldest: bool,
     ) -> Result<Flow, WalError> {
+        match self.open_segment(seg, bytes, start)? {
+            ControlFlow::Continue(cursor) => self.scan_records(seg, bytes, cursor),
+            ControlFlow::Break(flow) => Ok(flow),
+        }
+    }
+
+    /// Checks the segment's header against its name and the previous
+    /// segment, and finds where its records are read from (its start, or
+    /// the position `start`). `Break`: the header is unusable and the mode
+    /// says what happens next.
+    fn open_segment(
+        &mut self,
+        seg: &Segment<'_>,
+        bytes: &mut SegmentBytes,
+        start: Option<WalPosition>,
+    ) -> Result<ControlFlow<Flow, Cursor>, WalError> {
+        let path = seg.path;
+        let bad_header = |this: &mut Self, offset: usize, reason| {
+            this.bad_header(path, offset, bytes.len(), reason)
+                .map(ControlFlow::Break)
+        };
         let header = match decode_segment_header(bytes.bytes()) {
             Ok(h) => h,
             Err(FormatError::Version { found, supported }) => {
@@ -290,18 +347,13 @@ where
                     supported,
                 });
             }
-            Err(FormatError::Corrupt { offset, reason }) => {
-                return self.bad_header(path, offset as usize, bytes.len(), reason);
-            }
-            Err(FormatError::Crc { .. }) => {
-                return self.bad_header(path, 0, bytes.len(), "segment header CRC mismatch");
-            }
+            Err(FormatError::Corrupt { offset, reason }) => return bad_header(self, offset as usize, reason),
+            Err(FormatError::Crc { .. }) => return bad_header(self, 0, "segment header CRC mismatch"),
         };
-        if header.segment != seg {
-            return self.bad_header(
-                path,
+        if header.segment != seg.number {
+            return bad_header(
+                self,
                 12,
-                bytes.len(),
                 "segment number in the header does not match the file name",
             );
         }
@@ -309,41 +361,49 @@ where
             && header.first_seq != e
         {
             let reason = "first sequence number does not continue the previous segment";
-            if self.mode == WalRecoveryMode::SkipAnyCorruptedRecords {
-                self.report.skipped.push(CorruptionReport {
-                    file: path.to_path_buf(),
-                    offset: 20,
-                    bytes: 0,
-                    reason,
-                });
-            } else {
-                return self.bad_header(path, 20, bytes.len(), reason);
+            if self.mode != WalRecoveryMode::SkipAnyCorruptedRecords {
+                return bad_header(self, 20, reason);
             }
+            self.report.skipped.push(CorruptionReport {
+                file: path.to_path_buf(),
+                offset: 20,
+                bytes: 0,
+                reason,
+            });
         }
         // Where the records read begin, the sequence number there, and the
         // sync generation the first one may not be older than.
-        let (from, mut expect, mut seg_gen) = match start {
-            None => (SEGMENT_HEADER_LEN, header.first_seq, None),
+        let cursor = match start {
+            None => Cursor {
+                from: SEGMENT_HEADER_LEN,
+                pos: SEGMENT_HEADER_LEN,
+                expect: header.first_seq,
+                seg_gen: None,
+            },
             Some(p) => {
                 let Some(offset) = position_in_segment(&p, header.first_seq, bytes.len()) else {
                     let at = usize::try_from(p.offset).unwrap_or(usize::MAX);
-                    return self.bad_header(
-                        path,
+                    return bad_header(
+                        self,
                         at,
-                        bytes.len(),
                         "the checkpoint's WAL position does not fit this segment",
                     );
                 };
                 bytes.skip_to(offset);
                 self.last_gen = Some(p.sync_gen);
-                (offset, p.next_seq, Some(p.sync_gen))
+                Cursor {
+                    from: offset,
+                    pos: offset,
+                    expect: p.next_seq,
+                    seg_gen: Some(p.sync_gen),
+                }
             }
         };
-        self.expect_seq = Some(expect);
+        self.expect_seq = Some(cursor.expect);
         let first = EndPos {
-            segment: seg,
-            offset: from as u64,
-            next_seq: expect,
+            segment: seg.number,
+            offset: cursor.from as u64,
+            next_seq: cursor.expect,
             sealed: false,
         };
         self.end = Some(first);
@@ -355,89 +415,122 @@ where
             // like any other skipped range. A position is right after a
             // commit: an epoch boundary.
             self.head_partial =
-                is_oldest && start.is_none() && header.first_seq != 1 && !header.starts_at_epoch_boundary;
+                seg.is_oldest && start.is_none() && header.first_seq != 1 && !header.starts_at_epoch_boundary;
         }
-        let mut pos = from;
+        Ok(ControlFlow::Continue(cursor))
+    }
+
+    /// Takes in the segment's records from `c` on, until its end, a seal,
+    /// the requested epoch, or damage (which the mode handles).
+    fn scan_records(
+        &mut self,
+        seg: &Segment<'_>,
+        bytes: &mut SegmentBytes,
+        mut c: Cursor,
+    ) -> Result<Flow, WalError> {
         loop {
-            bytes.ensure_frame(pos).map_err(io_err("read", path))?;
-            let bad: (&'static str, bool) = match parse_frame(bytes.bytes(), pos) {
-                Ok(f) if f.seq == expect && seg_gen.is_none_or(|g| gen_not_before(f.sync_gen, g)) => {
-                    self.frame_offset = pos;
-                    match self.record(path, &f)? {
-                        Ok(()) => {
-                            pos += f.total_len;
-                            expect += 1;
-                            seg_gen = Some(f.sync_gen);
-                            self.last_gen = Some(f.sync_gen);
-                            self.expect_seq = Some(expect);
-                            let sealed = f.rtype == RecordType::Seal;
-                            let here = EndPos {
-                                segment: seg,
-                                offset: pos as u64,
-                                next_seq: expect,
-                                sealed,
-                            };
-                            self.end = Some(here);
-                            if f.rtype == RecordType::Commit {
-                                self.last_commit_end = Some(here);
-                                self.report.last_commit_end = Some(WalPosition {
-                                    segment: seg,
-                                    offset: pos as u64,
-                                    next_seq: expect,
-                                    sync_gen: f.sync_gen,
-                                });
-                                if self.reached_until {
-                                    return Ok(Flow::Stop);
-                                }
-                            }
-                            if sealed {
-                                // Nothing after a seal is a record, but a
-                                // writer resuming before it zero-fills it.
-                                self.read_to_end(seg, path, bytes, from)?;
-                                return Ok(if is_newest { Flow::Stop } else { Flow::NextSegment });
-                            }
-                            continue;
+            bytes.ensure_frame(c.pos).map_err(io_err("read", seg.path))?;
+            let (reason, certain) = match parse_frame(bytes.bytes(), c.pos) {
+                Ok(f) if f.seq == c.expect && c.seg_gen.is_none_or(|g| gen_not_before(f.sync_gen, g)) => {
+                    match self.take_frame(seg, &mut c, &f)? {
+                        Ok(Taken::Next) => continue,
+                        Ok(Taken::ReachedUntil) => return Ok(Flow::Stop),
+                        Ok(Taken::Seal) => {
+                            // Nothing after a seal is a record, but a
+                            // writer resuming before it zero-fills it.
+                            self.read_to_end(seg, bytes, c.from)?;
+                            return Ok(if seg.is_newest {
+                                Flow::Stop
+                            } else {
+                                Flow::NextSegment
+                            });
                         }
                         Err(reason) => (reason, true),
                     }
                 }
-                Ok(f) if f.seq < expect => ("stale record (sequence number from an earlier use)", false),
-                Ok(f) if f.seq > expect => ("sequence number gap", true),
+                Ok(f) if f.seq < c.expect => ("stale record (sequence number from an earlier use)", false),
+                Ok(f) if f.seq > c.expect => ("sequence number gap", true),
                 Ok(_) => ("sync generation goes backwards", true),
                 // A CRC that holds over an unknown type is no torn write.
                 Err(e) => (e.reason(), e == FrameError::UnknownType),
             };
-            let end_nz = self.read_to_end(seg, path, bytes, from)?;
-            let buf = bytes.bytes();
-            if is_newest && end_nz <= pos {
+            let end_nz = self.read_to_end(seg, bytes, c.from)?;
+            if seg.is_newest && end_nz <= c.pos {
                 // Nothing but zeros (preallocated space) from here: clean end.
                 return Ok(Flow::Stop);
             }
-            match self.bad_spot(seg, path, buf, pos, end_nz, is_newest, seg_gen, bad)? {
+            let spot = BadSpot {
+                pos: c.pos,
+                end_nz,
+                seg_gen: c.seg_gen,
+                reason,
+                certain,
+            };
+            match self.bad_spot(seg, bytes.bytes(), spot)? {
                 BadAction::Stop => return Ok(Flow::Stop),
                 BadAction::NextSegment => return Ok(Flow::NextSegment),
                 BadAction::ResumeAt(y) => {
-                    pos = y;
-                    expect = self.expect_seq.unwrap_or(expect);
-                    seg_gen = None;
+                    c.pos = y;
+                    c.expect = self.expect_seq.unwrap_or(c.expect);
+                    c.seg_gen = None;
                 }
             }
         }
+    }
+
+    /// Takes in the valid frame `f` at `c.pos` and moves `c` past it.
+    /// `Ok(Err(reason))`: the CRC holds but the content is invalid
+    /// (corruption, never a torn tail).
+    fn take_frame(
+        &mut self,
+        seg: &Segment<'_>,
+        c: &mut Cursor,
+        f: &Frame<'_>,
+    ) -> Result<Result<Taken, &'static str>, WalError> {
+        self.frame_offset = c.pos;
+        if let Err(reason) = self.record(seg.path, f)? {
+            return Ok(Err(reason));
+        }
+        c.pos += f.total_len;
+        c.expect += 1;
+        c.seg_gen = Some(f.sync_gen);
+        self.last_gen = Some(f.sync_gen);
+        self.expect_seq = Some(c.expect);
+        let sealed = f.rtype == RecordType::Seal;
+        let here = EndPos {
+            segment: seg.number,
+            offset: c.pos as u64,
+            next_seq: c.expect,
+            sealed,
+        };
+        self.end = Some(here);
+        if f.rtype == RecordType::Commit {
+            self.last_commit_end = Some(here);
+            self.report.last_commit_end = Some(WalPosition {
+                segment: seg.number,
+                offset: c.pos as u64,
+                next_seq: c.expect,
+                sync_gen: f.sync_gen,
+            });
+            if self.reached_until {
+                return Ok(Ok(Taken::ReachedUntil));
+            }
+        }
+        Ok(Ok(if sealed { Taken::Seal } else { Taken::Next }))
     }
 
     /// Reads the rest of the segment and notes where its non-zero bytes
     /// end (at least `from`, where reading began).
     fn read_to_end(
         &mut self,
-        seg: u64,
-        path: &Path,
+        seg: &Segment<'_>,
         bytes: &mut SegmentBytes,
         from: usize,
     ) -> Result<usize, WalError> {
-        let end_nz = bytes.read_to_end(from).map_err(io_err("read", path))?;
+        let end_nz = bytes.read_to_end(from).map_err(io_err("read", seg.path))?;
         match self.written_ends.last_mut() {
-            Some((s, end)) if *s == seg => *end = end_nz as u64,
-            _ => self.written_ends.push((seg, end_nz as u64)),
+            Some((s, end)) if *s == seg.number => *end = end_nz as u64,
+            _ => self.written_ends.push((seg.number, end_nz as u64)),
         }
         Ok(end_nz)
     }
