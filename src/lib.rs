@@ -41,5 +41,5 @@ mod scheduler;
 mod state;
 mod sync;
 #[cfg(test)]
-mod test_support;
+mod testing;
 mod wal;

@@ -19,7 +19,7 @@
 //! `CRASH_KILL_SEED` replays a run. Kill instants are wall-clock based, so a
 //! replay reruns the same workloads and delays, not the very same crash.
 
-#[path = "common/workload.rs"]
+#[path = "../src/testing/workload.rs"]
 mod workload;
 
 use std::io::{BufRead, BufReader, Read, Write};

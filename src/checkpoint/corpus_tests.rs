@@ -38,8 +38,8 @@ use super::data_file::{
 };
 use super::manifest::{FileRef, Manifest};
 use crate::coding::le_u32;
-use crate::io::sim::Rng;
-use crate::test_support::{self as test_alloc, env_seed};
+use crate::testing::sim::Rng;
+use crate::testing::support::{self as test_alloc, env_seed};
 use crate::wal::WalPosition;
 
 type Owned = (Vec<u8>, Option<Vec<u8>>);

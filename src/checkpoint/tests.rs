@@ -9,13 +9,13 @@ use std::sync::Arc;
 use super::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use super::store::LocalDirStore;
 use crate::error::IncrementalCheckpointError;
-use crate::io::faulty::{Fault, FaultError, FaultyFs};
-use crate::io::sim::{Rng, SimFs};
 use crate::io::{FileSystem, StdFs};
 use crate::manager::CheckpointConfig;
 use crate::manager::IncrementalCheckpointManager;
 use crate::recovery::{RecoveryConfig, recover_with};
 use crate::state::StateWriter;
+use crate::testing::faulty::{Fault, FaultError, FaultyFs};
+use crate::testing::sim::{Rng, SimFs};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 

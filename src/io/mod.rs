@@ -1,7 +1,8 @@
 //! The I/O seam: every write, `fdatasync`, rename, directory sync and read
 //! of the write-ahead log and of the local checkpoint store goes through
 //! [`FileSystem`], so tests can put a
-//! fault-injecting implementation (`FaultyFs`, test builds only) in place
+//! fault-injecting implementation (`testing::faulty::FaultyFs`, or the
+//! power-loss simulation `testing::sim::SimFs`, test builds only) in place
 //! of the real one ([`StdFs`]).
 //!
 //! # Ownership
@@ -17,11 +18,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-#[cfg(test)]
-pub(crate) mod faulty;
 mod lock;
-#[cfg(test)]
-pub(crate) mod sim;
 mod std_fs;
 mod stored_file;
 

@@ -28,12 +28,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::workload::{Snapshot, Step, Workload, WorkloadConfig};
 use super::*;
-use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
-use crate::io::sim::{Rng, SimFs};
 use crate::io::{FileSystem, FsFile};
-use crate::test_support::env_seed;
+use crate::testing::faulty::{Fault, FaultError, FaultyFs, OpKind};
+use crate::testing::sim::{Rng, SimFs};
+use crate::testing::support::env_seed;
+use crate::testing::workload::{Snapshot, Step, Workload, WorkloadConfig};
 use crate::wal::WalError;
 
 /// One file-system operation as the manager issued it.

@@ -478,13 +478,6 @@ impl IncrementalCheckpointManager {
 #[cfg(test)]
 mod tests;
 
-// The workload and model of `tests/crash_kill.rs`, shared by the fault and
-// simulation tests; written for integration tests, hence its `pub` items.
-#[cfg(test)]
-#[allow(unreachable_pub)]
-#[path = "../../tests/common/workload.rs"]
-mod workload;
-
 #[cfg(test)]
 mod fault_tests;
 

@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::workload::{Model, Snapshot, Step, key};
 use super::*;
 use crate::io::FileSystem;
-use crate::io::sim::{Rng, SimFs};
 use crate::scheduler::CheckpointScheduler;
+use crate::testing::sim::{Rng, SimFs};
+use crate::testing::workload::{Model, Snapshot, Step, key};
 
 const SOURCES: &[&str] = &["orders-0", "orders-1", "payments"];
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
+use crate::testing::faulty::{Fault, FaultError, FaultyFs, OpKind};
 
 fn config(dir: &Path) -> CheckpointConfig {
     CheckpointConfig::new(dir).with_wal_segment_size(64 << 10)

@@ -48,8 +48,8 @@ use super::format::{
 };
 use super::*;
 use crate::io::FileSystem;
-use crate::io::sim::{Rng, SimFs};
-use crate::test_support::{self as alloc_count, env_seed};
+use crate::testing::sim::{Rng, SimFs};
+use crate::testing::support::{self as alloc_count, env_seed};
 
 const DIR: &str = "/corpus/wal";
 const SEGMENT_SIZE: u64 = 1024;

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use super::commit::encode_commit_vec;
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, segment_file_name};
 use super::*;
-use crate::io::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::io::{FileSystem, StdFs};
+use crate::testing::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::wal::reader::ResumePosition;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -840,7 +840,7 @@ fn default_modes() {
 /// order, whole or not at all.
 #[test]
 fn crash_at_any_instant_loses_no_acknowledged_epoch() {
-    use crate::io::sim::{Rng, SimFs};
+    use crate::testing::sim::{Rng, SimFs};
     let dir = Path::new("/data/wal");
     let (mut torn, mut discarded, mut max_segments, mut max_acked) = (0u64, 0u64, 0u64, 0u64);
     // A short run by default; `LAMINAR_CRASH_SEEDS=200000` for a long one.

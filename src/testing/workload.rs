@@ -1,8 +1,8 @@
 //! A deterministic workload and its model, shared by the crash and fault
-//! tests (`tests/crash_kill.rs` includes it with `#[path]`, and so does the
-//! crate's `src/manager/fault_tests.rs`). It depends on `std` only, so both
-//! the integration tests (public API) and the unit tests (crate-private API)
-//! can drive a writer with it.
+//! tests: the crate's unit tests use it as `crate::testing::workload`, and
+//! `tests/crash_kill.rs` includes this file with `#[path]`. It depends on
+//! `std` only, so both the integration tests (public API) and the unit
+//! tests (crate-private API) can drive a writer with it.
 //!
 //! The operations of epoch `e` are a pure function of the workload seed and
 //! `e`. A writer that recovered epoch `r` therefore continues with the ops

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{FileSystem, FsFile};
+use crate::io::{FileSystem, FsFile};
 
 /// The kinds of operation [`FaultyFs`] counts and can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{FileSystem, FsFile};
+use crate::io::{FileSystem, FsFile};
 
 const SECTOR: usize = 512;
 
