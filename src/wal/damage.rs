@@ -3,11 +3,13 @@
 //! [`WalRecoveryMode`] does with either (`docs/format.md`, "Telling a torn
 //! tail from corruption").
 
+//!
+//! Pure decisions: the `judge_*` functions say what to do ([`Verdict`],
+//! [`SegmentVerdict`]); the replay carries it out.
+
 use std::path::{Path, PathBuf};
 
 use super::format::{FRAME_HEADER_LEN, Frame, SECTOR, parse_frame, segment_file_name};
-use super::position::{ReplayFrom, ResumePosition};
-use super::reader::{ApplyError, BadAction, EndPos, Flow, ReplayOp, ReplayReport, Replayer, Segment};
 use super::{WalError, WalRecoveryMode};
 
 /// A torn tail that was dropped.
@@ -111,8 +113,12 @@ fn plausible_frame(buf: &[u8], p: usize, min_seq: u64, max_seq: u64) -> Option<F
 /// Where a segment's records stop being valid, and what was found there.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BadSpot {
+    /// Whether the segment is the newest: only its end can be torn.
+    pub(super) is_newest: bool,
     /// Offset of the frame that should have been there.
     pub(super) pos: usize,
+    /// The sequence number it should have carried.
+    pub(super) expect: u64,
     /// One past the segment's last non-zero byte.
     pub(super) end_nz: usize,
     /// The sync generation of the last valid record of this segment read.
@@ -158,193 +164,132 @@ fn corruption(path: &Path, offset: usize, reason: &'static str) -> WalError {
     }
 }
 
-impl<F> Replayer<F>
-where
-    F: FnMut(ReplayOp<'_>) -> Result<(), ApplyError>,
-{
-    /// A segment whose header is unusable: an error, or stop before it, or
-    /// skip it whole.
-    pub(super) fn bad_header(
-        &mut self,
-        path: &Path,
-        offset: usize,
-        len: usize,
-        reason: &'static str,
-    ) -> Result<Flow, WalError> {
-        let report = CorruptionReport {
-            file: path.to_path_buf(),
-            offset: offset as u64,
-            bytes: len.saturating_sub(offset) as u64,
-            reason,
-        };
-        match self.mode {
-            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
-                Err(corruption(path, offset, reason))
-            }
-            WalRecoveryMode::PointInTimeRecovery => {
-                self.report.stopped_at = Some(report);
-                self.discard = true;
-                Ok(Flow::Stop)
-            }
-            WalRecoveryMode::SkipAnyCorruptedRecords => {
-                self.report.skipped.push(report);
-                self.expect_seq = None;
-                // If no later segment is readable, the writer resumes before
-                // this one and must be allowed to replace it.
-                self.discard = true;
-                Ok(Flow::NextSegment)
-            }
-        }
-    }
+/// What the recovery mode decides at damage inside a segment.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// Replay fails with this error.
+    Fail(WalError),
+    /// A torn tail: what precedes it is kept, it is dropped, replay stops.
+    Torn(TornTail),
+    /// Replay stops before the damage; everything after it is discarded.
+    Stop(CorruptionReport),
+    /// The damage is skipped: replay goes on at the valid record at this
+    /// offset, with this sequence number.
+    SkipTo(CorruptionReport, usize, u64),
+    /// The rest of the segment is skipped: replay goes on with the next.
+    SkipSegment(CorruptionReport),
+}
 
-    /// A place in `seg` (whose bytes read so far are `buf`) where no valid
-    /// record starts though one should: a torn tail (dropped and, with the
-    /// default mode, repaired) or corruption (an error, or stopped at or
-    /// skipped, as the mode says).
-    pub(super) fn bad_spot(
-        &mut self,
-        seg: &Segment<'_>,
-        buf: &[u8],
-        spot: BadSpot,
-    ) -> Result<BadAction, WalError> {
-        let BadSpot {
-            pos,
-            end_nz,
-            seg_gen,
-            reason,
-            certain,
-        } = spot;
-        let (path, seg, is_newest) = (seg.path, seg.number, seg.is_newest);
-        let expect = self.expect_seq.unwrap_or(0);
-        let reason = if !is_newest && end_nz <= pos {
-            "segment ends without its seal record"
-        } else {
-            reason
-        };
-        // Only the newest segment has a tail to classify, and only skipping
-        // needs the next valid record elsewhere.
-        let (first_later, gens) = if is_newest || self.mode == WalRecoveryMode::SkipAnyCorruptedRecords {
-            scan_later(buf, pos + 1, end_nz, expect)
-        } else {
-            (None, Gens::Many)
-        };
-        let tail_like = is_newest && !certain && looks_torn(buf, pos, end_nz, seg_gen, first_later, gens);
-        let dropped = end_nz.saturating_sub(pos) as u64;
-        let stop_here = EndPos {
-            segment: seg,
-            offset: pos as u64,
-            next_seq: expect,
-            sealed: false,
-        };
-        let torn = TornTail {
+/// What the recovery mode decides at an unusable segment header or a
+/// missing segment.
+#[derive(Debug)]
+pub(super) enum SegmentVerdict {
+    /// Replay fails with this error.
+    Fail(WalError),
+    /// Replay stops before the segment; everything after is discarded.
+    Stop(CorruptionReport),
+    /// The segment is skipped; replay goes on with the next.
+    Skip(CorruptionReport),
+}
+
+/// A segment whose header is unusable (`reason`, at `offset`, in a file of
+/// `len` bytes): an error, or stop before it, or skip it whole.
+pub(super) fn judge_header(
+    mode: WalRecoveryMode,
+    path: &Path,
+    offset: usize,
+    len: usize,
+    reason: &'static str,
+) -> SegmentVerdict {
+    let report = CorruptionReport {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        bytes: len.saturating_sub(offset) as u64,
+        reason,
+    };
+    match mode {
+        WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+            SegmentVerdict::Fail(corruption(path, offset, reason))
+        }
+        WalRecoveryMode::PointInTimeRecovery => SegmentVerdict::Stop(report),
+        WalRecoveryMode::SkipAnyCorruptedRecords => SegmentVerdict::Skip(report),
+    }
+}
+
+/// Segment `segment`, which the log needs, is not in `dir`: an error, or
+/// stop before it, or go on past it.
+pub(super) fn judge_missing(mode: WalRecoveryMode, dir: &Path, segment: u64) -> SegmentVerdict {
+    let lost = CorruptionReport {
+        file: dir.join(segment_file_name(segment)),
+        offset: 0,
+        bytes: 0,
+        reason: "missing segment",
+    };
+    match mode {
+        WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
+            SegmentVerdict::Fail(WalError::MissingSegment {
+                dir: dir.to_path_buf(),
+                segment,
+            })
+        }
+        WalRecoveryMode::PointInTimeRecovery => SegmentVerdict::Stop(lost),
+        WalRecoveryMode::SkipAnyCorruptedRecords => SegmentVerdict::Skip(lost),
+    }
+}
+
+/// A place in the segment at `path` (whose bytes read so far are `buf`)
+/// where no valid record starts though one should: a torn tail or
+/// corruption, and what the mode does with it.
+pub(super) fn judge_spot(mode: WalRecoveryMode, path: &Path, buf: &[u8], spot: &BadSpot) -> Verdict {
+    let BadSpot {
+        is_newest,
+        pos,
+        expect,
+        end_nz,
+        seg_gen,
+        reason,
+        certain,
+    } = *spot;
+    let reason = if !is_newest && end_nz <= pos {
+        "segment ends without its seal record"
+    } else {
+        reason
+    };
+    // Only the newest segment has a tail to classify, and only skipping
+    // needs the next valid record elsewhere.
+    let (first_later, gens) = if is_newest || mode == WalRecoveryMode::SkipAnyCorruptedRecords {
+        scan_later(buf, pos + 1, end_nz, expect)
+    } else {
+        (None, Gens::Many)
+    };
+    let tail_like = is_newest && !certain && looks_torn(buf, pos, end_nz, seg_gen, first_later, gens);
+    let dropped = end_nz.saturating_sub(pos) as u64;
+    let torn = || TornTail {
+        file: path.to_path_buf(),
+        offset: pos as u64,
+        bytes_dropped: dropped,
+    };
+    let report = |bytes: u64| CorruptionReport {
+        file: path.to_path_buf(),
+        offset: pos as u64,
+        bytes,
+        reason,
+    };
+    match mode {
+        WalRecoveryMode::AbsoluteConsistency if tail_like => Verdict::Fail(WalError::TornTail {
             file: path.to_path_buf(),
             offset: pos as u64,
-            bytes_dropped: dropped,
-        };
-        let report = |bytes: u64| CorruptionReport {
-            file: path.to_path_buf(),
-            offset: pos as u64,
-            bytes,
-            reason,
-        };
-        match self.mode {
-            WalRecoveryMode::AbsoluteConsistency => Err(if tail_like {
-                WalError::TornTail {
-                    file: path.to_path_buf(),
-                    offset: pos as u64,
-                    bytes: dropped,
-                }
-            } else {
-                corruption(path, pos, reason)
-            }),
-            WalRecoveryMode::TolerateCorruptedTailRecords => {
-                if tail_like {
-                    self.report.torn_tail = Some(torn);
-                    self.end = Some(stop_here);
-                    Ok(BadAction::Stop)
-                } else {
-                    Err(corruption(path, pos, reason))
-                }
-            }
-            WalRecoveryMode::PointInTimeRecovery => {
-                if tail_like {
-                    self.report.torn_tail = Some(torn);
-                } else {
-                    self.report.stopped_at = Some(report(dropped));
-                    self.discard = true;
-                }
-                self.end = Some(stop_here);
-                Ok(BadAction::Stop)
-            }
-            WalRecoveryMode::SkipAnyCorruptedRecords => {
-                if let Some((y, seq)) = first_later {
-                    self.report.skipped.push(report((y - pos) as u64));
-                    self.expect_seq = Some(seq);
-                    Ok(BadAction::ResumeAt(y))
-                } else if is_newest {
-                    self.report.torn_tail = Some(torn);
-                    self.end = Some(stop_here);
-                    Ok(BadAction::Stop)
-                } else {
-                    self.report.skipped.push(report((buf.len() - pos) as u64));
-                    self.expect_seq = None;
-                    Ok(BadAction::NextSegment)
-                }
-            }
-        }
-    }
-
-    /// Segment `segment`, which the log needs, is not in `dir`: an error,
-    /// or stop before it, or go on past it.
-    pub(super) fn missing_segment(&mut self, dir: &Path, segment: u64) -> Result<Flow, WalError> {
-        let lost = CorruptionReport {
-            file: dir.join(segment_file_name(segment)),
-            offset: 0,
-            bytes: 0,
-            reason: "missing segment",
-        };
-        match self.mode {
-            WalRecoveryMode::TolerateCorruptedTailRecords | WalRecoveryMode::AbsoluteConsistency => {
-                Err(WalError::MissingSegment {
-                    dir: dir.to_path_buf(),
-                    segment,
-                })
-            }
-            WalRecoveryMode::PointInTimeRecovery => {
-                self.report.stopped_at = Some(lost);
-                self.discard = true;
-                Ok(Flow::Stop)
-            }
-            WalRecoveryMode::SkipAnyCorruptedRecords => {
-                self.report.skipped.push(lost);
-                self.expect_seq = None;
-                Ok(Flow::NextSegment)
-            }
-        }
-    }
-
-    /// No segment at or after `from`. From the very start that is a new
-    /// log; after a checkpoint it means the segment holding the
-    /// checkpoint's commit is gone, and with it whatever was acknowledged
-    /// after the checkpoint: an error, unless the mode accepts the loss.
-    /// The log then goes on after the lost segment, never again at a
-    /// number the checkpoint's replay would pass over.
-    pub(super) fn no_segments(mut self, from: ReplayFrom, dir: &Path) -> Result<ReplayReport, WalError> {
-        let (segment, next_seq, next_gen) = match from {
-            ReplayFrom::Segment(0) => return Ok(self.report),
-            ReplayFrom::Segment(s) => (s, 1, 0),
-            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
-        };
-        self.missing_segment(dir, segment)?;
-        self.report.resume = ResumePosition {
-            segment,
-            offset: 0,
-            next_seq,
-            next_gen,
-            zero_until: 0,
-            start_new_segment: true,
-            discard_later_segments: false,
-        };
-        Ok(self.report)
+            bytes: dropped,
+        }),
+        WalRecoveryMode::AbsoluteConsistency => Verdict::Fail(corruption(path, pos, reason)),
+        WalRecoveryMode::TolerateCorruptedTailRecords if tail_like => Verdict::Torn(torn()),
+        WalRecoveryMode::TolerateCorruptedTailRecords => Verdict::Fail(corruption(path, pos, reason)),
+        WalRecoveryMode::PointInTimeRecovery if tail_like => Verdict::Torn(torn()),
+        WalRecoveryMode::PointInTimeRecovery => Verdict::Stop(report(dropped)),
+        WalRecoveryMode::SkipAnyCorruptedRecords => match first_later {
+            Some((y, seq)) => Verdict::SkipTo(report((y - pos) as u64), y, seq),
+            None if is_newest => Verdict::Torn(torn()),
+            None => Verdict::SkipSegment(report((buf.len() - pos) as u64)),
+        },
     }
 }

@@ -17,7 +17,10 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use super::commit::CommitRecord;
-use super::damage::{BadSpot, CorruptionReport, TornTail, gen_not_before};
+use super::damage::{
+    BadSpot, CorruptionReport, SegmentVerdict, TornTail, Verdict, gen_not_before, judge_header,
+    judge_missing, judge_spot,
+};
 use super::format::{
     Frame, FrameError, RecordType, SEGMENT_HEADER_LEN, decode_put, decode_segment_header, parse_frame,
     segment_file_name,
@@ -81,11 +84,11 @@ pub(crate) struct ReplayReport {
 pub(crate) type ApplyError = Box<dyn StdError + Send + Sync>;
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct EndPos {
-    pub(super) segment: u64,
-    pub(super) offset: u64,
-    pub(super) next_seq: u64,
-    pub(super) sealed: bool,
+struct EndPos {
+    segment: u64,
+    offset: u64,
+    next_seq: u64,
+    sealed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,13 +105,13 @@ enum PendingOp {
 }
 
 /// The segment being read.
-pub(super) struct Segment<'a> {
-    pub(super) number: u64,
-    pub(super) path: &'a Path,
+struct Segment<'a> {
+    number: u64,
+    path: &'a Path,
     /// The newest segment: damage at its end may be a torn tail.
-    pub(super) is_newest: bool,
+    is_newest: bool,
     /// The oldest segment on disk: it may start after removed ones.
-    pub(super) is_oldest: bool,
+    is_oldest: bool,
 }
 
 /// Where the scan of a segment's records is.
@@ -133,41 +136,41 @@ enum Taken {
     Seal,
 }
 
-pub(super) enum Flow {
+enum Flow {
     NextSegment,
     Stop,
 }
 
-pub(super) enum BadAction {
+enum BadAction {
     Stop,
     ResumeAt(usize),
     NextSegment,
 }
 
-pub(super) struct Replayer<F> {
-    pub(super) mode: WalRecoveryMode,
+struct Replayer<F> {
+    mode: WalRecoveryMode,
     after_epoch: u64,
     until_epoch: Option<u64>,
     reached_until: bool,
     /// Offset of the frame being taken in.
     frame_offset: usize,
     apply: F,
-    pub(super) expect_seq: Option<u64>,
+    expect_seq: Option<u64>,
     last_gen: Option<u32>,
     /// Segments read to their end, and the end of their non-zero bytes:
     /// what the next writer zero-fills after its resume offset.
     written_ends: Vec<(u64, u64)>,
-    pub(super) end: Option<EndPos>,
+    end: Option<EndPos>,
     first_start: Option<EndPos>,
     last_commit_end: Option<EndPos>,
     ops_since_commit: u64,
-    pub(super) discard: bool,
+    discard: bool,
     /// The oldest segment starts in the middle of an epoch (older segments
     /// were removed): the records before the first commit are a fragment.
     head_partial: bool,
     pending: Vec<u8>,
     pending_ops: Vec<PendingOp>,
-    pub(super) report: ReplayReport,
+    report: ReplayReport,
 }
 
 /// Replays the WAL in `dir`: calls `apply` with the puts and deletes of
@@ -460,7 +463,9 @@ where
                 return Ok(Flow::Stop);
             }
             let spot = BadSpot {
+                is_newest: seg.is_newest,
                 pos: c.pos,
+                expect: self.expect_seq.unwrap_or(0),
                 end_nz,
                 seg_gen: c.seg_gen,
                 reason,
@@ -517,6 +522,108 @@ where
             }
         }
         Ok(Ok(if sealed { Taken::Seal } else { Taken::Next }))
+    }
+
+    /// Carries out the mode's verdict at a bad spot of `seg`.
+    fn bad_spot(&mut self, seg: &Segment<'_>, buf: &[u8], spot: BadSpot) -> Result<BadAction, WalError> {
+        let stop_here = EndPos {
+            segment: seg.number,
+            offset: spot.pos as u64,
+            next_seq: spot.expect,
+            sealed: false,
+        };
+        match judge_spot(self.mode, seg.path, buf, &spot) {
+            Verdict::Fail(e) => Err(e),
+            Verdict::Torn(torn) => {
+                self.report.torn_tail = Some(torn);
+                self.end = Some(stop_here);
+                Ok(BadAction::Stop)
+            }
+            Verdict::Stop(report) => {
+                self.report.stopped_at = Some(report);
+                self.discard = true;
+                self.end = Some(stop_here);
+                Ok(BadAction::Stop)
+            }
+            Verdict::SkipTo(report, at, seq) => {
+                self.report.skipped.push(report);
+                self.expect_seq = Some(seq);
+                Ok(BadAction::ResumeAt(at))
+            }
+            Verdict::SkipSegment(report) => {
+                self.report.skipped.push(report);
+                self.expect_seq = None;
+                Ok(BadAction::NextSegment)
+            }
+        }
+    }
+
+    /// Carries out the mode's verdict at an unusable segment header.
+    fn bad_header(
+        &mut self,
+        path: &Path,
+        offset: usize,
+        len: usize,
+        reason: &'static str,
+    ) -> Result<Flow, WalError> {
+        match judge_header(self.mode, path, offset, len, reason) {
+            SegmentVerdict::Fail(e) => Err(e),
+            SegmentVerdict::Stop(report) => {
+                self.report.stopped_at = Some(report);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            SegmentVerdict::Skip(report) => {
+                self.report.skipped.push(report);
+                self.expect_seq = None;
+                // If no later segment is readable, the writer resumes before
+                // this one and must be allowed to replace it.
+                self.discard = true;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
+    /// Carries out the mode's verdict at a segment missing from `dir`.
+    fn missing_segment(&mut self, dir: &Path, segment: u64) -> Result<Flow, WalError> {
+        match judge_missing(self.mode, dir, segment) {
+            SegmentVerdict::Fail(e) => Err(e),
+            SegmentVerdict::Stop(lost) => {
+                self.report.stopped_at = Some(lost);
+                self.discard = true;
+                Ok(Flow::Stop)
+            }
+            SegmentVerdict::Skip(lost) => {
+                self.report.skipped.push(lost);
+                self.expect_seq = None;
+                Ok(Flow::NextSegment)
+            }
+        }
+    }
+
+    /// No segment at or after `from`. From the very start that is a new
+    /// log; after a checkpoint it means the segment holding the
+    /// checkpoint's commit is gone, and with it whatever was acknowledged
+    /// after the checkpoint: an error, unless the mode accepts the loss.
+    /// The log then goes on after the lost segment, never again at a
+    /// number the checkpoint's replay would pass over.
+    fn no_segments(mut self, from: ReplayFrom, dir: &Path) -> Result<ReplayReport, WalError> {
+        let (segment, next_seq, next_gen) = match from {
+            ReplayFrom::Segment(0) => return Ok(self.report),
+            ReplayFrom::Segment(s) => (s, 1, 0),
+            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
+        };
+        self.missing_segment(dir, segment)?;
+        self.report.resume = ResumePosition {
+            segment,
+            offset: 0,
+            next_seq,
+            next_gen,
+            zero_until: 0,
+            start_new_segment: true,
+            discard_later_segments: false,
+        };
+        Ok(self.report)
     }
 
     /// Reads the rest of the segment and notes where its non-zero bytes
