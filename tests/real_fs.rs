@@ -37,7 +37,7 @@
 mod errors;
 #[path = "common/mount.rs"]
 mod mount;
-#[path = "common/workload.rs"]
+#[path = "../src/testing/workload.rs"]
 mod workload;
 
 use std::path::Path;

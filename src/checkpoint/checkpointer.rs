@@ -41,7 +41,7 @@ use super::manifest::{
 use super::merge::Merge;
 use super::reader::{Inventory, chain_sources, io_error, read_chain};
 use super::store::{CheckpointStore, TMP_SUFFIX};
-use crate::error::{IncrementalCheckpointError, Result, blocking};
+use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{
     ReplayFrom, ReplayOp, ReplayRange, WalPosition, WalRecoveryMode, remove_segments_before, replay_range,
@@ -252,10 +252,12 @@ impl Checkpointer {
         if base && summary.entries != scan.live_keys {
             // The merge and the WAL disagree about the state: never publish.
             return Err(IncrementalCheckpointError::Recovery {
-                reason: format!(
-                    "checkpoint {id} at epoch {epoch}: the merged base holds {} keys but the epoch committed {} live keys",
-                    summary.entries, scan.live_keys
-                ),
+                reason: RecoveryFailure::MergedBaseMismatch {
+                    checkpoint_id: id,
+                    epoch,
+                    merged: summary.entries,
+                    committed: scan.live_keys,
+                },
             });
         }
         let file = FileRef {
@@ -375,10 +377,7 @@ impl Checkpointer {
                 .filter(|_| report.last_epoch == Some(epoch));
             let (Some(c), Some(position)) = (commit, position) else {
                 return Err(IncrementalCheckpointError::Recovery {
-                    reason: format!(
-                        "the WAL in {} does not hold the commit of epoch {epoch} to checkpoint",
-                        wal_dir.display()
-                    ),
+                    reason: RecoveryFailure::CommitMissing { wal_dir, epoch },
                 });
             };
             Ok(Scan {

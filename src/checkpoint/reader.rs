@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::data_file::DataFile;
 use super::manifest::{FileRef, Manifest, parse_data_file_name, parse_manifest_name};
@@ -18,8 +19,9 @@ use crate::io::StoredFile;
 /// What a listing of the store found.
 #[derive(Debug, Default)]
 pub(crate) struct Inventory {
-    /// Every published manifest by id, decoded or the error reading it.
-    pub(crate) manifests: BTreeMap<u64, Result<Manifest>>,
+    /// Every published manifest by id, decoded or the error reading it
+    /// (shared: recovery reports it for a checkpoint it passes over).
+    pub(crate) manifests: BTreeMap<u64, Result<Manifest, Arc<IncrementalCheckpointError>>>,
     /// Every name in the store.
     pub(crate) names: Vec<String>,
 }
@@ -39,7 +41,7 @@ impl Inventory {
             let Some(id) = parse_manifest_name(name) else {
                 continue;
             };
-            manifests.insert(id, read_manifest(store, dir, name).await);
+            manifests.insert(id, read_manifest(store, dir, name).await.map_err(Arc::new));
         }
         Ok(Self { manifests, names })
     }

@@ -217,6 +217,40 @@ async fn an_io_error_at_every_step_fails_the_checkpoint_cleanly() {
     }
 }
 
+/// A full disk at any step of a checkpoint is recognisable with one call,
+/// whatever the error wraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_any_step_of_a_checkpoint_reads_as_storage_full() {
+    let mut failures = 0;
+    for nth in 1.. {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        history(dir, Arc::new(StdFs), 12, &[3, 6]).await;
+        let faulty = Arc::new(FaultyFs::new(Arc::new(StdFs)));
+        let (mut cp, _store) = checkpointer(dir, faulty.clone()).await;
+        faulty.inject(Fault {
+            kind: None,
+            nth,
+            error: FaultError::Enospc,
+            persistent: false,
+        });
+        let result = cp.checkpoint(9).await;
+        faulty.clear();
+        match result {
+            Ok(_) => break,
+            Err(e) => {
+                failures += 1;
+                assert_eq!(
+                    e.io_error_kind(),
+                    Some(std::io::ErrorKind::StorageFull),
+                    "nth {nth}: {e:?}"
+                );
+            }
+        }
+    }
+    assert!(failures > 5, "{failures}");
+}
+
 #[tokio::test]
 async fn a_missing_wal_start_is_an_error_not_a_silent_loss() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,11 +1,18 @@
-//! The crate's top-level error. Each layer has its own error type
-//! (e.g. [`WalError`]) that converts into this one.
+//! The crate's errors: [`IncrementalCheckpointError`], which every public
+//! operation returns, and the typed detail some of its variants carry
+//! ([`WalError`], [`RecoveryFailure`], [`SkippedCheckpoint`]).
+//!
+//! This module sits at the bottom of the crate's layers: it imports
+//! nothing from the crate, and every layer reports through it.
 
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod recovery;
 mod wal;
 
+pub use recovery::{RecoveryFailure, SkippedCheckpoint};
 pub use wal::WalError;
 
 /// Every error the public API returns.
@@ -67,11 +74,13 @@ pub enum IncrementalCheckpointError {
         /// The version this build reads.
         supported: u32,
     },
-    /// Recovery could not produce a consistent state.
+    /// The state could not be rebuilt consistently from checkpoints and
+    /// WAL (at open or recovery), or a checkpoint found the WAL disagreeing
+    /// with the state it would write (nothing is published then).
     #[error("recovery failed: {reason}")]
     Recovery {
         /// Why.
-        reason: String,
+        reason: RecoveryFailure,
     },
     /// Backpressure: the changelog ring is full because Ring 1 has not
     /// drained it yet. Nothing was applied; retry after Ring 1 catches up.
@@ -155,7 +164,10 @@ pub enum IncrementalCheckpointError {
 }
 
 impl IncrementalCheckpointError {
-    /// Whether retrying the same call later can succeed (backpressure).
+    /// Whether retrying the same call later can succeed: backpressure
+    /// ([`BufferOverflow`](Self::BufferOverflow), a transient
+    /// [`ArenaFull`](Self::ArenaFull)). Everything else fails the same way
+    /// again until something changes.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::BufferOverflow { .. } => true,
@@ -166,7 +178,10 @@ impl IncrementalCheckpointError {
         }
     }
 
-    /// Whether the error reports damaged bytes on disk.
+    /// Whether the error reports damaged bytes on disk: a
+    /// [`Corruption`](Self::Corruption) or [`CrcMismatch`](Self::CrcMismatch)
+    /// naming file and offset, or the WAL's own
+    /// ([`WalError::is_corruption`]).
     pub fn is_corruption(&self) -> bool {
         match self {
             Self::Corruption { .. } | Self::CrcMismatch { .. } => true,
@@ -175,7 +190,58 @@ impl IncrementalCheckpointError {
             _ => false,
         }
     }
+
+    /// The operating system's error underneath, through every wrapping:
+    /// [`Io`](Self::Io), [`Wal`](Self::Wal)`(`[`WalError::Io`]`)`,
+    /// [`Failed`](Self::Failed) (the error that stopped Ring 1),
+    /// [`CheckpointFailed`](Self::CheckpointFailed) and the cause of a
+    /// [`Recovery`](Self::Recovery) failure. `None` for errors that are
+    /// not I/O failures, and for a poisoned WAL writer, which keeps only the
+    /// error's kind: use [`io_error_kind`](Self::io_error_kind) for "is the
+    /// disk full?".
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            Self::Wal(e) => e.io_error(),
+            Self::Failed { cause } => cause.io_error(),
+            Self::CheckpointFailed { cause } => cause.io_error(),
+            Self::Recovery {
+                reason: RecoveryFailure::CheckpointsUnusable { cause, .. },
+            } => cause.io_error(),
+            _ => None,
+        }
+    }
+
+    /// The kind of the operating system's error underneath, through every
+    /// wrapping (as [`io_error`](Self::io_error), and also for a WAL writer
+    /// poisoned by an earlier failure). A full disk is
+    /// [`io::ErrorKind::StorageFull`]:
+    ///
+    /// ```
+    /// # use laminar_storage::IncrementalCheckpointError;
+    /// fn disk_full(e: &IncrementalCheckpointError) -> bool {
+    ///     e.io_error_kind() == Some(std::io::ErrorKind::StorageFull)
+    /// }
+    /// # assert!(!disk_full(&IncrementalCheckpointError::Ring1Gone));
+    /// ```
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Wal(e) => e.io_error_kind(),
+            Self::Failed { cause } => cause.io_error_kind(),
+            Self::CheckpointFailed { cause } => cause.io_error_kind(),
+            Self::Recovery {
+                reason: RecoveryFailure::CheckpointsUnusable { cause, .. },
+            } => cause.io_error_kind(),
+            _ => None,
+        }
+    }
 }
+
+// Ring 0 returns `Result<(), IncrementalCheckpointError>` from every update:
+// keep the error no larger than it is (a few words), so that the return
+// stays cheap. A variant that needs more boxes its detail.
+const _: () = assert!(size_of::<IncrementalCheckpointError>() <= 56);
 
 /// Shorthand used throughout the crate.
 pub(crate) type Result<T, E = IncrementalCheckpointError> = std::result::Result<T, E>;
@@ -198,5 +264,146 @@ where
             path: path.to_path_buf(),
             source: std::io::Error::other(format!("{what} task failed: {join}")),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enospc() -> io::Error {
+        io::Error::from_raw_os_error(28)
+    }
+
+    fn wal_io() -> WalError {
+        WalError::Io {
+            op: "fdatasync",
+            path: PathBuf::from("wal/wal_0000000000000001.log"),
+            source: enospc(),
+        }
+    }
+
+    /// "Is the disk full?" is one call, whatever wraps the I/O error.
+    #[test]
+    fn the_io_error_kind_is_found_through_every_wrapping() {
+        let full = Some(io::ErrorKind::StorageFull);
+        let poisoned = || WalError::Poisoned {
+            op: "write",
+            kind: io::ErrorKind::StorageFull,
+            raw_os_error: Some(28),
+        };
+        let io = || IncrementalCheckpointError::Io {
+            path: PathBuf::from("cp/data_0000000000000001.base"),
+            source: enospc(),
+        };
+        let cases: Vec<(&str, IncrementalCheckpointError, bool)> = vec![
+            ("Io", io(), true),
+            ("Wal(Io)", IncrementalCheckpointError::Wal(wal_io()), true),
+            (
+                "Wal(Poisoned)",
+                IncrementalCheckpointError::Wal(poisoned()),
+                false,
+            ),
+            (
+                "Failed(Io)",
+                IncrementalCheckpointError::Failed {
+                    cause: Arc::new(wal_io()),
+                },
+                true,
+            ),
+            (
+                "Failed(Poisoned)",
+                IncrementalCheckpointError::Failed {
+                    cause: Arc::new(poisoned()),
+                },
+                false,
+            ),
+            (
+                "CheckpointFailed(Io)",
+                IncrementalCheckpointError::CheckpointFailed {
+                    cause: Arc::new(io()),
+                },
+                true,
+            ),
+            (
+                "CheckpointFailed(Failed(Io))",
+                IncrementalCheckpointError::CheckpointFailed {
+                    cause: Arc::new(IncrementalCheckpointError::Failed {
+                        cause: Arc::new(wal_io()),
+                    }),
+                },
+                true,
+            ),
+            (
+                "Recovery(CheckpointsUnusable(Wal(Io)))",
+                IncrementalCheckpointError::Recovery {
+                    reason: RecoveryFailure::CheckpointsUnusable {
+                        skipped: Vec::new(),
+                        cause: Box::new(IncrementalCheckpointError::Wal(wal_io())),
+                    },
+                },
+                true,
+            ),
+        ];
+        for (what, e, has_source) in &cases {
+            assert_eq!(e.io_error_kind(), full, "{what}");
+            assert_eq!(e.io_error().is_some(), *has_source, "{what}");
+            if let Some(source) = e.io_error() {
+                assert_eq!(source.raw_os_error(), Some(28), "{what}");
+            }
+            assert!(!e.is_transient() && !e.is_corruption(), "{what}");
+        }
+        for not_io in [
+            IncrementalCheckpointError::Ring1Gone,
+            IncrementalCheckpointError::BufferOverflow { epoch: 3 },
+            IncrementalCheckpointError::Wal(WalError::MissingSegment {
+                dir: PathBuf::from("wal"),
+                segment: 2,
+            }),
+            IncrementalCheckpointError::Recovery {
+                reason: RecoveryFailure::KeysOutOfOrder,
+            },
+        ] {
+            assert_eq!(not_io.io_error_kind(), None, "{not_io}");
+            assert!(not_io.io_error().is_none(), "{not_io}");
+        }
+    }
+
+    #[test]
+    fn typed_recovery_reasons_read_as_before() {
+        let skipped = vec![SkippedCheckpoint {
+            id: 0x2a,
+            reason: Arc::new(IncrementalCheckpointError::NotFound {
+                path: PathBuf::from("cp/data_000000000000002a.base"),
+            }),
+        }];
+        let e = IncrementalCheckpointError::Recovery {
+            reason: RecoveryFailure::CheckpointsUnusable {
+                skipped,
+                cause: Box::new(IncrementalCheckpointError::Wal(WalError::MissingSegment {
+                    dir: PathBuf::from("wal"),
+                    segment: 1,
+                })),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "recovery failed: 1 checkpoint(s) failed validation (000000000000002a: not found: \
+             cp/data_000000000000002a.base), and the WAL cannot make up for them: WAL segment \
+             0000000000000001 is missing from wal"
+        );
+        let e = IncrementalCheckpointError::Recovery {
+            reason: RecoveryFailure::KeyCountMismatch {
+                wal_dir: PathBuf::from("wal"),
+                epoch: 7,
+                found: 3,
+                committed: 4,
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "recovery failed: after replaying the WAL in wal to epoch 7, the state holds 3 keys but \
+             that epoch committed 4"
+        );
     }
 }

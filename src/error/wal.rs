@@ -3,7 +3,16 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Errors of the write-ahead log.
+/// An error of the write-ahead log, inside
+/// [`IncrementalCheckpointError::Wal`](crate::incremental::IncrementalCheckpointError::Wal)
+/// (from `open`, recovery and checkpoints) and
+/// [`IncrementalCheckpointError::Failed`](crate::incremental::IncrementalCheckpointError::Failed)
+/// (the error that stopped Ring 1, shared by every waiter).
+///
+/// Match on it to tell what went wrong with the log; for the usual
+/// questions, [`is_corruption`](Self::is_corruption) (damaged bytes: file
+/// and offset are named) and [`io_error_kind`](Self::io_error_kind) (the
+/// disk failed: which way) answer without a match.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WalError {
@@ -98,7 +107,10 @@ pub enum WalError {
         /// The version this build reads.
         supported: u32,
     },
-    /// The replay callback failed; replay stopped there.
+    /// The replay callback failed; replay stopped there. Internal: the
+    /// crate's own callbacks' errors are unwrapped before they reach the
+    /// public API.
+    #[doc(hidden)]
     #[error("WAL replay callback failed: {0}")]
     Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The directory does not match the resume position the writer was
@@ -110,7 +122,10 @@ pub enum WalError {
         /// Why.
         reason: &'static str,
     },
-    /// Invalid WAL configuration.
+    /// Invalid WAL configuration. Internal: `open` checks the
+    /// configuration first and reports
+    /// [`InvalidConfig`](crate::incremental::IncrementalCheckpointError::InvalidConfig).
+    #[doc(hidden)]
     #[error("invalid WAL configuration: {field}: {reason}")]
     InvalidConfig {
         /// The setting.
@@ -130,14 +145,18 @@ pub enum WalError {
     #[error("commit payload too large")]
     CommitTooLarge,
     /// The buffer given to the commit encoder does not have the length
-    /// `commit_payload_len` returned for the same sources.
+    /// `commit_payload_len` returned for the same sources. Internal: Ring 0
+    /// sizes the buffer itself, so this is never returned.
+    #[doc(hidden)]
     #[error("commit payload buffer of {len} bytes does not match its sources")]
     CommitBufferLength {
         /// The buffer's length.
         len: usize,
     },
     /// A batch whose framing is inconsistent (an internal bug, not disk
-    /// damage); nothing was written.
+    /// damage); nothing was written. Internal: Ring 1 builds every batch
+    /// whole, so this is never returned.
+    #[doc(hidden)]
     #[error("malformed WAL batch")]
     InvalidBatch,
 }
@@ -145,12 +164,13 @@ pub enum WalError {
 impl WalError {
     /// Whether retrying the same call later can succeed. No WAL error is:
     /// a failed writer is poisoned, damaged bytes stay damaged.
-    pub(crate) fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         false
     }
 
-    /// Whether the error reports damaged bytes on disk.
-    pub(crate) fn is_corruption(&self) -> bool {
+    /// Whether the error reports damaged bytes on disk (the log's content
+    /// or its sequence of segments and epochs), naming the file.
+    pub fn is_corruption(&self) -> bool {
         matches!(
             self,
             Self::Corruption { .. }
@@ -159,5 +179,24 @@ impl WalError {
                 | Self::EpochStartMissing { .. }
                 | Self::EpochGap { .. }
         )
+    }
+
+    /// The operating system's error, for [`Io`](Self::Io).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The kind of the operating system's error, for [`Io`](Self::Io) and
+    /// for [`Poisoned`](Self::Poisoned) (the kind of the error that
+    /// poisoned the writer). [`io::ErrorKind::StorageFull`] is a full disk.
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Poisoned { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 }

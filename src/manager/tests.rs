@@ -23,6 +23,36 @@ async fn commit_some(writer: &mut StateWriter, first: u64, epochs: u64) -> u64 {
     last
 }
 
+/// A full disk under the WAL reaches every caller as the same error kind:
+/// the waiter, Ring 0 and shutdown each see `StorageFull` with one call.
+#[tokio::test]
+async fn a_full_disk_reads_as_storage_full_from_every_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(FaultyFs::new(Arc::new(StdFs)));
+    let (manager, mut writer) =
+        IncrementalCheckpointManager::open_with_fs(config(dir.path()), faulty.clone())
+            .await
+            .unwrap();
+    let acked = commit_some(&mut writer, 1, 5).await;
+    manager.wait_durable(acked).await.unwrap();
+    faulty.inject(Fault {
+        kind: Some(OpKind::Write),
+        nth: 1,
+        error: FaultError::Enospc,
+        persistent: true,
+    });
+    let doomed = commit_some(&mut writer, acked + 1, 5).await;
+    let full = Some(std::io::ErrorKind::StorageFull);
+    let waited = manager.wait_durable(doomed).await.unwrap_err();
+    assert_eq!(waited.io_error_kind(), full, "{waited:?}");
+    let committed = writer.commit_epoch().unwrap_err();
+    assert_eq!(committed.io_error_kind(), full, "{committed:?}");
+    let checkpointed = manager.checkpoint().await.unwrap_err();
+    assert_eq!(checkpointed.io_error_kind(), full, "{checkpointed:?}");
+    let shut = manager.shutdown().await.unwrap_err();
+    assert_eq!(shut.io_error_kind(), full, "{shut:?}");
+}
+
 async fn fault_poisons_and_nothing_is_acknowledged_after(op: OpKind, error: FaultError) {
     let dir = tempfile::tempdir().unwrap();
     let faulty = Arc::new(FaultyFs::new(Arc::new(StdFs)));

@@ -11,7 +11,7 @@ use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
 use crate::checkpoint::manifest::{FileRef, Manifest};
 use crate::checkpoint::merge::{Merge, Source};
 use crate::checkpoint::reader::{Inventory, chain_sources, read_chain};
-use crate::error::{IncrementalCheckpointError, Result, blocking};
+use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::{FileSystem, StoredFile};
 use crate::state::{BulkLoader, StateDrain, StateWriter};
 use crate::wal::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
@@ -53,7 +53,10 @@ pub(crate) async fn recover_with(
     if let Some(id) = refused
         && let Some(Err(e)) = inventory.manifests.remove(&id)
     {
-        return Err(e);
+        // Just read, so not shared; if it were, it is reported shared.
+        return Err(
+            Arc::try_unwrap(e).unwrap_or_else(|cause| IncrementalCheckpointError::CheckpointFailed { cause })
+        );
     }
     let mut skipped = Vec::new();
     let mut chosen = None;
@@ -64,7 +67,7 @@ pub(crate) async fn recover_with(
                 tracing::warn!(id, error = %e, "checkpoint manifest unreadable; trying an older checkpoint");
                 skipped.push(SkippedCheckpoint {
                     id: *id,
-                    reason: e.to_string(),
+                    reason: Arc::clone(e),
                 });
                 continue;
             }
@@ -78,7 +81,7 @@ pub(crate) async fn recover_with(
                 tracing::warn!(id, error = %e, "checkpoint failed validation; trying an older checkpoint");
                 skipped.push(SkippedCheckpoint {
                     id: *id,
-                    reason: e.to_string(),
+                    reason: Arc::new(e),
                 });
             }
             Err(e) => return Err(e),
@@ -96,15 +99,10 @@ pub(crate) async fn recover_with(
         Ok(r) => r,
         Err(e) if !skipped.is_empty() => {
             return Err(IncrementalCheckpointError::Recovery {
-                reason: format!(
-                    "{} checkpoint(s) failed validation ({}), and the WAL cannot make up for them: {e}",
-                    skipped.len(),
-                    skipped
-                        .iter()
-                        .map(|s| format!("{:016x}: {}", s.id, s.reason))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
+                reason: RecoveryFailure::CheckpointsUnusable {
+                    skipped,
+                    cause: Box::new(e),
+                },
             });
         }
         Err(e) => return Err(e),
@@ -318,7 +316,9 @@ async fn replay_wal(
             match op {
                 ReplayOp::Put { key, value } => writer.load_put(key, value)?,
                 ReplayOp::Delete { key } => writer.load_delete(key)?,
-                ReplayOp::Commit(commit) => writer.restore_commit(commit.epoch, commit.watermark, &commit.sources),
+                ReplayOp::Commit(commit) => {
+                    writer.restore_commit(commit.epoch, commit.watermark, &commit.sources)
+                }
             }
             Ok(())
         })
@@ -330,13 +330,12 @@ async fn replay_wal(
             && writer.len() as u64 != c.live_keys
         {
             return Err(IncrementalCheckpointError::Recovery {
-                reason: format!(
-                    "after replaying the WAL in {} to epoch {}, the state holds {} keys but that epoch committed {}",
-                    task_dir.display(),
-                    c.epoch,
-                    writer.len(),
-                    c.live_keys
-                ),
+                reason: RecoveryFailure::KeyCountMismatch {
+                    wal_dir: task_dir,
+                    epoch: c.epoch,
+                    found: writer.len() as u64,
+                    committed: c.live_keys,
+                },
             });
         }
         Ok((writer, report))

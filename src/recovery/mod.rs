@@ -32,6 +32,7 @@ pub(crate) use load::{Recovery, recover_with};
 use crate::checkpoint::merge::Merge;
 use crate::checkpoint::reader::{chain_sources, read_chain, read_manifest};
 use crate::checkpoint::{CheckpointStore, IncrementalCheckpointMetadata, LocalDirStore};
+pub use crate::error::SkippedCheckpoint;
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{StdFs, lock_dirs};
 use crate::state::{StateConfig, StateWriter};
@@ -90,16 +91,6 @@ impl RecoveryConfig {
             .clone()
             .unwrap_or_else(|| Arc::new(LocalDirStore::new(&self.checkpoint_dir)))
     }
-}
-
-/// A checkpoint recovery passed over, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SkippedCheckpoint {
-    /// Its id.
-    pub id: u64,
-    /// What was wrong (the error, rendered).
-    pub reason: String,
 }
 
 /// A torn record dropped from the end of the WAL (a crash artefact).

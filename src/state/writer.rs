@@ -13,7 +13,7 @@ use super::drain::StateDrain;
 use super::pending::{DEPTH, LOCATE_STAGE, Pending, RETRY_STAGE, Update, fits};
 use super::store::{Probe, Progress, StateStore, Written};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result};
 use crate::manager::Ring1Watch;
 use crate::wal::commit::{commit_payload_len, encode_commit_payload};
 
@@ -132,7 +132,7 @@ impl BulkLoader<'_> {
     fn put_hashed(&mut self, key: &[u8], value: &[u8], key_hash: u64) -> Result<()> {
         if self.any && key <= self.last.as_slice() {
             return Err(IncrementalCheckpointError::Recovery {
-                reason: "bulk-loaded keys must strictly increase".into(),
+                reason: RecoveryFailure::KeysOutOfOrder,
             });
         }
         self.store.insert_new(key, value, key_hash, &mut Loading)?;
@@ -250,7 +250,7 @@ impl StateWriter {
     pub(crate) fn bulk_loader(&mut self, expected_keys: usize) -> Result<BulkLoader<'_>> {
         if !self.is_empty() || self.producer.pushed() != 0 || !self.pending.is_empty() {
             return Err(IncrementalCheckpointError::Recovery {
-                reason: "a checkpoint chain is bulk-loaded only into an empty state".into(),
+                reason: RecoveryFailure::StateNotEmpty,
             });
         }
         self.store.reserve(expected_keys)?;
