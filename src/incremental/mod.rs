@@ -75,10 +75,12 @@ pub use crate::changelog::{
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::io::StoredFile;
-pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats, RecoverySummary};
+pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats};
+#[allow(deprecated)]
+pub use crate::recovery::RecoverySummary;
 pub use crate::recovery::{
-    RecoveredState, RecoveryConfig, RecoveryManager, SkippedCheckpoint, TornTail, WalDamage,
-    validate_checkpoint,
+    RecoveredState, RecoveryConfig, RecoveryManager, RecoveryReport, SkippedCheckpoint, SkippedCheckpoints,
+    TornTail, WalDamage, validate_checkpoint,
 };
 pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{

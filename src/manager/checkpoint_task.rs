@@ -43,7 +43,45 @@ pub(crate) struct CheckpointTask {
     pub(crate) done: watch::Sender<bool>,
 }
 
+/// The manager's ends of the checkpoint task's channels.
+#[derive(Debug)]
+pub(crate) struct CheckpointTaskHandles {
+    pub(crate) requests: mpsc::UnboundedSender<Request>,
+    /// The newest published checkpoint.
+    pub(crate) latest: watch::Receiver<Option<IncrementalCheckpointMetadata>>,
+    /// `true` once the task has ended.
+    pub(crate) done: watch::Receiver<bool>,
+}
+
 impl CheckpointTask {
+    /// The task taking `checkpointer`'s checkpoints while Ring 1 (`status`)
+    /// runs, starting from the `latest` checkpoint; it holds `locks` until
+    /// it ends.
+    pub(crate) fn new(
+        checkpointer: Checkpointer,
+        status: watch::Receiver<DurableStatus>,
+        latest: Option<IncrementalCheckpointMetadata>,
+        locks: Arc<DirLocks>,
+    ) -> (Self, CheckpointTaskHandles) {
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        let (latest_tx, latest_rx) = watch::channel(latest);
+        let (done_tx, done_rx) = watch::channel(false);
+        let task = Self {
+            checkpointer,
+            requests: requests_rx,
+            status,
+            latest: latest_tx,
+            locks,
+            done: done_tx,
+        };
+        let handles = CheckpointTaskHandles {
+            requests: requests_tx,
+            latest: latest_rx,
+            done: done_rx,
+        };
+        (task, handles)
+    }
+
     pub(crate) async fn run(mut self) {
         let mut queued: Vec<Request> = Vec::new();
         let mut open = true;

@@ -1,12 +1,12 @@
 //! [`CheckpointConfig`]: everything `IncrementalCheckpointManager::open` needs.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::checkpoint::CheckpointStore;
 use crate::error::{IncrementalCheckpointError, Result};
+use crate::recovery::RecoveryConfig;
 use crate::state::StateConfig;
 use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 
@@ -32,35 +32,29 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// setting.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
-    pub(crate) checkpoint_dir: PathBuf,
-    pub(crate) wal_dir: PathBuf,
+    /// Where state is kept and how it is recovered at open: the
+    /// directories, the recovery mode, Ring 0's sizes, the store.
+    pub(crate) recovery: RecoveryConfig,
     pub(crate) sync_mode: WalSyncMode,
-    pub(crate) recovery_mode: WalRecoveryMode,
     pub(crate) wal: WalConfig,
-    pub(crate) state: StateConfig,
     pub(crate) interval: Duration,
     pub(crate) wal_size_threshold: u64,
     pub(crate) max_retained: usize,
     pub(crate) max_chain_length: usize,
-    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
 }
 
 impl CheckpointConfig {
     /// A configuration keeping state under `checkpoint_dir`.
     pub fn new(checkpoint_dir: impl AsRef<Path>) -> Self {
-        let checkpoint_dir = checkpoint_dir.as_ref().to_path_buf();
+        let checkpoint_dir = checkpoint_dir.as_ref();
         Self {
-            wal_dir: checkpoint_dir.join("wal"),
-            checkpoint_dir,
+            recovery: RecoveryConfig::new(checkpoint_dir, checkpoint_dir.join("wal")),
             sync_mode: WalSyncMode::Always,
-            recovery_mode: WalRecoveryMode::default(),
             wal: WalConfig::new(),
-            state: StateConfig::new(),
             interval: Duration::from_secs(60),
             wal_size_threshold: 256 << 20,
             max_retained: 3,
             max_chain_length: 8,
-            store: None,
         }
     }
 
@@ -110,7 +104,7 @@ impl CheckpointConfig {
     /// (which then only names files in errors). See [`CheckpointStore`] for
     /// what a store must guarantee.
     pub fn with_checkpoint_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
-        self.store = Some(store);
+        self.recovery = self.recovery.with_checkpoint_store(store);
         self
     }
 
@@ -126,7 +120,7 @@ impl CheckpointConfig {
 
     /// The directory of WAL segments (put it on the fastest durable disk).
     pub fn with_wal_path(mut self, wal_dir: impl AsRef<Path>) -> Self {
-        self.wal_dir = wal_dir.as_ref().to_path_buf();
+        self.recovery.wal_dir = wal_dir.as_ref().to_path_buf();
         self
     }
 
@@ -139,7 +133,7 @@ impl CheckpointConfig {
 
     /// What recovery does with damaged WAL records; see [`WalRecoveryMode`].
     pub fn with_recovery_mode(mut self, mode: WalRecoveryMode) -> Self {
-        self.recovery_mode = mode;
+        self.recovery = self.recovery.with_recovery_mode(mode);
         self
     }
 
@@ -153,28 +147,40 @@ impl CheckpointConfig {
 
     /// Ring 0's sizes: changelog ring, arena, index.
     pub fn with_state(mut self, state: StateConfig) -> Self {
-        self.state = state;
+        self.recovery = self.recovery.with_state(state);
         self
     }
 
     /// The checkpoint directory.
     pub fn checkpoint_dir(&self) -> &Path {
-        &self.checkpoint_dir
+        self.recovery.checkpoint_dir()
     }
 
-    /// The WAL directory.
+    /// The directory of WAL segments (set by [`with_wal_path`](Self::with_wal_path)).
+    pub fn wal_path(&self) -> &Path {
+        self.recovery.wal_path()
+    }
+
+    /// The old name of [`wal_path`](Self::wal_path).
+    #[deprecated(since = "0.1.0", note = "renamed `wal_path`, after `with_wal_path`")]
     pub fn wal_dir(&self) -> &Path {
-        &self.wal_dir
+        self.wal_path()
+    }
+
+    /// The checkpoint store set by
+    /// [`with_checkpoint_store`](Self::with_checkpoint_store), if any.
+    pub(crate) fn custom_store(&self) -> Option<&Arc<dyn CheckpointStore>> {
+        self.recovery.store.as_ref()
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.checkpoint_dir.as_os_str().is_empty() {
+        if self.checkpoint_dir().as_os_str().is_empty() {
             return Err(IncrementalCheckpointError::InvalidConfig {
                 field: "checkpoint_dir",
                 reason: "empty path".into(),
             });
         }
-        if self.wal_dir.as_os_str().is_empty() {
+        if self.wal_path().as_os_str().is_empty() {
             return Err(IncrementalCheckpointError::InvalidConfig {
                 field: "wal_path",
                 reason: "empty path".into(),
@@ -219,6 +225,26 @@ impl CheckpointConfig {
             },
             other => other.into(),
         })?;
-        self.state.validate()
+        self.recovery.state.validate()
+    }
+}
+
+/// The recovery a manager opened with this configuration makes: same
+/// directories, recovery mode, state sizes and checkpoint store. To
+/// inspect what `open` would recover, without opening:
+///
+/// ```no_run
+/// # async fn f() -> Result<(), laminar_storage::IncrementalCheckpointError> {
+/// use laminar_storage::{CheckpointConfig, RecoveryConfig, RecoveryManager};
+///
+/// let config = CheckpointConfig::new("/var/lib/app/state");
+/// let recovered = RecoveryManager::new(RecoveryConfig::from(&config)).recover().await?;
+/// println!("epoch {} from checkpoint {:?}", recovered.epoch, recovered.checkpoint_id);
+/// # Ok(())
+/// # }
+/// ```
+impl From<&CheckpointConfig> for RecoveryConfig {
+    fn from(config: &CheckpointConfig) -> Self {
+        config.recovery.clone()
     }
 }

@@ -48,10 +48,10 @@ use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use crate::error::{IncrementalCheckpointError, Result, blocking};
-use crate::io::{FileSystem, StdFs, lock_dirs_for};
-use crate::recovery::{Recovery, RecoveryConfig, WalDamage, recover_with};
+use crate::io::{DirLocks, FileSystem, StdFs, lock_dirs_for};
+use crate::recovery::{RecoveredState, Recovery, RecoveryConfig, RecoveryReport, recover_with};
 use crate::state::StateWriter;
-use crate::wal::{WalBatch, WalWriter};
+use crate::wal::WalWriter;
 
 /// The handle to a running state: durability waits, stats, shutdown.
 ///
@@ -72,29 +72,7 @@ struct Inner {
     stats: Arc<Ring1Stats>,
     checkpoint_stats: Arc<CheckpointStats>,
     config: CheckpointConfig,
-    recovery: RecoverySummary,
-}
-
-/// What `open` recovered.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct RecoverySummary {
-    /// The last complete epoch found (0: none).
-    pub epoch: u64,
-    /// The checkpoint recovery started from (`None`: the WAL alone).
-    pub checkpoint_id: Option<u64>,
-    /// Newer checkpoints that failed validation and were passed over.
-    pub checkpoints_skipped: u64,
-    /// Puts and deletes replayed.
-    pub wal_entries_replayed: u64,
-    /// Records of an unfinished epoch at the end of the log, dropped.
-    pub wal_entries_discarded: u64,
-    /// Bytes of a torn record at the end of the log, dropped and repaired
-    /// (a crash artefact).
-    pub torn_tail_bytes: u64,
-    /// WAL damage the configured recovery mode accepted (passed over, or
-    /// where replay stopped); empty under the default modes.
-    pub wal_damage: Vec<WalDamage>,
+    recovery: RecoveryReport,
 }
 
 /// Figures from [`IncrementalCheckpointManager::stats`].
@@ -180,27 +158,14 @@ impl IncrementalCheckpointManager {
         fs: Arc<dyn FileSystem>,
     ) -> Result<(Self, StateWriter)> {
         config.validate()?;
-        let locks = {
-            let (c, w, custom) = (
-                config.checkpoint_dir.clone(),
-                config.wal_dir.clone(),
-                config.store.is_some(),
-            );
-            Arc::new(blocking("lock", &config.wal_dir, move || lock_dirs_for(&c, &w, !custom)).await?)
-        };
-        let store = config.store.clone().unwrap_or_else(|| {
+        let locks = Arc::new(lock_dirs_of(&config).await?);
+        let store = config.custom_store().cloned().unwrap_or_else(|| {
             Arc::new(crate::checkpoint::LocalDirStore::with_fs(
-                &config.checkpoint_dir,
+                config.checkpoint_dir(),
                 Arc::clone(&fs),
             ))
         });
-        let recovery_config = RecoveryConfig {
-            checkpoint_dir: config.checkpoint_dir.clone(),
-            wal_dir: config.wal_dir.clone(),
-            recovery_mode: config.recovery_mode,
-            state: config.state.clone(),
-            store: Some(Arc::clone(&store)),
-        };
+        let recovery_config = RecoveryConfig::from(&config).with_checkpoint_store(Arc::clone(&store));
         let Recovery {
             state,
             drain,
@@ -211,54 +176,30 @@ impl IncrementalCheckpointManager {
         let wal = {
             let (fs, dir, wal_config, resume) = (
                 Arc::clone(&fs),
-                config.wal_dir.clone(),
+                config.wal_path().to_path_buf(),
                 config.wal,
                 report.resume.clone(),
             );
-            blocking("WAL open", &config.wal_dir, move || {
+            blocking("WAL open", config.wal_path(), move || {
                 WalWriter::open(fs, &dir, wal_config, &resume)
             })
             .await?
         };
-        let recovery = RecoverySummary {
-            epoch: state.epoch,
-            checkpoint_id: state.checkpoint_id,
-            checkpoints_skipped: state.checkpoints_skipped.len() as u64,
-            wal_entries_replayed: state.wal_entries_replayed,
-            wal_entries_discarded: state.wal_entries_discarded,
-            torn_tail_bytes: state.torn_tail.as_ref().map_or(0, |t| t.bytes),
-            wal_damage: state.wal_damage.clone(),
-        };
-        let mut writer = state.writer;
-        let (status_tx, status_rx) = watch::channel(DurableStatus {
-            durable_epoch: recovery.epoch,
-            state: Ring1State::Running,
-        });
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Ring1Stats::default());
-        writer.attach_ring1(Ring1Watch(status_rx.clone()));
-        let ring1 = Ring1 {
-            drain,
-            wal: Some(wal),
-            sync_mode: config.sync_mode,
-            status: status_tx,
-            commands: commands_rx,
-            stats: Arc::clone(&stats),
-            lock: Some(Arc::clone(&locks)),
-            batch: WalBatch::new(),
-            batch_epoch: None,
-            spare_batch: None,
-            written_epoch: recovery.epoch,
-            synced_epoch: recovery.epoch,
-        };
+        let RecoveredState {
+            report: recovery,
+            mut writer,
+        } = state;
+        let (ring1, ring1_handles) =
+            Ring1::new(drain, wal, config.sync_mode, Arc::clone(&locks), recovery.epoch);
+        writer.attach_ring1(Ring1Watch(ring1_handles.status.clone()));
 
         let checkpoint_stats = Arc::new(CheckpointStats::default());
         let mut checkpointer = Checkpointer::new(
             Places {
                 store,
-                dir: config.checkpoint_dir.clone(),
+                dir: config.checkpoint_dir().to_path_buf(),
                 fs: Arc::clone(&fs),
-                wal_dir: config.wal_dir.clone(),
+                wal_dir: config.wal_path().to_path_buf(),
             },
             Policy {
                 max_retained: config.max_retained,
@@ -270,29 +211,21 @@ impl IncrementalCheckpointManager {
         );
         // Partial checkpoints left by a crash, and files no checkpoint needs.
         checkpointer.clean_up().await;
-        let (checkpoints_tx, checkpoints_rx) = mpsc::unbounded_channel();
-        let (latest_tx, latest_rx) = watch::channel(checkpoint.as_ref().map(|m| m.metadata()));
-        let (done_tx, done_rx) = watch::channel(false);
-        let task = CheckpointTask {
-            checkpointer,
-            requests: checkpoints_rx,
-            status: status_rx.clone(),
-            latest: latest_tx,
-            locks,
-            done: done_tx,
-        };
+        let latest = checkpoint.as_ref().map(|m| m.metadata());
+        let (task, task_handles) =
+            CheckpointTask::new(checkpointer, ring1_handles.status.clone(), latest, locks);
         let committed = writer.committed_epoch();
         tokio::spawn(ring1.run());
         tokio::spawn(task.run());
         let manager = Self {
             inner: Arc::new(Inner {
-                status: status_rx,
-                commands: commands_tx,
-                checkpoints: checkpoints_tx,
-                latest: latest_rx,
-                checkpoint_task_done: done_rx,
+                status: ring1_handles.status,
+                commands: ring1_handles.commands,
+                checkpoints: task_handles.requests,
+                latest: task_handles.latest,
+                checkpoint_task_done: task_handles.done,
                 committed,
-                stats,
+                stats: ring1_handles.stats,
                 checkpoint_stats,
                 config,
                 recovery,
@@ -464,8 +397,10 @@ impl IncrementalCheckpointManager {
         }
     }
 
-    /// What `open` recovered.
-    pub fn recovery(&self) -> &RecoverySummary {
+    /// What `open` recovered: the epoch and checkpoint it started from,
+    /// what it replayed, and what it dropped or passed over (a torn tail,
+    /// damaged checkpoints, WAL damage the recovery mode accepted).
+    pub fn recovery(&self) -> &RecoveryReport {
         &self.inner.recovery
     }
 
@@ -473,6 +408,18 @@ impl IncrementalCheckpointManager {
     pub fn config(&self) -> &CheckpointConfig {
         &self.inner.config
     }
+}
+
+/// Takes the directories' locks for `config`, off the runtime's threads:
+/// the WAL directory's, and the checkpoint directory's unless checkpoints
+/// go to a custom store.
+async fn lock_dirs_of(config: &CheckpointConfig) -> Result<DirLocks> {
+    let (c, w, custom) = (
+        config.checkpoint_dir().to_path_buf(),
+        config.wal_path().to_path_buf(),
+        config.custom_store().is_some(),
+    );
+    blocking("lock", config.wal_path(), move || lock_dirs_for(&c, &w, !custom)).await
 }
 
 #[cfg(test)]

@@ -211,7 +211,53 @@ pub(crate) struct Ring1 {
     pub(crate) synced_epoch: u64,
 }
 
+/// The manager's ends of Ring 1's channels.
+#[derive(Debug)]
+pub(crate) struct Ring1Handles {
+    /// Ring 1's status: the durable epoch, and whether it still runs.
+    pub(crate) status: watch::Receiver<DurableStatus>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) stats: Arc<Ring1Stats>,
+}
+
 impl Ring1 {
+    /// Ring 1 over `drain` and `wal`, after a recovery that made
+    /// `durable_epoch` durable; it holds `lock` while it runs.
+    pub(crate) fn new(
+        drain: StateDrain,
+        wal: WalWriter,
+        sync_mode: WalSyncMode,
+        lock: Arc<DirLocks>,
+        durable_epoch: u64,
+    ) -> (Self, Ring1Handles) {
+        let (status_tx, status_rx) = watch::channel(DurableStatus {
+            durable_epoch,
+            state: Ring1State::Running,
+        });
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Ring1Stats::default());
+        let ring1 = Self {
+            drain,
+            wal: Some(wal),
+            sync_mode,
+            status: status_tx,
+            commands: commands_rx,
+            stats: Arc::clone(&stats),
+            lock: Some(lock),
+            batch: WalBatch::new(),
+            batch_epoch: None,
+            spare_batch: None,
+            written_epoch: durable_epoch,
+            synced_epoch: durable_epoch,
+        };
+        let handles = Ring1Handles {
+            status: status_rx,
+            commands: commands_tx,
+            stats,
+        };
+        (ring1, handles)
+    }
+
     pub(crate) async fn run(mut self) {
         let mut io: Option<JoinHandle<IoDone>> = None;
         let mut spare: Option<JoinHandle<std::result::Result<SpareSegment, WalError>>> = None;

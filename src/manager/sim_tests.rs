@@ -257,7 +257,7 @@ impl Sim {
         overwrite(&damaged).unwrap_or_else(|e| panic!("{ctx}: {e}"));
 
         let config = config(dir, &mut self.rng, self.min_retained);
-        let recovery_config = RecoveryConfig::new(&config.checkpoint_dir, &config.wal_dir);
+        let recovery_config = RecoveryConfig::new(config.checkpoint_dir(), config.wal_path());
         let store = crate::checkpoint::LocalDirStore::with_fs(dir, Arc::new(fs.clone()));
         let recovered = Self::runtime()
             .block_on(recover_with(&recovery_config, Arc::new(fs.clone()), &store))

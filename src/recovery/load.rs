@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use super::{RecoveredState, RecoveryConfig, SkippedCheckpoint, TornTail, WalDamage};
+use super::{
+    RecoveredState, RecoveryConfig, RecoveryReport, SkippedCheckpoint, SkippedCheckpoints, TornTail,
+    WalDamage,
+};
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
 use crate::checkpoint::manifest::{FileRef, Manifest};
@@ -41,11 +44,39 @@ pub(crate) async fn recover_with(
     fs: Arc<dyn FileSystem>,
     store: &dyn CheckpointStore,
 ) -> Result<Recovery> {
-    let dir = &config.checkpoint_dir;
-    let mut inventory = Inventory::read(store, dir).await?;
-    // Only damage makes a checkpoint skippable. A manifest of a newer
-    // format, or one the disk failed to read, stops recovery: falling back
-    // past it would hide the failure (and the fallback's WAL may be gone).
+    let mut inventory = Inventory::read(store, &config.checkpoint_dir).await?;
+    refuse_unreadable(&mut inventory)?;
+    let (checkpoint, loaded, skipped) = choose_checkpoint(config, store, &inventory).await?;
+    let (writer, report) = match replay_wal(config, fs, checkpoint.as_ref(), loaded.writer).await {
+        Ok(r) => r,
+        Err(e) if !skipped.is_empty() => {
+            return Err(IncrementalCheckpointError::Recovery {
+                reason: RecoveryFailure::CheckpointsUnusable {
+                    skipped,
+                    cause: Box::new(e),
+                },
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let state = RecoveredState {
+        report: recovery_report(&report, checkpoint.as_ref(), skipped),
+        writer,
+    };
+    log_recovery(&state);
+    Ok(Recovery {
+        state,
+        drain: loaded.drain,
+        report,
+        checkpoint,
+        inventory,
+    })
+}
+
+/// Only damage makes a checkpoint skippable. A manifest of a newer format,
+/// or one the disk failed to read, stops recovery: falling back past it
+/// would hide the failure (and the fallback's WAL may be gone).
+fn refuse_unreadable(inventory: &mut Inventory) -> Result<()> {
     let refused = inventory.manifests.iter().find_map(|(id, m)| match m {
         Err(e) if !skippable(e) => Some(*id),
         _ => None,
@@ -58,8 +89,17 @@ pub(crate) async fn recover_with(
             Arc::try_unwrap(e).unwrap_or_else(|cause| IncrementalCheckpointError::CheckpointFailed { cause })
         );
     }
+    Ok(())
+}
+
+/// The newest checkpoint whose chain loads, loaded (or the empty state if
+/// none does), and the newer ones passed over with their errors.
+async fn choose_checkpoint(
+    config: &RecoveryConfig,
+    store: &dyn CheckpointStore,
+    inventory: &Inventory,
+) -> Result<(Option<Manifest>, Loaded, Vec<SkippedCheckpoint>)> {
     let mut skipped = Vec::new();
-    let mut chosen = None;
     for (id, m) in inventory.manifests.iter().rev() {
         let m = match m {
             Ok(m) => m,
@@ -73,10 +113,7 @@ pub(crate) async fn recover_with(
             }
         };
         match load_chain(config, store, m).await {
-            Ok(loaded) => {
-                chosen = Some((m.clone(), loaded));
-                break;
-            }
+            Ok(loaded) => return Ok((Some(m.clone()), loaded, skipped)),
             Err(e) if skippable(&e) => {
                 tracing::warn!(id, error = %e, "checkpoint failed validation; trying an older checkpoint");
                 skipped.push(SkippedCheckpoint {
@@ -87,45 +124,37 @@ pub(crate) async fn recover_with(
             Err(e) => return Err(e),
         }
     }
-    let (checkpoint, loaded) = match chosen {
-        Some((m, loaded)) => (Some(m), loaded),
-        None => {
-            let (writer, drain) = StateWriter::with_first_epoch(config.state.clone(), 1)?;
-            (None, Loaded { writer, drain })
-        }
-    };
-    let replayed = replay_wal(config, fs, checkpoint.as_ref(), loaded.writer).await;
-    let (writer, report) = match replayed {
-        Ok(r) => r,
-        Err(e) if !skipped.is_empty() => {
-            return Err(IncrementalCheckpointError::Recovery {
-                reason: RecoveryFailure::CheckpointsUnusable {
-                    skipped,
-                    cause: Box::new(e),
-                },
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let (writer, drain) = StateWriter::with_first_epoch(config.state.clone(), 1)?;
+    Ok((None, Loaded { writer, drain }, skipped))
+}
 
-    let (epoch, source_offsets, watermark) = match (&report.last_commit, &checkpoint) {
+/// The report of a recovery from `checkpoint` and the WAL replay
+/// `report`, having passed over `skipped`.
+fn recovery_report(
+    report: &ReplayReport,
+    checkpoint: Option<&Manifest>,
+    skipped: Vec<SkippedCheckpoint>,
+) -> RecoveryReport {
+    let (epoch, source_offsets, watermark) = match (&report.last_commit, checkpoint) {
         (Some(c), _) => (c.epoch, c.sources.iter().cloned().collect(), c.watermark),
         (None, Some(m)) => (m.epoch, m.sources.iter().cloned().collect(), m.watermark),
         (None, None) => (0, HashMap::new(), None),
     };
-    let state = RecoveredState {
+    let torn_tail = report.torn_tail.as_ref().map(|t| TornTail {
+        file: t.file.clone(),
+        offset: t.offset,
+        bytes: t.bytes_dropped,
+    });
+    RecoveryReport {
         epoch,
-        checkpoint_id: checkpoint.as_ref().map(|m| m.id),
+        checkpoint_id: checkpoint.map(|m| m.id),
         source_offsets,
         watermark,
         wal_entries_replayed: report.records_replayed,
         wal_entries_discarded: report.records_discarded,
-        torn_tail: report.torn_tail.as_ref().map(|t| TornTail {
-            file: t.file.clone(),
-            offset: t.offset,
-            bytes: t.bytes_dropped,
-        }),
-        checkpoints_skipped: skipped,
+        torn_tail_bytes: torn_tail.as_ref().map_or(0, |t| t.bytes),
+        torn_tail,
+        checkpoints_skipped: SkippedCheckpoints::new(skipped),
         wal_damage: (report.skipped.iter().map(|c| (c, false)))
             .chain(report.stopped_at.iter().map(|c| (c, true)))
             .map(|(c, stopped)| WalDamage {
@@ -136,8 +165,10 @@ pub(crate) async fn recover_with(
                 stopped,
             })
             .collect(),
-        writer,
-    };
+    }
+}
+
+fn log_recovery(state: &RecoveredState) {
     for d in &state.wal_damage {
         tracing::warn!(file = %d.file.display(), offset = d.offset, bytes = d.bytes, reason = d.reason,
             stopped = d.stopped, "WAL damage accepted by the recovery mode");
@@ -154,13 +185,6 @@ pub(crate) async fn recover_with(
         skipped = state.checkpoints_skipped.len(),
         "recovered"
     );
-    Ok(Recovery {
-        state,
-        drain: loaded.drain,
-        report,
-        checkpoint,
-        inventory,
-    })
 }
 
 /// Whether a checkpoint failing with `e` is damaged (recovery tries an

@@ -21,159 +21,25 @@
 //! [`RecoveryManager::recover`] reads and never writes: a torn WAL tail is
 //! reported, and repaired only by a manager opening the directories.
 
+mod config;
 mod load;
+mod report;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+pub use config::RecoveryConfig;
 pub(crate) use load::{Recovery, recover_with};
+#[allow(deprecated)]
+pub use report::RecoverySummary;
+pub use report::{RecoveredState, RecoveryReport, SkippedCheckpoints, TornTail, WalDamage};
 
 use crate::checkpoint::merge::Merge;
 use crate::checkpoint::reader::{chain_sources, read_chain, read_manifest};
-use crate::checkpoint::{CheckpointStore, IncrementalCheckpointMetadata, LocalDirStore};
+use crate::checkpoint::{IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::SkippedCheckpoint;
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{StdFs, lock_dirs};
-use crate::state::{StateConfig, StateWriter};
-use crate::wal::WalRecoveryMode;
-
-/// Where to recover from and how.
-///
-/// | setting | default |
-/// | --- | --- |
-/// | checkpoint directory, WAL directory | given to [`new`](Self::new) |
-/// | [`recovery_mode`](Self::with_recovery_mode) | [`WalRecoveryMode::TolerateCorruptedTailRecords`] |
-/// | [`state`](Self::with_state) | [`StateConfig::new`] (sizes of the state the recovered data is loaded into) |
-#[derive(Debug, Clone)]
-pub struct RecoveryConfig {
-    pub(crate) checkpoint_dir: PathBuf,
-    pub(crate) wal_dir: PathBuf,
-    pub(crate) recovery_mode: WalRecoveryMode,
-    pub(crate) state: StateConfig,
-    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
-}
-
-impl RecoveryConfig {
-    /// Recovery of the checkpoints in `checkpoint_dir` and the WAL in
-    /// `wal_dir`.
-    pub fn new(checkpoint_dir: impl AsRef<Path>, wal_dir: impl AsRef<Path>) -> Self {
-        Self {
-            checkpoint_dir: checkpoint_dir.as_ref().to_path_buf(),
-            wal_dir: wal_dir.as_ref().to_path_buf(),
-            recovery_mode: WalRecoveryMode::default(),
-            state: StateConfig::new(),
-            store: None,
-        }
-    }
-
-    /// What replay does with damaged WAL records; see [`WalRecoveryMode`].
-    pub fn with_recovery_mode(mut self, mode: WalRecoveryMode) -> Self {
-        self.recovery_mode = mode;
-        self
-    }
-
-    /// Sizes of the state the recovered data is loaded into.
-    pub fn with_state(mut self, state: StateConfig) -> Self {
-        self.state = state;
-        self
-    }
-
-    /// Reads checkpoints from `store` instead of the local checkpoint
-    /// directory (which then only names files in errors).
-    pub fn with_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    pub(crate) fn store(&self) -> Arc<dyn CheckpointStore> {
-        self.store
-            .clone()
-            .unwrap_or_else(|| Arc::new(LocalDirStore::new(&self.checkpoint_dir)))
-    }
-}
-
-/// A torn record dropped from the end of the WAL (a crash artefact).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TornTail {
-    /// The WAL segment.
-    pub file: PathBuf,
-    /// Offset of the first dropped byte.
-    pub offset: u64,
-    /// Bytes dropped.
-    pub bytes: u64,
-}
-
-/// Damage in the WAL that the recovery mode accepted:
-/// [`PointInTimeRecovery`](crate::wal::WalRecoveryMode::PointInTimeRecovery)
-/// stops at it, [`SkipAnyCorruptedRecords`](crate::wal::WalRecoveryMode::SkipAnyCorruptedRecords)
-/// passes over it. (The default modes refuse it with an error instead.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WalDamage {
-    /// The WAL segment (for a missing segment, the name it should have).
-    pub file: PathBuf,
-    /// Offset of the damage in `file`.
-    pub offset: u64,
-    /// Bytes skipped or dropped from there in `file`.
-    pub bytes: u64,
-    /// What is wrong.
-    pub reason: &'static str,
-    /// Replay stopped here: nothing after it was recovered.
-    pub stopped: bool,
-}
-
-/// The state recovery rebuilt: the data, and where it came from.
-///
-/// Returned by [`RecoveryManager::recover`]; the manager's `open` loads the
-/// same into its writer.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct RecoveredState {
-    /// The last complete epoch (0: none).
-    pub epoch: u64,
-    /// The checkpoint it started from (`None`: the WAL alone).
-    pub checkpoint_id: Option<u64>,
-    /// Source offsets committed with `epoch`.
-    pub source_offsets: HashMap<String, u64>,
-    /// Watermark committed with `epoch`.
-    pub watermark: Option<i64>,
-    /// Puts and deletes replayed from the WAL after the checkpoint.
-    pub wal_entries_replayed: u64,
-    /// Records of an unfinished epoch at the end of the WAL, dropped.
-    pub wal_entries_discarded: u64,
-    /// A torn record dropped from the end of the WAL, if any.
-    pub torn_tail: Option<TornTail>,
-    /// Newer checkpoints that failed validation and were passed over.
-    pub checkpoints_skipped: Vec<SkippedCheckpoint>,
-    /// WAL damage the recovery mode accepted (always empty under the
-    /// default modes, which refuse damage with an error).
-    pub wal_damage: Vec<WalDamage>,
-    pub(crate) writer: StateWriter,
-}
-
-impl RecoveredState {
-    /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.writer.get(key)
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.writer.len()
-    }
-
-    /// Whether there is no key.
-    pub fn is_empty(&self) -> bool {
-        self.writer.is_empty()
-    }
-
-    /// Every key and value, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.writer.iter()
-    }
-}
 
 /// Recovers state from checkpoint and WAL directories without opening a
 /// manager (to inspect, verify or export it).
