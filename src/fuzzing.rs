@@ -238,12 +238,31 @@ fn check_alone(fs: &MemDir, o: &Outcome) {
 ///
 /// When the reader breaks a promise (see the module docs).
 pub fn fuzz_wal_segments(data: &[u8]) {
-    let Some((&control, mut rest)) = data.split_first() else {
+    let Some((&control, rest)) = data.split_first() else {
         return;
     };
+    let after_epoch = [0, 1, 3, u64::MAX][usize::from((control >> 5) & 3)];
+    let fs = segments_of(control, rest);
+    let [tolerate, absolute, pit, skip] = [
+        WalRecoveryMode::TolerateCorruptedTailRecords,
+        WalRecoveryMode::AbsoluteConsistency,
+        WalRecoveryMode::PointInTimeRecovery,
+        WalRecoveryMode::SkipAnyCorruptedRecords,
+    ]
+    .map(|mode| run(&fs, mode, after_epoch));
+    for o in [&tolerate, &absolute, &pit, &skip] {
+        check_alone(&fs, o);
+    }
+    check_strict_agrees(&tolerate, &absolute);
+    check_point_in_time_agrees(&tolerate, &pit, &skip);
+    check_salvage(&tolerate, &skip);
+}
+
+/// The segment files `control` and `rest` make: one to four, numbered
+/// from 1 or 7, their headers and frames repaired as `control` asks.
+fn segments_of(control: u8, mut rest: &[u8]) -> MemDir {
     let count = usize::from(control & 3) + 1;
     let first_number = if control & 0x80 != 0 { 7 } else { 1 };
-    let after_epoch = [0, 1, 3, u64::MAX][usize::from((control >> 5) & 3)];
     let mut files = Vec::new();
     for i in 0..count {
         let take = if i + 1 == count {
@@ -269,20 +288,12 @@ pub fn fuzz_wal_segments(data: &[u8]) {
         let path = Path::new(DIR).join(format!("wal_{number:016x}.log"));
         files.push((path, seg));
     }
-    let fs = MemDir { files };
+    MemDir { files }
+}
 
-    let [tolerate, absolute, pit, skip] = [
-        WalRecoveryMode::TolerateCorruptedTailRecords,
-        WalRecoveryMode::AbsoluteConsistency,
-        WalRecoveryMode::PointInTimeRecovery,
-        WalRecoveryMode::SkipAnyCorruptedRecords,
-    ]
-    .map(|mode| run(&fs, mode, after_epoch));
-    for o in [&tolerate, &absolute, &pit, &skip] {
-        check_alone(&fs, o);
-    }
-
-    // The modes agree.
+/// `AbsoluteConsistency` succeeds exactly when the default finds nothing to
+/// drop, and fails at the default's torn tail otherwise.
+fn check_strict_agrees(tolerate: &Outcome, absolute: &Outcome) {
     match (&tolerate.result, &absolute.result) {
         (Ok(t), Ok(a)) => {
             assert!(t.torn_tail.is_none(), "strict accepted a log with a torn tail");
@@ -300,6 +311,11 @@ pub fn fuzz_wal_segments(data: &[u8]) {
         (Err(_), Ok(_)) => panic!("strict accepted what the default refused"),
         (Err(_), Err(_)) => {}
     }
+}
+
+/// `PointInTimeRecovery` returns what the default returns, or stops where
+/// the default reports corruption, with a prefix of what skipping returns.
+fn check_point_in_time_agrees(tolerate: &Outcome, pit: &Outcome, skip: &Outcome) {
     match (&tolerate.result, &pit.result) {
         (Ok(t), Ok(p)) => {
             assert_eq!(tolerate.ops, pit.ops);
@@ -325,6 +341,11 @@ pub fn fuzz_wal_segments(data: &[u8]) {
         ),
         (t, p) => panic!("default {t:?}, point in time {p:?}"),
     }
+}
+
+/// `SkipAnyCorruptedRecords` matches the default on an undamaged log, and
+/// fails only on what no mode can read past.
+fn check_salvage(tolerate: &Outcome, skip: &Outcome) {
     // Without damage, skipping finds nothing to skip.
     if let Ok(t) = &tolerate.result
         && t.torn_tail.is_none()

@@ -204,51 +204,9 @@ impl Checkpointer {
         let base = self.wants_base(&scan.delta);
         let kind = if base { DataKind::Base } else { DataKind::Delta };
         let data_name = data_file_name(kind, id);
-        let data_path = self.dir.join(&data_name);
-        let chain = match (&self.parent, base) {
-            (Some(p), true) => read_chain(self.store.as_ref(), &self.dir, &p.files).await?,
-            _ => Vec::new(),
-        };
-        let summary: Arc<Mutex<Option<DataSummary>>> = Arc::default();
-        let out_summary = Arc::clone(&summary);
-        let dir = self.dir.clone();
-        let delta = scan.delta;
-        let contents = Box::new(move |out: &mut dyn Write| -> io::Result<()> {
-            let mut w = DataFileWriter::new(out, kind, id, epoch)?;
-            let carry = |e: IncrementalCheckpointError| io::Error::other(e);
-            if chain.is_empty() {
-                // A delta, or a base with no chain to fold in (the first
-                // checkpoint): the sorted changes, less the deleted keys
-                // in a base.
-                for (key, value) in delta.sorted() {
-                    if value.is_some() || !base {
-                        w.push(key, value)?;
-                    }
-                }
-            } else {
-                let mut sources = chain_sources(&chain, &dir);
-                sources.push(Box::new(delta.sorted().map(Ok)));
-                for entry in Merge::new(sources, true) {
-                    let (key, value) = entry.map_err(carry)?;
-                    w.push(key, value)?;
-                }
-            }
-            let (s, _) = w.finish()?;
-            *out_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
-            Ok(())
-        });
-        self.store
-            .write(&data_name, contents)
-            .await
-            .map_err(|e| io_error(&data_path, e))?;
-        let summary = summary
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| IncrementalCheckpointError::Io {
-                path: data_path.clone(),
-                source: io::Error::other("the store did not run the file's contents"),
-            })?;
+        let summary = self
+            .write_data_file(&data_name, kind, id, epoch, scan.delta)
+            .await?;
         if base && summary.entries != scan.live_keys {
             // The merge and the WAL disagree about the state: never publish.
             return Err(IncrementalCheckpointError::Recovery {
@@ -297,8 +255,74 @@ impl Checkpointer {
             files,
         };
         manifest.finish_sizes(summary.len);
+        self.publish(&data_name, &manifest).await?;
+        self.parent = Some(manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Writes the data file `name` of checkpoint `id` at `epoch` (durable,
+    /// not yet visible): the sorted `delta`, or, for a base with a parent,
+    /// the streaming merge of the parent's chain and the delta.
+    async fn write_data_file(
+        &self,
+        name: &str,
+        kind: DataKind,
+        id: u64,
+        epoch: u64,
+        delta: DeltaBuilder,
+    ) -> Result<DataSummary> {
+        let base = kind == DataKind::Base;
+        let path = self.dir.join(name);
+        let chain = match (&self.parent, base) {
+            (Some(p), true) => read_chain(self.store.as_ref(), &self.dir, &p.files).await?,
+            _ => Vec::new(),
+        };
+        let summary: Arc<Mutex<Option<DataSummary>>> = Arc::default();
+        let out_summary = Arc::clone(&summary);
+        let dir = self.dir.clone();
+        let contents = Box::new(move |out: &mut dyn Write| -> io::Result<()> {
+            let mut w = DataFileWriter::new(out, kind, id, epoch)?;
+            let carry = |e: IncrementalCheckpointError| io::Error::other(e);
+            if chain.is_empty() {
+                // A delta, or a base with no chain to fold in (the first
+                // checkpoint): the sorted changes, less the deleted keys
+                // in a base.
+                for (key, value) in delta.sorted() {
+                    if value.is_some() || !base {
+                        w.push(key, value)?;
+                    }
+                }
+            } else {
+                let mut sources = chain_sources(&chain, &dir);
+                sources.push(Box::new(delta.sorted().map(Ok)));
+                for entry in Merge::new(sources, true) {
+                    let (key, value) = entry.map_err(carry)?;
+                    w.push(key, value)?;
+                }
+            }
+            let (s, _) = w.finish()?;
+            *out_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            Ok(())
+        });
+        self.store
+            .write(name, contents)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| IncrementalCheckpointError::Io {
+                path,
+                source: io::Error::other("the store did not run the file's contents"),
+            })
+    }
+
+    /// Writes `manifest` and publishes it with its new data file: both
+    /// visible atomically, durably.
+    async fn publish(&mut self, data_name: &str, manifest: &Manifest) -> Result<()> {
         let bytes = manifest.encode();
-        let name = manifest_name(id);
+        let name = manifest_name(manifest.id);
         let path = self.dir.join(&name);
         self.store
             .write(&name, Box::new(move |out: &mut dyn Write| out.write_all(&bytes)))
@@ -306,14 +330,13 @@ impl Checkpointer {
             .map_err(|e| io_error(&path, e))?;
         // From here a crash may leave it published: remember it for
         // garbage collection either way.
-        self.manifests.insert(id, None);
+        self.manifests.insert(manifest.id, None);
         self.store
-            .publish(&[data_name], &name)
+            .publish(&[data_name.to_owned()], &name)
             .await
             .map_err(|e| io_error(&path, e))?;
-        self.manifests.insert(id, Some(manifest.clone()));
-        self.parent = Some(manifest.clone());
-        Ok(manifest)
+        self.manifests.insert(manifest.id, Some(manifest.clone()));
+        Ok(())
     }
 
     /// Whether the next checkpoint should be a base: none yet, the chain
@@ -429,6 +452,18 @@ impl Checkpointer {
     /// recovery uses the fallback and the WAL after it. Until a fallback
     /// exists for every file, no WAL is truncated.
     pub(crate) async fn collect_garbage(&mut self) -> Result<()> {
+        let truncate = self.remove_old_checkpoints().await?;
+        self.remove_unreferenced_files().await?;
+        if truncate {
+            self.truncate_wal().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the manifests retention does not keep; returns whether the
+    /// WAL may be truncated (a good checkpoint exists, and a fallback for
+    /// every file of the newest when more than one is retained).
+    async fn remove_old_checkpoints(&mut self) -> Result<bool> {
         let mut keep: BTreeSet<u64> = self
             .manifests
             .iter()
@@ -464,12 +499,15 @@ impl Checkpointer {
             }
             tracing::debug!(removed = ?drop, "old checkpoints removed");
         }
+        Ok(truncate)
+    }
 
-        // Every name of ours that no kept manifest needs: partial files
-        // (a manifest's or data file's name + `.tmp`) always, unreferenced
-        // data files only when every manifest could be read (an unreadable
-        // one might need them). Other names, however close to ours, are
-        // the user's.
+    /// Deletes every name of ours that no kept manifest needs: partial
+    /// files (a manifest's or data file's name + `.tmp`) always,
+    /// unreferenced data files only when every manifest could be read (an
+    /// unreadable one might need them). Other names, however close to
+    /// ours, are the user's.
+    async fn remove_unreferenced_files(&mut self) -> Result<()> {
         let all_readable = self.manifests.values().all(Option::is_some);
         let referenced: HashSet<String> = self
             .manifests
@@ -502,30 +540,32 @@ impl Checkpointer {
                 .map_err(|e| io_error(&self.dir, e))?;
             tracing::debug!(files = garbage.len(), "unreferenced checkpoint files removed");
         }
+        Ok(())
+    }
 
-        // The WAL before the oldest kept checkpoint's commit segment; never
-        // while no good checkpoint, or no fallback for every file of the
-        // newest, exists (the state then needs all of it).
-        if truncate {
-            let keep_from = self
-                .manifests
-                .values()
-                .flatten()
-                .map(|m| m.wal_segment)
-                .min()
-                .unwrap_or(0);
-            let fs = Arc::clone(&self.fs);
-            let wal_dir = self.wal_dir.clone();
-            let removed = blocking("WAL truncation", &self.wal_dir, move || {
-                remove_segments_before(fs.as_ref(), &wal_dir, keep_from)
-            })
-            .await?;
-            if removed > 0 {
-                self.stats
-                    .wal_segments_removed
-                    .fetch_add(removed, Ordering::Relaxed);
-                tracing::debug!(removed, keep_from, "WAL segments no checkpoint needs removed");
-            }
+    /// Deletes the WAL before the oldest kept checkpoint's commit segment.
+    /// Called only when retention allows it: never while no good
+    /// checkpoint, or no fallback for every file of the newest, exists
+    /// (the state then needs all of it).
+    async fn truncate_wal(&mut self) -> Result<()> {
+        let keep_from = self
+            .manifests
+            .values()
+            .flatten()
+            .map(|m| m.wal_segment)
+            .min()
+            .unwrap_or(0);
+        let fs = Arc::clone(&self.fs);
+        let wal_dir = self.wal_dir.clone();
+        let removed = blocking("WAL truncation", &self.wal_dir, move || {
+            remove_segments_before(fs.as_ref(), &wal_dir, keep_from)
+        })
+        .await?;
+        if removed > 0 {
+            self.stats
+                .wal_segments_removed
+                .fetch_add(removed, Ordering::Relaxed);
+            tracing::debug!(removed, keep_from, "WAL segments no checkpoint needs removed");
         }
         Ok(())
     }

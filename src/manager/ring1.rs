@@ -26,6 +26,7 @@
 //! the first I/O error: the writer is poisoned, the error is published to
 //! every waiter, and nothing is acknowledged after it.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -189,6 +190,25 @@ enum Event {
     SyncDue,
 }
 
+/// The loop's state besides the batch: the blocking jobs in flight and
+/// what it has been told.
+struct Loop {
+    /// The write (and sync) in flight; it has the WAL writer.
+    io: Option<JoinHandle<IoDone>>,
+    /// The next segment being preallocated, and one ready to install.
+    spare: Option<JoinHandle<std::result::Result<SpareSegment, WalError>>>,
+    spare_ready: Option<std::result::Result<SpareSegment, WalError>>,
+    /// After a failed spare, no new one before this (rotation meanwhile
+    /// creates the segment inline).
+    spare_retry_at: Option<tokio::time::Instant>,
+    /// Whether a manager handle can still send commands.
+    commands_open: bool,
+    /// Changes to log before stopping (set by a shutdown request, or when
+    /// every handle is gone).
+    stop_after: Option<u64>,
+    last_sync: tokio::time::Instant,
+}
+
 /// The Ring 1 task's state.
 pub(crate) struct Ring1 {
     pub(crate) drain: StateDrain,
@@ -259,117 +279,133 @@ impl Ring1 {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut io: Option<JoinHandle<IoDone>> = None;
-        let mut spare: Option<JoinHandle<std::result::Result<SpareSegment, WalError>>> = None;
-        let mut spare_ready = None;
-        // After a failed spare, no new one before this (rotation meanwhile
-        // creates the segment inline).
-        let mut spare_retry_at: Option<tokio::time::Instant> = None;
-        let mut commands_open = true;
-        // Changes to log before stopping (set by a shutdown request).
-        let mut stop_after: Option<u64> = None;
-        // Tokio's clock, like the timer that wakes the loop for a sync: on
-        // a paused test clock, `std`'s would never see the interval pass.
-        let mut last_sync = tokio::time::Instant::now();
+        let mut l = Loop {
+            io: None,
+            spare: None,
+            spare_ready: None,
+            spare_retry_at: None,
+            commands_open: true,
+            stop_after: None,
+            // Tokio's clock, like the timer that wakes the loop for a sync:
+            // on a paused test clock, `std`'s would never see the interval
+            // pass.
+            last_sync: tokio::time::Instant::now(),
+        };
         loop {
-            let stopping = stop_after.is_some();
-            if self.batch.len_bytes() < MAX_BATCH_BYTES {
-                self.drain_into_batch();
-            }
-            self.stats
-                .changes_pushed
-                .store(self.drain.pushed(), Ordering::Relaxed);
-            self.stats
-                .changelog_overflows
-                .store(self.drain.overflow_count(), Ordering::Relaxed);
-            if let Some(wal) = self.wal.as_mut() {
-                if let Some(result) = spare_ready.take()
-                    && let Err(e) = wal.install_spare(result)
-                {
-                    tracing::warn!(error = %e, "preallocating the next WAL segment failed; retrying in 1 s, rotation meanwhile creates it inline");
-                    spare_retry_at = Some(tokio::time::Instant::now() + SPARE_RETRY_DELAY);
-                }
-                if spare.is_none()
-                    && spare_retry_at.is_none_or(|at| tokio::time::Instant::now() >= at)
-                    && let Some(job) = wal.spare_job()
-                {
-                    spare_retry_at = None;
-                    spare = Some(tokio::task::spawn_blocking(move || job.run()));
-                }
-            }
-            if io.is_none()
-                && let Some(job) = self.next_io(stopping, last_sync)
+            self.refill(&mut l);
+            if l.io.is_none()
+                && let Some(job) = self.next_io(l.stop_after.is_some(), l.last_sync)
             {
                 let stats = Arc::clone(&self.stats);
-                io = Some(tokio::task::spawn_blocking(move || job.run(&stats)));
+                l.io = Some(tokio::task::spawn_blocking(move || job.run(&stats)));
             }
-            if io.is_none() && self.wal.is_some() {
-                if let Some(target) = stop_after
+            if l.io.is_none() && self.wal.is_some() {
+                if let Some(target) = l.stop_after
                     && self.drain.drained() >= target
                     && self.batch.is_empty()
                 {
                     self.close().await;
                     return;
                 }
-                if stop_after.is_none() && !commands_open && self.drain.is_abandoned() {
+                if l.stop_after.is_none() && !l.commands_open && self.drain.is_abandoned() {
                     // Writer and every manager handle gone: flush and end.
-                    stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
+                    l.stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
                     continue;
                 }
             }
-
-            let sync_due = match self.sync_mode {
-                WalSyncMode::Interval(every) if self.written_epoch > self.synced_epoch => {
-                    Some(last_sync + every)
-                }
-                _ => None,
-            };
-            let event = tokio::select! {
-                done = async { io.as_mut().expect("guarded").await }, if io.is_some() => Event::Io(Box::new(done)),
-                made = async { spare.as_mut().expect("guarded").await }, if spare.is_some() => Event::Spare(made),
-                cmd = self.commands.recv(), if commands_open => Event::Command(cmd),
-                () = async { tokio::time::sleep_until(sync_due.expect("guarded")).await }, if sync_due.is_some() => Event::SyncDue,
-                () = self.drain.ready() => Event::Doorbell,
-            };
-            match event {
-                Event::Io(done) => {
-                    io = None;
-                    let done = match *done {
-                        Ok(done) => done,
-                        Err(join) => {
-                            self.fail(task_failed("write", &join));
-                            return;
-                        }
-                    };
-                    if done.synced {
-                        last_sync = tokio::time::Instant::now();
-                    }
-                    if let Err(e) = self.finish_io(done) {
-                        self.fail(e);
-                        return;
-                    }
-                }
-                Event::Spare(made) => {
-                    spare = None;
-                    spare_ready = Some(made.unwrap_or_else(|join| {
-                        Err(WalError::Io {
-                            op: "preallocate",
-                            path: Default::default(),
-                            source: std::io::Error::other(format!(
-                                "segment preallocation task failed: {join}"
-                            )),
-                        })
-                    }));
-                }
-                Event::Command(Some(Command::Shutdown)) => {
-                    if stop_after.is_none() {
-                        stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
-                    }
-                }
-                Event::Command(None) => commands_open = false,
-                Event::Doorbell | Event::SyncDue => {}
+            let event = self.next_event(&mut l).await;
+            if self.handle(event, &mut l).is_break() {
+                return;
             }
         }
+    }
+
+    /// Drains Ring 0 into the batch (below the batch limit), publishes
+    /// Ring 0's counts, and keeps a spare WAL segment on the way.
+    fn refill(&mut self, l: &mut Loop) {
+        if self.batch.len_bytes() < MAX_BATCH_BYTES {
+            self.drain_into_batch();
+        }
+        self.stats
+            .changes_pushed
+            .store(self.drain.pushed(), Ordering::Relaxed);
+        self.stats
+            .changelog_overflows
+            .store(self.drain.overflow_count(), Ordering::Relaxed);
+        if let Some(wal) = self.wal.as_mut() {
+            if let Some(result) = l.spare_ready.take()
+                && let Err(e) = wal.install_spare(result)
+            {
+                tracing::warn!(error = %e, "preallocating the next WAL segment failed; retrying in 1 s, rotation meanwhile creates it inline");
+                l.spare_retry_at = Some(tokio::time::Instant::now() + SPARE_RETRY_DELAY);
+            }
+            if l.spare.is_none()
+                && l.spare_retry_at
+                    .is_none_or(|at| tokio::time::Instant::now() >= at)
+                && let Some(job) = wal.spare_job()
+            {
+                l.spare_retry_at = None;
+                l.spare = Some(tokio::task::spawn_blocking(move || job.run()));
+            }
+        }
+    }
+
+    /// Waits for what wakes the loop next.
+    async fn next_event(&mut self, l: &mut Loop) -> Event {
+        let sync_due = match self.sync_mode {
+            WalSyncMode::Interval(every) if self.written_epoch > self.synced_epoch => {
+                Some(l.last_sync + every)
+            }
+            _ => None,
+        };
+        tokio::select! {
+            done = async { l.io.as_mut().expect("guarded").await }, if l.io.is_some() => Event::Io(Box::new(done)),
+            made = async { l.spare.as_mut().expect("guarded").await }, if l.spare.is_some() => Event::Spare(made),
+            cmd = self.commands.recv(), if l.commands_open => Event::Command(cmd),
+            () = async { tokio::time::sleep_until(sync_due.expect("guarded")).await }, if sync_due.is_some() => Event::SyncDue,
+            () = self.drain.ready() => Event::Doorbell,
+        }
+    }
+
+    /// Acts on `event`; `Break` once Ring 1 has failed and must end.
+    fn handle(&mut self, event: Event, l: &mut Loop) -> ControlFlow<()> {
+        match event {
+            Event::Io(done) => {
+                l.io = None;
+                let done = match *done {
+                    Ok(done) => done,
+                    Err(join) => {
+                        self.fail(task_failed("write", &join));
+                        return ControlFlow::Break(());
+                    }
+                };
+                if done.synced {
+                    l.last_sync = tokio::time::Instant::now();
+                }
+                if let Err(e) = self.finish_io(done) {
+                    self.fail(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            Event::Spare(made) => {
+                l.spare = None;
+                l.spare_ready = Some(made.unwrap_or_else(|join| {
+                    Err(WalError::Io {
+                        op: "preallocate",
+                        path: Default::default(),
+                        source: std::io::Error::other(format!("segment preallocation task failed: {join}")),
+                    })
+                }));
+            }
+            Event::Command(Some(Command::Shutdown)) => {
+                if l.stop_after.is_none() {
+                    l.stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
+                }
+            }
+            Event::Command(None) => l.commands_open = false,
+            Event::Doorbell | Event::SyncDue => {}
+        }
+        ControlFlow::Continue(())
     }
 
     fn drain_into_batch(&mut self) {
