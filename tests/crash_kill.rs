@@ -1,7 +1,8 @@
 //! Process-kill crash test: a child process runs a seeded workload through
 //! the public API and prints every epoch it was told is durable; the parent
 //! kills it with SIGKILL at a random instant, recovers, and checks the
-//! contract against a model of the workload:
+//! contract (`docs/design.md`, points 1 and 2) against a model of the
+//! workload:
 //!
 //! 1. the recovered epoch is at least the highest acknowledged one;
 //! 2. the recovered state is exactly the model's state of that epoch, with

@@ -4,7 +4,7 @@
 //! must equal those computed here from the same deterministic source:
 //! every event counted exactly once, however often the pipeline died.
 //!
-//! Between runs it also checks contract 1 from the outside: every epoch the
+//! Between runs it also checks contract 1 (`docs/design.md`) from the outside: every epoch the
 //! child printed as durable before it was killed is recovered by the next
 //! run, with offsets at least as far.
 //!

@@ -1,4 +1,5 @@
-//! Damaged-file corpus for the checkpoint readers (contract points 3 and 7):
+//! Damaged-file corpus for the checkpoint readers (contract points 3 and 7
+//! of `docs/design.md`):
 //! data files (a base and a delta of several blocks) and manifests.
 //!
 //! Beyond the unit tests' single-bit flips and truncations of small files,

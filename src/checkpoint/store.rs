@@ -24,7 +24,9 @@ use crate::io::{FileSystem, FsFile, StdFs, StoredFile};
 /// Suffix of a file written but not yet published.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
-/// Produces a file's content into the sink it is given. Called once, from
+/// What [`CheckpointStore::write`] is given to write: a function that
+/// produces the file's content into the sink it is given (you need it only
+/// to implement a store). Called once, from
 /// a blocking context (a store calls it on a thread that may block, e.g.
 /// inside `tokio::task::spawn_blocking`): it may do heavy CPU work and
 /// read memory-mapped files.
@@ -77,7 +79,11 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
     async fn delete(&self, names: &[String]) -> io::Result<()>;
 }
 
-/// The default store: files in a local directory.
+/// The default store: files in a local directory. The manager uses one in
+/// the checkpoint directory unless
+/// [`with_checkpoint_store`](crate::incremental::CheckpointConfig::with_checkpoint_store)
+/// gives another; you need it by name only to wrap it in a store of your
+/// own (say, one that also uploads what it publishes).
 ///
 /// A file being written is `<name>.tmp` until published. Publishing renames
 /// the data files, `fsync`s the directory, renames the manifest and

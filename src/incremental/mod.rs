@@ -1,4 +1,7 @@
-//! The public API of `laminar-storage`.
+//! The public API of `laminar-storage` under the path the original design
+//! names: the same items as the crate root (see the
+//! [crate documentation](crate) for what each is for), plus the deprecated
+//! names of this release.
 //!
 //! Ring 0 ([`StateWriter`]) updates keyed state synchronously on the
 //! caller's thread and records each update in a [`StateChangelogBuffer`];
@@ -87,3 +90,42 @@ pub use crate::state::{
     ArenaBacking, BatchOp, Change, StateConfig, StateDrain, StateWriter, StateWriterStats,
 };
 pub use crate::wal::{WalRecoveryMode, WalSyncMode, wal_size};
+
+// Compile-time checks of the auto traits users rely on, so that a refactor
+// cannot silently take one away: the manager is shared between tasks, the
+// writer moves to the thread that processes events, the scheduler is
+// polled from a spawned task, errors cross threads, and the futures of the
+// async API are spawned.
+const _: () = {
+    const fn shared<T: Clone + Send + Sync>() {}
+    const fn sendable<T: Send>() {}
+    const fn spawnable_stream<T: Send + Unpin + 'static>() {}
+    const fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    shared::<IncrementalCheckpointManager>();
+    shared::<CheckpointConfig>();
+    shared::<RecoveryConfig>();
+    sendable::<StateWriter>();
+    sendable::<StateDrain>();
+    sendable::<RecoveredState>();
+    spawnable_stream::<CheckpointScheduler>();
+    error::<IncrementalCheckpointError>();
+    error::<WalError>();
+    error::<RecoveryFailure>();
+};
+
+/// Never called: type-checks that the futures of the async API are `Send`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn _futures_are_send(
+    manager: &IncrementalCheckpointManager,
+    config: CheckpointConfig,
+    recovery: &RecoveryManager,
+) {
+    fn send<T: Send>(_: &T) {}
+    send(&IncrementalCheckpointManager::open(config));
+    send(&manager.wait_durable(1));
+    send(&manager.checkpoint());
+    send(&manager.shutdown());
+    send(&recovery.recover());
+    send(&validate_checkpoint("checkpoint_0000000000000001"));
+    send(&wal_size("wal"));
+}

@@ -1,5 +1,5 @@
 //! "Every N" fault injection through the manager (contract points 1, 2
-//! and 6): a small workload of two sessions (open a fresh directory, write
+//! and 6 of `docs/design.md`): a small workload of two sessions (open a fresh directory, write
 //! epochs, shut down; reopen, write more, shut down) is run once to count
 //! its file-system operations, then once for every N up to that count with
 //!
@@ -357,7 +357,8 @@ fn run_session(fs: Arc<dyn FileSystem>, dir: &Path, workload: &Workload, until: 
     session
 }
 
-/// Recovers `dir` with no fault and checks contract points 1 and 2;
+/// Recovers `dir` with no fault and checks contract points 1 and 2 of
+/// `docs/design.md`;
 /// returns the recovered epoch.
 fn recover_and_check(
     fs: Arc<dyn FileSystem>,

@@ -1,34 +1,7 @@
 //! [`IncrementalCheckpointManager`]: opens the state (recovering first),
-//! runs Ring 1, and hands out the Ring 0 writer.
-//!
-//! # Lifecycle and ownership
-//!
-//! [`open`](IncrementalCheckpointManager::open) takes the directories' lock,
-//! replays the WAL into a fresh [`StateWriter`] (so `get` sees the recovered
-//! state and the next epoch follows the recovered one), and spawns the
-//! Ring 1 task on the current tokio runtime. It returns two handles:
-//!
-//! * the [`StateWriter`], Ring 0's single producer, for the thread or task
-//!   that processes events;
-//! * the manager, a cheap `Clone + Send + Sync` handle for everything async:
-//!   durability waits, checkpoints, stats, shutdown.
-//!
-//! Two tasks run behind the manager: Ring 1 (the WAL) and the checkpoint
-//! task, which takes checkpoints when asked
-//! ([`checkpoint`](IncrementalCheckpointManager::checkpoint), or the
-//! [`CheckpointScheduler`](crate::incremental::CheckpointScheduler)) without
-//! touching Ring 0 or Ring 1: it reads the WAL files Ring 1 has made durable.
-//!
-//! # Clean shutdown
-//!
-//! [`shutdown`](IncrementalCheckpointManager::shutdown) makes everything
-//! committed before it durable, closes the WAL, lets a checkpoint in flight
-//! finish and releases the lock, after which the directories can be opened
-//! again. Dropping the writer and every
-//! manager handle does the same in the background. Either way the tokio
-//! runtime must still be running for the flush to happen: a runtime that
-//! shuts down first cancels Ring 1, and epochs not yet acknowledged are then
-//! not durable (acknowledged ones always are).
+//! runs Ring 1 (`ring1.rs`) and the checkpoint task (`checkpoint_task.rs`),
+//! and hands out the Ring 0 writer. What users need to know of the
+//! lifecycle is on the type.
 
 mod checkpoint_task;
 mod config;
@@ -53,9 +26,44 @@ use crate::recovery::{RecoveredState, Recovery, RecoveryConfig, RecoveryReport, 
 use crate::state::StateWriter;
 use crate::wal::WalWriter;
 
-/// The handle to a running state: durability waits, stats, shutdown.
+/// The handle to a running state: you need it to open durable state, wait
+/// for epochs to become durable, take checkpoints, read stats and shut
+/// down.
 ///
-/// Cheap to clone; every clone talks to the same Ring 1 task.
+/// # Lifecycle and ownership
+///
+/// [`open`](Self::open) takes the directories' lock, recovers what is on
+/// disk into a fresh [`StateWriter`] (so `get` sees the recovered state and
+/// the next epoch follows the recovered one), and spawns two tasks on the
+/// current tokio runtime. It returns two handles:
+///
+/// * the [`StateWriter`], Ring 0's single producer (`Send`, not `Clone`),
+///   for the thread or task that processes events;
+/// * the manager, a cheap `Clone + Send + Sync` handle for everything
+///   async: every clone talks to the same tasks.
+///
+/// The two tasks are Ring 1, which drains the writer's changelog into the
+/// WAL and makes epochs durable, and the checkpoint task, which takes
+/// checkpoints when asked ([`checkpoint`](Self::checkpoint), or the
+/// [`CheckpointScheduler`](crate::incremental::CheckpointScheduler))
+/// without touching Ring 0 or Ring 1: it reads the WAL files Ring 1 has
+/// made durable. Both hold the directories' lock while they run.
+///
+/// # Clean shutdown, and drop
+///
+/// [`shutdown`](Self::shutdown) makes everything committed before it
+/// durable, closes the WAL, lets a checkpoint in flight finish and releases
+/// the lock, after which the directories can be opened again.
+/// Dropping the writer and every manager handle does the same in the
+/// background. Either way the tokio runtime must still be running for the
+/// flush to happen: a runtime that shuts down first cancels both tasks;
+/// epochs already acknowledged durable stay durable, later ones may be
+/// lost. So let the runtime outlive the handles, or await `shutdown`.
+///
+/// After an I/O error on the WAL, Ring 1 stops for good (a failed `fsync`
+/// is never retried): every waiter, the writer's next commit and
+/// `shutdown` report [`Failed`](IncrementalCheckpointError::Failed) with
+/// the first error. Reopen to recover what was durable.
 #[derive(Debug, Clone)]
 pub struct IncrementalCheckpointManager {
     inner: Arc<Inner>,
@@ -75,7 +83,9 @@ struct Inner {
     recovery: RecoveryReport,
 }
 
-/// Figures from [`IncrementalCheckpointManager::stats`].
+/// Figures from [`IncrementalCheckpointManager::stats`]: counters of Ring 0's
+/// changelog, Ring 1 and the checkpoints, for monitoring (backlog, `fsync`
+/// latency, checkpoint sizes and failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ManagerStats {
@@ -133,12 +143,29 @@ impl IncrementalCheckpointManager {
     ///
     /// # Errors
     ///
-    /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) for a bad
-    /// setting; [`Locked`](IncrementalCheckpointError::Locked) if another
-    /// manager has the directories open; the recovery errors of the
-    /// configured [`WalRecoveryMode`](crate::incremental::WalRecoveryMode)
-    /// (corruption names the file and byte offset); [`Io`](IncrementalCheckpointError::Io)
-    /// or [`Wal`](IncrementalCheckpointError::Wal) when the disk fails.
+    /// Nothing is opened on error (the lock is released).
+    ///
+    /// * [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig): a bad
+    ///   setting, before anything on disk is touched.
+    /// * [`Locked`](IncrementalCheckpointError::Locked): another manager (or
+    ///   a [`RecoveryManager`](crate::incremental::RecoveryManager)) has the
+    ///   directories open.
+    /// * [`Wal`](IncrementalCheckpointError::Wal): the WAL is damaged in a
+    ///   way the configured [`WalRecoveryMode`](crate::incremental::WalRecoveryMode)
+    ///   refuses (naming file and byte offset), is of a newer format, or
+    ///   failed to read or reopen.
+    /// * [`UnsupportedVersion`](IncrementalCheckpointError::UnsupportedVersion):
+    ///   a checkpoint of a newer format.
+    /// * [`Recovery`](IncrementalCheckpointError::Recovery): checkpoints and
+    ///   WAL do not make a consistent state (see [`RecoveryFailure`](crate::incremental::RecoveryFailure)).
+    /// * [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge),
+    ///   [`ArenaFull`](IncrementalCheckpointError::ArenaFull): the
+    ///   configured state is too small for what is recovered.
+    /// * [`Io`](IncrementalCheckpointError::Io): taking the lock, reading
+    ///   checkpoints or a blocking task failed.
+    ///
+    /// A damaged checkpoint is not an error when an older one and the WAL
+    /// make up for it: it is reported in [`recovery`](Self::recovery).
     ///
     /// # Panics
     ///
@@ -277,15 +304,27 @@ impl IncrementalCheckpointManager {
     ///
     /// # Errors
     ///
-    /// Those of [`wait_durable`](Self::wait_durable) for the epoch to
-    /// checkpoint ([`Failed`](IncrementalCheckpointError::Failed),
-    /// [`ShutDown`](IncrementalCheckpointError::ShutDown), ...);
-    /// [`Io`](IncrementalCheckpointError::Io) when writing the checkpoint
-    /// fails, or the corruption errors of a damaged parent chain when a new
-    /// base is merged from it. A failed checkpoint leaves the published
-    /// ones intact and a later call tries again. An error shared by several
-    /// coalesced calls arrives as
-    /// [`CheckpointFailed`](IncrementalCheckpointError::CheckpointFailed).
+    /// A failed checkpoint leaves the published ones intact, and a later
+    /// call tries again.
+    ///
+    /// * [`Failed`](IncrementalCheckpointError::Failed),
+    ///   [`ShutDown`](IncrementalCheckpointError::ShutDown),
+    ///   [`Ring1Gone`](IncrementalCheckpointError::Ring1Gone): as for
+    ///   [`wait_durable`](Self::wait_durable) of the epoch to checkpoint.
+    /// * [`Io`](IncrementalCheckpointError::Io),
+    ///   [`NotFound`](IncrementalCheckpointError::NotFound): writing the
+    ///   checkpoint failed, or a file of the parent's chain is gone.
+    /// * [`Corruption`](IncrementalCheckpointError::Corruption),
+    ///   [`CrcMismatch`](IncrementalCheckpointError::CrcMismatch),
+    ///   [`UnsupportedVersion`](IncrementalCheckpointError::UnsupportedVersion):
+    ///   the parent's chain is damaged, found while merging a new base.
+    /// * [`Wal`](IncrementalCheckpointError::Wal): reading the WAL the
+    ///   checkpoint is derived from failed.
+    /// * [`Recovery`](IncrementalCheckpointError::Recovery): the WAL
+    ///   disagrees with the state the checkpoint would hold (nothing is
+    ///   published).
+    /// * [`CheckpointFailed`](IncrementalCheckpointError::CheckpointFailed):
+    ///   any of these, shared by several coalesced calls.
     ///
     /// # Cancel safety
     ///
@@ -351,6 +390,8 @@ impl IncrementalCheckpointManager {
     ///
     /// [`Failed`](IncrementalCheckpointError::Failed) if the WAL failed (now
     /// or earlier): what was acknowledged before is durable, nothing after.
+    /// [`Ring1Gone`](IncrementalCheckpointError::Ring1Gone) if Ring 1 ended
+    /// without a word (its runtime shut down).
     ///
     /// # Cancel safety
     ///

@@ -13,7 +13,8 @@
 //! * after a clean shutdown the reopened state is exactly the last
 //!   committed epoch's; after a crash it is exactly the state (keys, source
 //!   offsets, watermark) of one committed epoch at or after the last
-//!   acknowledged one (contract points 1 and 2), and recovery never fails;
+//!   acknowledged one (contract points 1 and 2 of `docs/design.md`), and
+//!   recovery never fails;
 //! * after a clean shutdown, in seeds that always retain at least two
 //!   checkpoints, one checkpoint file (a manifest or a data file, chosen at
 //!   random) is damaged (a bit flipped or the file truncated) and recovery

@@ -1,25 +1,7 @@
 //! Recovery: the newest checkpoint whose whole chain validates, plus the
-//! WAL replayed after its epoch to the last complete epoch.
-//!
-//! # Choosing the checkpoint
-//!
-//! Manifests are tried newest first. A manifest that cannot be read, or
-//! whose chain has a missing file, a file of the wrong size or checksum, or
-//! any damaged byte, is skipped (and reported): the next older one is
-//! tried, and the WAL, which retention keeps from the oldest retained
-//! checkpoint on, fills in the epochs since (contract 5). A manifest of a
-//! newer format version stops recovery with an error instead: a newer
-//! build's checkpoints are not damage. With no usable checkpoint, the whole
-//! WAL is replayed, which works as long as it still starts at epoch 1.
-//!
-//! # Cost
-//!
-//! Loading reads each file of the chain once, by memory map, merging base
-//! and deltas on the fly (memory grows with the state loaded, not with the
-//! chain); the WAL replayed is the part after the checkpoint's epoch.
-//!
-//! [`RecoveryManager::recover`] reads and never writes: a torn WAL tail is
-//! reported, and repaired only by a manager opening the directories.
+//! WAL replayed after its epoch to the last complete epoch
+//! (`load.rs`), shared by [`RecoveryManager`] and the manager's `open`.
+//! What users need to know of it is on [`RecoveryManager`].
 
 mod config;
 mod load;
@@ -42,7 +24,41 @@ use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{StdFs, lock_dirs};
 
 /// Recovers state from checkpoint and WAL directories without opening a
-/// manager (to inspect, verify or export it).
+/// manager: you need it to inspect, verify or export state (a manager's
+/// [`open`](crate::incremental::IncrementalCheckpointManager::open) runs
+/// the same recovery and reports it in
+/// [`recovery`](crate::incremental::IncrementalCheckpointManager::recovery)).
+///
+/// # What recovery guarantees
+///
+/// The state returned is that of a complete epoch, the last one the WAL
+/// holds whole, with exactly the source offsets and watermark committed
+/// with it (contracts 1 and 2 in `docs/design.md`). Under the default
+/// [`WalRecoveryMode`](crate::incremental::WalRecoveryMode), a torn record
+/// at the end of the newest WAL segment (a crash artefact) is dropped and
+/// reported in [`RecoveryReport::torn_tail`]; damage anywhere else is an
+/// error naming the file and offset (contract 3).
+///
+/// # Choosing the checkpoint
+///
+/// Manifests are tried newest first. A manifest that cannot be read, or
+/// whose chain has a missing file, a file of the wrong size or checksum, or
+/// any damaged byte, is skipped (and reported in
+/// [`RecoveryReport::checkpoints_skipped`]): the next older one is tried,
+/// and the WAL, which retention keeps from the oldest retained checkpoint
+/// on, fills in the epochs since (contract 5). A manifest of a newer format
+/// version stops recovery with an error instead: a newer build's
+/// checkpoints are not damage. With no usable checkpoint, the whole WAL is
+/// replayed, which works as long as it still starts at epoch 1.
+///
+/// # Cost
+///
+/// Loading reads each file of the chain once, by memory map, merging base
+/// and deltas on the fly (memory grows with the state loaded, not with the
+/// chain); the WAL replayed is the part after the checkpoint's epoch.
+///
+/// [`recover`](Self::recover) reads and never writes: a torn WAL tail is
+/// reported, and repaired only by a manager opening the directories.
 #[derive(Debug, Clone)]
 pub struct RecoveryManager {
     config: RecoveryConfig,
@@ -59,13 +75,27 @@ impl RecoveryManager {
     ///
     /// # Errors
     ///
-    /// [`Locked`](IncrementalCheckpointError::Locked) while a manager has
-    /// the directories open; [`UnsupportedVersion`](IncrementalCheckpointError::UnsupportedVersion)
-    /// for a checkpoint of a newer format; the WAL's errors under the
-    /// configured recovery mode (corruption names file and offset), e.g.
-    /// [`EpochGap`](crate::incremental::WalError::EpochGap) when no usable
-    /// checkpoint is left and the WAL no longer starts at epoch 1;
-    /// [`Io`](IncrementalCheckpointError::Io) when reading fails.
+    /// * [`Locked`](IncrementalCheckpointError::Locked): a manager has the
+    ///   directories open.
+    /// * [`Wal`](IncrementalCheckpointError::Wal): the WAL's errors under
+    ///   the configured recovery mode (corruption names file and offset),
+    ///   e.g. [`EpochGap`](crate::incremental::WalError::EpochGap) when no
+    ///   usable checkpoint is left and the WAL no longer starts at epoch 1.
+    /// * [`UnsupportedVersion`](IncrementalCheckpointError::UnsupportedVersion):
+    ///   a checkpoint of a newer format.
+    /// * [`Recovery`](IncrementalCheckpointError::Recovery): checkpoints and
+    ///   WAL do not make a consistent state (see
+    ///   [`RecoveryFailure`](crate::incremental::RecoveryFailure)).
+    /// * [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig),
+    ///   [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge),
+    ///   [`ArenaFull`](IncrementalCheckpointError::ArenaFull): the
+    ///   configured [`StateConfig`](crate::incremental::StateConfig) is
+    ///   invalid or too small for what is recovered.
+    /// * [`Io`](IncrementalCheckpointError::Io): reading failed.
+    ///
+    /// A damaged checkpoint is not an error when an older one and the WAL
+    /// make up for it: it is reported in
+    /// [`RecoveryReport::checkpoints_skipped`].
     ///
     /// # Cancel safety
     ///

@@ -1,4 +1,5 @@
-//! Corruption corpus for the WAL reader (contract points 3 and 7).
+//! Corruption corpus for the WAL reader (contract points 3 and 7 of
+//! `docs/design.md`).
 //!
 //! A small but real log is written with the real [`WalWriter`] (several
 //! segments, puts, deletes, commits with source offsets and watermarks,

@@ -105,7 +105,7 @@ pub enum WalSyncMode {
 /// segment holding a checkpoint's commit gone) is corruption too.
 ///
 /// What the lenient modes accepted is listed in
-/// [`RecoveredState::wal_damage`](crate::incremental::RecoveredState::wal_damage).
+/// [`RecoveryReport::wal_damage`](crate::incremental::RecoveryReport::wal_damage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WalRecoveryMode {
