@@ -49,7 +49,7 @@ use errors::{ENOSPC, Tally, errno};
 use futures::StreamExt;
 use laminar_storage::incremental::{
     CheckpointConfig, CheckpointScheduler, IncrementalCheckpointError, IncrementalCheckpointManager,
-    RecoverySummary, StateWriter, validate_checkpoint,
+    RecoveryReport, StateWriter, validate_checkpoint,
 };
 use mount::{FsKind, Mount};
 use workload::{Snapshot, Step, Workload, WorkloadConfig};
@@ -270,7 +270,7 @@ async fn reopen_and_verify(
     workload: &Workload,
     acked: u64,
     context: &str,
-) -> (IncrementalCheckpointManager, StateWriter, RecoverySummary) {
+) -> (IncrementalCheckpointManager, StateWriter, RecoveryReport) {
     let (manager, writer) = errors::open_when_unlocked(config(state))
         .await
         .unwrap_or_else(|e| panic!("{context}: reopening after space was freed: {e}"));
