@@ -195,13 +195,18 @@ impl IncrementalCheckpointError {
     /// [`Io`](Self::Io), [`Wal`](Self::Wal)`(`[`WalError::Io`]`)`,
     /// [`Failed`](Self::Failed) (the error that stopped Ring 1),
     /// [`CheckpointFailed`](Self::CheckpointFailed) and the cause of a
-    /// [`Recovery`](Self::Recovery) failure. `None` for errors that are
-    /// not I/O failures, and for a poisoned WAL writer, which keeps only the
+    /// [`Recovery`](Self::Recovery) failure, and an error of this crate
+    /// that a [`CheckpointStore`](crate::incremental::CheckpointStore)
+    /// carried inside an `io::Error`. `None` for errors that are not I/O
+    /// failures, and for a poisoned WAL writer, which keeps only the
     /// error's kind: use [`io_error_kind`](Self::io_error_kind) for "is the
     /// disk full?".
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            Self::Io { source, .. } => Some(source),
+            Self::Io { source, .. } => match carried(source) {
+                Some(inner) => inner.io_error(),
+                None => Some(source),
+            },
             Self::Wal(e) => e.io_error(),
             Self::Failed { cause } => cause.io_error(),
             Self::CheckpointFailed { cause } => cause.io_error(),
@@ -226,7 +231,10 @@ impl IncrementalCheckpointError {
     /// ```
     pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
         match self {
-            Self::Io { source, .. } => Some(source.kind()),
+            Self::Io { source, .. } => match carried(source) {
+                Some(inner) => inner.io_error_kind(),
+                None => Some(source.kind()),
+            },
             Self::Wal(e) => e.io_error_kind(),
             Self::Failed { cause } => cause.io_error_kind(),
             Self::CheckpointFailed { cause } => cause.io_error_kind(),
@@ -236,6 +244,12 @@ impl IncrementalCheckpointError {
             _ => None,
         }
     }
+}
+
+/// An error of the crate carried inside an `io::Error` (a checkpoint
+/// store passes what a file's contents failed with through `io::Error`).
+fn carried(source: &io::Error) -> Option<&IncrementalCheckpointError> {
+    source.get_ref()?.downcast_ref::<IncrementalCheckpointError>()
 }
 
 // Ring 0 returns `Result<(), IncrementalCheckpointError>` from every update:
@@ -296,7 +310,7 @@ mod tests {
             path: PathBuf::from("cp/data_0000000000000001.base"),
             source: enospc(),
         };
-        let cases: Vec<(&str, IncrementalCheckpointError, bool)> = vec![
+        let mut cases: Vec<(&str, IncrementalCheckpointError, bool)> = vec![
             ("Io", io(), true),
             ("Wal(Io)", IncrementalCheckpointError::Wal(wal_io()), true),
             (
@@ -345,6 +359,16 @@ mod tests {
                 true,
             ),
         ];
+        cases.push((
+            "Io(carrying CheckpointFailed(Io))",
+            IncrementalCheckpointError::Io {
+                path: PathBuf::from("cp/data_0000000000000002.base"),
+                source: io::Error::other(IncrementalCheckpointError::CheckpointFailed {
+                    cause: Arc::new(io()),
+                }),
+            },
+            true,
+        ));
         for (what, e, has_source) in &cases {
             assert_eq!(e.io_error_kind(), full, "{what}");
             assert_eq!(e.io_error().is_some(), *has_source, "{what}");
@@ -362,6 +386,16 @@ mod tests {
             }),
             IncrementalCheckpointError::Recovery {
                 reason: RecoveryFailure::KeysOutOfOrder,
+            },
+            // A corruption carried through a store's `io::Error` is no I/O
+            // failure.
+            IncrementalCheckpointError::Io {
+                path: PathBuf::from("cp"),
+                source: io::Error::other(IncrementalCheckpointError::Corruption {
+                    file: PathBuf::from("cp/data_0000000000000001.base"),
+                    offset: 40,
+                    reason: "block length runs past the data",
+                }),
             },
         ] {
             assert_eq!(not_io.io_error_kind(), None, "{not_io}");
