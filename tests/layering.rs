@@ -33,8 +33,10 @@ const LAYERS: &[&[&str]] = &[
     &["coding"],
     // The I/O seam (files, locks, stored files).
     &["io"],
-    // Ring 0: the changelog ring and the state store built on it.
+    // Ring 0: the changelog ring, Ring 1's status as Ring 0 watches it (a
+    // module the state layer's work adds), and the state store.
     &["changelog"],
+    &["status"],
     &["state"],
     // On-disk formats and their readers and writers.
     &["wal"],
