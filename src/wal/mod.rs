@@ -54,10 +54,12 @@ mod corpus_tests;
 pub(crate) use crate::error::WalError;
 pub(crate) use batch::WalBatch;
 
+pub(crate) use format::segment_file_name;
 pub(crate) use position::{ReplayFrom, ReplayRange, WalPosition};
 #[cfg(any(test, fuzzing))]
 pub(crate) use reader::replay;
 pub(crate) use reader::{ReplayOp, ReplayReport, replay_range};
+pub(crate) use segment_bytes::list_segments;
 
 pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
 

@@ -78,6 +78,31 @@ pub(crate) struct ReplayReport {
     pub(crate) stopped_at: Option<CorruptionReport>,
     /// Where the next writer resumes.
     pub(crate) resume: ResumePosition,
+    /// What each segment whose header was readable holds, in order.
+    pub(crate) segments: Vec<SegmentSpan>,
+}
+
+/// The valid records one replay found in one segment: what an operator's
+/// listing of the log shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentSpan {
+    /// The segment's number.
+    pub(crate) segment: u64,
+    /// The file's length (preallocated: most of it may be zeros).
+    pub(crate) file_len: u64,
+    /// Where reading began (after the header, or a checkpoint's position).
+    pub(crate) read_from: u64,
+    /// One past the last valid record taken in.
+    pub(crate) end: u64,
+    /// Sequence numbers of the first and last valid records.
+    pub(crate) seqs: Option<(u64, u64)>,
+    /// Puts and deletes.
+    pub(crate) updates: u64,
+    /// Epoch commits, and the first and last epoch they close.
+    pub(crate) commits: u64,
+    pub(crate) epochs: Option<(u64, u64)>,
+    /// Whether it ends with a seal record (the writer moved on from it).
+    pub(crate) sealed: bool,
 }
 
 /// The error type of the replay callback.
@@ -272,12 +297,14 @@ where
             skipped: Vec::new(),
             stopped_at: None,
             resume: ResumePosition::fresh(),
+            segments: Vec::new(),
         },
     };
     let Some(&newest) = segments.last() else {
         return r.no_segments(range.from, dir);
     };
     let mut prev: Option<u64> = None;
+    let mut spare = None;
     for &seg in &segments {
         if let Some(p) = prev
             && seg != p + 1
@@ -293,7 +320,7 @@ where
         };
         prev = Some(seg);
         let path = dir.join(segment_file_name(seg));
-        let mut bytes = SegmentBytes::open(fs, &path).map_err(io_err("read", &path))?;
+        let mut bytes = SegmentBytes::open(fs, &path, spare.take()).map_err(io_err("read", &path))?;
         r.report.segments_read += 1;
         let segment = Segment {
             number: seg,
@@ -301,7 +328,9 @@ where
             is_newest: seg == newest,
             is_oldest: seg == segments[0],
         };
-        match r.scan_segment(&segment, &mut bytes, start)? {
+        let flow = r.scan_segment(&segment, &mut bytes, start)?;
+        spare = Some(bytes.into_spare());
+        match flow {
             Flow::NextSegment => {}
             Flow::Stop => break,
         }
@@ -403,6 +432,17 @@ where
             }
         };
         self.expect_seq = Some(cursor.expect);
+        self.report.segments.push(SegmentSpan {
+            segment: seg.number,
+            file_len: bytes.len() as u64,
+            read_from: cursor.from as u64,
+            end: cursor.from as u64,
+            seqs: None,
+            updates: 0,
+            commits: 0,
+            epochs: None,
+            sealed: false,
+        });
         let first = EndPos {
             segment: seg.number,
             offset: cursor.from as u64,
@@ -502,6 +542,11 @@ where
         self.last_gen = Some(f.sync_gen);
         self.expect_seq = Some(c.expect);
         let sealed = f.rtype == RecordType::Seal;
+        if let Some(span) = self.report.segments.last_mut() {
+            span.end = c.pos as u64;
+            span.seqs = Some((span.seqs.map_or(f.seq, |(first, _)| first), f.seq));
+            span.sealed = sealed;
+        }
         let here = EndPos {
             segment: seg.number,
             offset: c.pos as u64,
@@ -659,6 +704,7 @@ where
                     end: self.pending.len(),
                 });
                 self.ops_since_commit += 1;
+                self.count_in_span(None);
             }
             RecordType::Delete => {
                 let start = self.pending.len();
@@ -668,6 +714,7 @@ where
                     end: self.pending.len(),
                 });
                 self.ops_since_commit += 1;
+                self.count_in_span(None);
             }
             RecordType::Commit => {
                 let commit = match CommitRecord::decode(f.payload) {
@@ -704,6 +751,7 @@ where
                 self.pending.clear();
                 self.pending_ops.clear();
                 self.ops_since_commit = 0;
+                self.count_in_span(Some(commit.epoch));
                 self.report.last_epoch = Some(commit.epoch);
                 self.report.last_commit = Some(commit);
             }
@@ -714,6 +762,21 @@ where
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Counts an update (`None`) or the commit of `epoch` in the current
+    /// segment's span.
+    fn count_in_span(&mut self, commit: Option<u64>) {
+        let Some(span) = self.report.segments.last_mut() else {
+            return;
+        };
+        match commit {
+            None => span.updates += 1,
+            Some(epoch) => {
+                span.commits += 1;
+                span.epochs = Some((span.epochs.map_or(epoch, |(first, _)| first), epoch));
+            }
+        }
     }
 
     fn flush_epoch(&mut self, commit: &CommitRecord) -> Result<(), WalError> {

@@ -61,6 +61,10 @@ impl std::ops::DerefMut for ZeroedBuf {
     }
 }
 
+/// A segment's buffer handed on to the next segment read: only the bytes
+/// read from that segment are ever looked at.
+pub(super) struct Spare(ZeroedBuf);
+
 /// The first read of a segment's records; later reads double, up to
 /// [`MAX_READ`].
 const FIRST_READ: usize = 1 << 20;
@@ -83,13 +87,20 @@ pub(super) struct SegmentBytes {
 }
 
 impl SegmentBytes {
-    /// Opens `path` and reads its header (or what there is of it).
-    pub(super) fn open(fs: &dyn FileSystem, path: &Path) -> io::Result<Self> {
+    /// Opens `path` and reads its header (or what there is of it). The
+    /// buffer of the segment read before (`spare`, from
+    /// [`into_spare`](Self::into_spare)) is reused if it is the same size:
+    /// segments are, and faulting in fresh pages costs more than the read.
+    pub(super) fn open(fs: &dyn FileSystem, path: &Path, spare: Option<Spare>) -> io::Result<Self> {
         let mut file = fs.open_read(path)?;
         let len = usize::try_from(file.file_len()?).map_err(io::Error::other)?;
+        let buf = match spare {
+            Some(Spare(buf)) if buf.len() == len => buf,
+            _ => ZeroedBuf::new(len)?,
+        };
         let mut bytes = Self {
             file,
-            buf: ZeroedBuf::new(len)?,
+            buf,
             loaded: 0,
             next_read: SEGMENT_HEADER_LEN,
         };
@@ -109,9 +120,19 @@ impl SegmentBytes {
     }
 
     /// Leaves the bytes before `offset` unread (called once, right after
-    /// the header).
+    /// the header); they read as zeros, also in a reused buffer.
     pub(super) fn skip_to(&mut self, offset: usize) {
-        self.loaded = self.loaded.max(offset.min(self.len()));
+        let to = offset.min(self.len());
+        if to > self.loaded {
+            let from = self.loaded;
+            self.buf[from..to].fill(0);
+            self.loaded = to;
+        }
+    }
+
+    /// The buffer, for the next segment's [`open`](Self::open).
+    pub(super) fn into_spare(self) -> Spare {
+        Spare(self.buf)
     }
 
     /// Reads at least up to `upto` (or the end of the file).
@@ -150,7 +171,8 @@ impl SegmentBytes {
     }
 }
 
-pub(super) fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, WalError> {
+/// The numbers of the segments in `dir`, in order (none if `dir` is missing).
+pub(crate) fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, WalError> {
     let names = match fs.list_dir(dir) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
