@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use super::data_file::DataFile;
 use super::manifest::{FileRef, Manifest, parse_data_file_name, parse_manifest_name};
-use super::merge::Source;
+use super::merge::{Merge, Source};
 use super::store::CheckpointStore;
-use crate::error::{IncrementalCheckpointError, Result};
+use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::StoredFile;
 
 /// What a listing of the store found.
@@ -102,6 +102,45 @@ pub(crate) async fn read_chain(
         out.push((*f, bytes));
     }
     Ok(out)
+}
+
+/// Reads every byte of `m`'s chain: each file checked against the manifest
+/// ([`read_chain`]), every entry decoded and checked, and the merged
+/// chain's live keys counted against the manifest's key count.
+pub(crate) async fn check_chain(store: &dyn CheckpointStore, dir: &Path, m: &Manifest) -> Result<()> {
+    let chain = read_chain(store, dir, &m.files).await?;
+    let task_dir = dir.to_path_buf();
+    let manifest_path = dir.join(super::manifest::manifest_name(m.id));
+    let key_count = m.key_count;
+    blocking("checkpoint validation", dir, move || {
+        let mut keys = 0u64;
+        for entry in merged(chain_sources(&chain, &task_dir)) {
+            if entry?.1.is_some() {
+                keys += 1;
+            }
+        }
+        if keys != key_count {
+            return Err(IncrementalCheckpointError::Corruption {
+                file: manifest_path,
+                offset: 0,
+                reason: "the chain's key count differs from the manifest's",
+            });
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The live entries of a chain's sources, newest winning: a lone base
+/// as it is (a base holds no tombstone), more files merged.
+pub(crate) fn merged(
+    mut sources: Vec<Source<'_, IncrementalCheckpointError>>,
+) -> Source<'_, IncrementalCheckpointError> {
+    if sources.len() == 1 {
+        sources.remove(0)
+    } else {
+        Box::new(Merge::new(sources, true))
+    }
 }
 
 /// Checks a data file's header and footer against its manifest entry.

@@ -1,4 +1,4 @@
-//! The directories' lock: one manager (or recovery) at a time per WAL and
+//! The directories' lock: one manager at a time per WAL and
 //! checkpoint directory, held through an OS file lock on a `LOCK` file in
 //! each.
 
@@ -11,15 +11,10 @@ use crate::error::{IncrementalCheckpointError, Result};
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The lock files of the checkpoint and WAL directories, held while a
-/// manager (or a recovery) has them open; released on drop.
+/// manager has them open; released on drop.
 #[derive(Debug)]
 pub(crate) struct DirLocks {
     _files: Vec<File>,
-}
-
-/// Takes the directories' locks (see [`DirLocks`]).
-pub(crate) fn lock_dirs(checkpoint_dir: &Path, wal_dir: &Path) -> Result<DirLocks> {
-    lock_dirs_for(checkpoint_dir, wal_dir, true)
 }
 
 /// The WAL directory's lock, and the checkpoint directory's when it is a

@@ -22,7 +22,7 @@ mod lock;
 mod std_fs;
 mod stored_file;
 
-pub(crate) use lock::{DirLocks, lock_dirs, lock_dirs_for};
+pub(crate) use lock::{DirLocks, lock_dirs_for};
 pub(crate) use std_fs::StdFs;
 pub use stored_file::StoredFile;
 

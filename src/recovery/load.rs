@@ -140,11 +140,7 @@ fn recovery_report(
         (None, Some(m)) => (m.epoch, m.sources.iter().cloned().collect(), m.watermark),
         (None, None) => (0, HashMap::new(), None),
     };
-    let torn_tail = report.torn_tail.as_ref().map(|t| TornTail {
-        file: t.file.clone(),
-        offset: t.offset,
-        bytes: t.bytes_dropped,
-    });
+    let torn_tail = torn_tail_of(report);
     RecoveryReport {
         epoch,
         checkpoint_id: checkpoint.map(|m| m.id),
@@ -155,17 +151,31 @@ fn recovery_report(
         torn_tail_bytes: torn_tail.as_ref().map_or(0, |t| t.bytes),
         torn_tail,
         checkpoints_skipped: SkippedCheckpoints::new(skipped),
-        wal_damage: (report.skipped.iter().map(|c| (c, false)))
-            .chain(report.stopped_at.iter().map(|c| (c, true)))
-            .map(|(c, stopped)| WalDamage {
-                file: c.file.clone(),
-                offset: c.offset,
-                bytes: c.bytes,
-                reason: c.reason,
-                stopped,
-            })
-            .collect(),
+        wal_damage: wal_damage_of(report),
     }
+}
+
+/// The torn tail a replay dropped, as reported.
+pub(crate) fn torn_tail_of(report: &ReplayReport) -> Option<TornTail> {
+    report.torn_tail.as_ref().map(|t| TornTail {
+        file: t.file.clone(),
+        offset: t.offset,
+        bytes: t.bytes_dropped,
+    })
+}
+
+/// The damage a replay accepted under a lenient mode, as reported.
+pub(crate) fn wal_damage_of(report: &ReplayReport) -> Vec<WalDamage> {
+    (report.skipped.iter().map(|c| (c, false)))
+        .chain(report.stopped_at.iter().map(|c| (c, true)))
+        .map(|(c, stopped)| WalDamage {
+            file: c.file.clone(),
+            offset: c.offset,
+            bytes: c.bytes,
+            reason: c.reason,
+            stopped,
+        })
+        .collect()
 }
 
 fn log_recovery(state: &RecoveredState) {

@@ -5,23 +5,22 @@
 
 mod config;
 mod load;
+mod read_only;
 mod report;
 
 use std::path::Path;
-use std::sync::Arc;
 
 pub use config::RecoveryConfig;
-pub(crate) use load::{Recovery, recover_with};
+pub(crate) use load::{Recovery, recover_with, torn_tail_of, wal_damage_of};
+pub(crate) use read_only::{recover_read_only, require_dirs};
 #[allow(deprecated)]
 pub use report::RecoverySummary;
 pub use report::{RecoveredState, RecoveryReport, SkippedCheckpoints, TornTail, WalDamage};
 
-use crate::checkpoint::merge::Merge;
-use crate::checkpoint::reader::{chain_sources, read_chain, read_manifest};
+use crate::checkpoint::reader::{check_chain, read_manifest};
 use crate::checkpoint::{IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::SkippedCheckpoint;
-use crate::error::{IncrementalCheckpointError, Result, blocking};
-use crate::io::{StdFs, lock_dirs};
+use crate::error::{IncrementalCheckpointError, Result};
 
 /// Recovers state from checkpoint and WAL directories without opening a
 /// manager: you need it to inspect, verify or export state (a manager's
@@ -57,8 +56,22 @@ use crate::io::{StdFs, lock_dirs};
 /// and deltas on the fly (memory grows with the state loaded, not with the
 /// chain); the WAL replayed is the part after the checkpoint's epoch.
 ///
-/// [`recover`](Self::recover) reads and never writes: a torn WAL tail is
-/// reported, and repaired only by a manager opening the directories.
+/// # Read-only
+///
+/// [`recover`](Self::recover) only reads: it creates no directory and no
+/// lock file, renames, truncates and deletes nothing, so it works on a
+/// read-only mount of a backup. A torn WAL tail is reported, and repaired
+/// only by a manager opening the directories. A directory that does not
+/// exist is an error naming it, never an empty state.
+///
+/// It takes no lock either, so it also works while a manager has the
+/// directories open, and then returns the state of the newest published
+/// checkpoint plus the WAL up to its last complete commit at the moment of
+/// reading: a consistent epoch the manager had written, possibly older
+/// than its newest (an epoch being written is not complete, and a record
+/// half written shows as a torn tail). If the manager's retention deletes
+/// a file being read, recovery reads the directories again (see
+/// `src/recovery/read_only.rs`).
 #[derive(Debug, Clone)]
 pub struct RecoveryManager {
     config: RecoveryConfig,
@@ -70,13 +83,15 @@ impl RecoveryManager {
         Self { config }
     }
 
-    /// Recovers: newest valid checkpoint chain, then the WAL after it. Takes
-    /// the directories' lock while it reads (a running manager holds it).
+    /// Recovers: newest valid checkpoint chain, then the WAL after it. Only
+    /// reads (see [Read-only](Self#read-only)).
     ///
     /// # Errors
     ///
-    /// * [`Locked`](IncrementalCheckpointError::Locked): a manager has the
-    ///   directories open.
+    /// * [`NotFound`](IncrementalCheckpointError::NotFound) naming the
+    ///   checkpoint directory (when no
+    ///   [store](RecoveryConfig::with_checkpoint_store) is configured) or
+    ///   the WAL directory, if it does not exist.
     /// * [`Wal`](IncrementalCheckpointError::Wal): the WAL's errors under
     ///   the configured recovery mode (corruption names file and offset),
     ///   e.g. [`EpochGap`](crate::incremental::WalError::EpochGap) when no
@@ -100,14 +115,9 @@ impl RecoveryManager {
     /// # Cancel safety
     ///
     /// Cancel safe: it only reads. Dropping the future lets a blocking
-    /// step in progress finish in the background; the lock is released
-    /// when it does.
+    /// step in progress finish in the background.
     pub async fn recover(&self) -> Result<RecoveredState> {
-        let locks = lock_dirs(&self.config.checkpoint_dir, &self.config.wal_dir)?;
-        let store = self.config.store();
-        let recovery = recover_with(&self.config, Arc::new(StdFs), store.as_ref()).await?;
-        drop(locks);
-        Ok(recovery.state)
+        Ok(recover_read_only(&self.config).await?.state)
     }
 }
 
@@ -138,22 +148,6 @@ pub async fn validate_checkpoint(path: impl AsRef<Path>) -> Result<IncrementalCh
             })?;
     let store = LocalDirStore::new(&dir);
     let manifest = read_manifest(&store, &dir, name).await?;
-    let chain = read_chain(&store, &dir, &manifest.files).await?;
-    let manifest_path = path.to_path_buf();
-    blocking("checkpoint validation", path, move || {
-        let mut keys = 0u64;
-        for entry in Merge::new(chain_sources(&chain, &dir), true) {
-            entry?;
-            keys += 1;
-        }
-        if keys != manifest.key_count {
-            return Err(IncrementalCheckpointError::Corruption {
-                file: manifest_path,
-                offset: 0,
-                reason: "the chain's key count differs from the manifest's",
-            });
-        }
-        Ok(manifest.metadata())
-    })
-    .await
+    check_chain(&store, &dir, &manifest).await?;
+    Ok(manifest.metadata())
 }
