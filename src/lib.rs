@@ -58,6 +58,7 @@
 //! | see what opening recovered | [`RecoveryReport`] from [`IncrementalCheckpointManager::recovery`] |
 //! | recover, inspect or export state without opening it | [`RecoveryManager`], [`RecoveryConfig`], [`RecoveredState`] |
 //! | check a checkpoint, measure the WAL | [`validate_checkpoint`], [`wal_size`] |
+//! | list, validate, dry-run recover, dump or measure a state directory without changing it (what the `laminar-inspect` binary does) | [`Inspector`] and the [`inspect`] module |
 //! | trade durability for speed, or choose what recovery accepts | [`WalSyncMode`], [`WalRecoveryMode`] |
 //! | keep checkpoints somewhere else than a local directory | [`CheckpointStore`] (with [`StoredFile`], [`FileContents`]), [`LocalDirStore`] |
 //! | Ring 0 without durability, feeding your own log | [`StateWriter::standalone`], [`StateDrain`], [`Change`] |
@@ -109,7 +110,9 @@
 //   io                          the file-system seam, the directory lock, stored files
 //   changelog, state            Ring 0: the SPSC ring and the state store on it
 //   wal, checkpoint             the on-disk formats, their writers and readers
-//   recovery, manager, scheduler  opening state, Rings 1 and the checkpoint task, scheduling
+//   recovery                    opening state: recovery (read-only, or for a manager's open)
+//   inspect                     read-only inspection of a state's directories
+//   manager, scheduler          Rings 1 and the checkpoint task, scheduling
 //   incremental, fuzzing, testing the public facade and entry points that see everything
 mod changelog;
 mod checkpoint;
@@ -119,6 +122,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod incremental;
+pub mod inspect;
 mod io;
 mod manager;
 mod recovery;
@@ -134,6 +138,7 @@ pub use crate::changelog::{
 };
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
+pub use crate::inspect::Inspector;
 pub use crate::io::StoredFile;
 pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats};
 pub use crate::recovery::{
