@@ -1,0 +1,522 @@
+//! `laminar-inspect` run as an operator runs it: a real process on state
+//! directories the crate wrote, clean and damaged (a bit flip in a
+//! checkpoint data file, a torn WAL tail, damage in the middle of the log,
+//! a missing directory), checking what it prints and its exit codes; and
+//! the read-only recovery under it: nothing in the directories changes, it
+//! works on a read-only mount and beside a live manager.
+
+#![cfg(feature = "cli")]
+
+#[path = "common/mount.rs"]
+mod mount;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use laminar_storage::inspect::Inspector;
+use laminar_storage::{
+    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
+    RecoveryManager, StateWriter,
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_laminar-inspect");
+
+fn config(dir: &Path) -> CheckpointConfig {
+    CheckpointConfig::new(dir)
+        .with_wal_segment_size(64 << 10)
+        .with_max_retained(2)
+        .with_max_chain_length(3)
+}
+
+/// The state a model of the workload expects: key -> value.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:04}").into_bytes()
+}
+
+fn value(epoch: u64, k: u64) -> Vec<u8> {
+    let mut v = format!("v{epoch}-{k}:").into_bytes();
+    v.extend((0..(k % 7) * 9).map(|i| (i as u8).wrapping_mul(37))); // binary bytes too
+    v
+}
+
+/// One epoch: 40 puts over 100 keys, a delete, offsets and a watermark.
+fn epoch(writer: &mut StateWriter, model: &mut Model) -> u64 {
+    let e = writer.epoch();
+    for i in 0..40 {
+        let k = (e * 13 + i * 7) % 100;
+        writer.put(&key(k), &value(e, k)).unwrap();
+        model.insert(key(k), value(e, k));
+    }
+    let gone = (e * 31) % 100;
+    writer.delete(&key(gone)).unwrap();
+    model.remove(&key(gone));
+    writer.set_source_offset("orders-0", e * 10);
+    writer.set_watermark(1_000 + e as i64);
+    writer.commit_epoch().unwrap()
+}
+
+/// Writes `epochs` epochs with a checkpoint every `every`, shuts down;
+/// returns the model and the last epoch.
+async fn populate(dir: &Path, epochs: u64, every: u64) -> (Model, u64) {
+    let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir)).await.unwrap();
+    let mut model = Model::new();
+    let mut last = 0;
+    for i in 1..=epochs {
+        last = epoch(&mut writer, &mut model);
+        if i % every == 0 {
+            manager.checkpoint().await.unwrap();
+        }
+    }
+    manager.wait_durable(last).await.unwrap();
+    manager.shutdown().await.unwrap();
+    (model, last)
+}
+
+fn populated(epochs: u64, every: u64) -> (tempfile::TempDir, Model, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (model, last) = rt.block_on(populate(dir.path(), epochs, every));
+    (dir, model, last)
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("run laminar-inspect")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts the exit code, showing the output if it differs.
+fn expect(args: &[&str], dir: &Path, code: i32) -> Output {
+    let o = run(args, dir);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "laminar-inspect {args:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+}
+
+/// Every file under `dir` with its length and content hash: to show that
+/// nothing changed (and no LOCK file appeared).
+fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                out.insert(p, (0, 0));
+            } else {
+                let bytes = fs::read(&p).unwrap();
+                out.insert(p, (bytes.len() as u64, crc(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+fn crc(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn newest_checkpoint(listing: &Value) -> &Value {
+    listing["checkpoints"]
+        .as_array()
+        .unwrap()
+        .last()
+        .expect("a checkpoint")
+}
+
+#[test]
+fn every_command_on_a_clean_state_reads_it_exactly_and_changes_nothing() {
+    let (dir, model, last) = populated(30, 7);
+    let dir = dir.path();
+    let before = tree(dir);
+
+    // list: the checkpoints with their chains, the WAL segments.
+    let listing = json(&expect(&["list", "--json"], dir, 0));
+    let checkpoints = listing["checkpoints"].as_array().unwrap();
+    assert!(checkpoints.len() >= 2, "{listing:#}");
+    for c in checkpoints {
+        assert_eq!(c["valid"], true, "{c:#}");
+        assert!(!c["files"].as_array().unwrap().is_empty());
+    }
+    let newest = newest_checkpoint(&listing);
+    assert_eq!(newest["epoch"], 28, "{newest:#}");
+    let segments = listing["wal_segments"].as_array().unwrap();
+    assert!(!segments.is_empty());
+    let last_epoch = segments.iter().filter_map(|s| s["last_epoch"].as_u64()).max();
+    assert_eq!(last_epoch, Some(last));
+    assert_eq!(listing["torn_tail"], Value::Null);
+    let text = stdout(&expect(&["list"], dir, 0));
+    assert!(text.contains("checkpoints in "), "{text}");
+    assert!(text.contains("WAL segments in "), "{text}");
+    assert!(text.contains("valid"), "{text}");
+
+    // validate: clean.
+    let v = json(&expect(&["validate", "--json"], dir, 0));
+    assert_eq!(v["clean"], true, "{v:#}");
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+    let text = stdout(&expect(&["validate"], dir, 0));
+    assert!(text.contains("result: clean"), "{text}");
+
+    // recover --dry-run: the last epoch, every key, its offsets.
+    let d = json(&expect(&["recover", "--dry-run", "--json"], dir, 0));
+    assert_eq!(d["epoch"], last, "{d:#}");
+    assert_eq!(d["next_epoch"], last + 1);
+    assert_eq!(d["keys"], model.len() as u64);
+    assert_eq!(d["checkpoint"]["epoch"], 28);
+    assert_eq!(d["wal_epochs_replayed"], last - 28);
+    assert_eq!(d["source_offsets"]["orders-0"], last * 10);
+    assert_eq!(d["watermark"], 1_000 + last as i64);
+    let text = stdout(&expect(&["recover", "--dry-run"], dir, 0));
+    assert!(text.contains(&format!("recovered epoch:     {last}")), "{text}");
+
+    // dump (the recovered state): every key and value, sorted, escaped.
+    let text = stdout(&expect(&["dump"], dir, 0));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), model.len() + 1, "{text}");
+    for ((k, v), line) in model.iter().zip(&lines) {
+        let want = format!("put \"{}\" \"{}\"", k.escape_ascii(), v.escape_ascii());
+        assert_eq!(*line, want);
+    }
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with(&format!("commit epoch {last}:")),
+        "{text}"
+    );
+    // As JSON lines with hex, and only a prefix.
+    let o = expect(&["dump", "--json", "--hex", "--key", "6b65792d303031"], dir, 0);
+    let items: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<_> = model.keys().filter(|k| k.starts_with(b"key-001")).collect();
+    assert_eq!(items.len(), want.len() + 1);
+    for (item, k) in items.iter().zip(&want) {
+        assert_eq!(
+            item["key"],
+            k.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+    }
+
+    // dump --checkpoint: that checkpoint's keys.
+    let id = newest["id"].as_u64().unwrap();
+    let o = expect(&["dump", "--json", "--checkpoint", &id.to_string()], dir, 0);
+    let items: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len() as u64, newest["key_count"].as_u64().unwrap() + 1);
+    assert_eq!(items.last().unwrap()["op"], "commit");
+    assert_eq!(items.last().unwrap()["epoch"], 28);
+    let status = run(&["dump", "--checkpoint", "999"], dir);
+    assert_eq!(status.status.code(), Some(3), "{}", stderr(&status));
+
+    // dump --wal: the updates and commits of epochs 29..30, in order.
+    let o = expect(&["dump", "--json", "--wal", "29..30"], dir, 0);
+    let items: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let commits: Vec<u64> = items
+        .iter()
+        .filter(|i| i["op"] == "commit")
+        .map(|i| i["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(commits, [29, 30]);
+    assert_eq!(items.len(), 2 * 42);
+    assert_eq!(items[41]["source_offsets"]["orders-0"], 290);
+
+    // stats.
+    let s = json(&expect(&["stats", "--json"], dir, 0));
+    assert_eq!(s["checkpoint"]["epoch"], 28, "{s:#}");
+    assert_eq!(s["wal_epochs_since_checkpoint"], last - 28);
+    assert_eq!(s["last_epoch"], last);
+    assert_eq!(s["keys_at_last_epoch"], model.len() as u64);
+    let hist: u64 = s["value_sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hist, s["keys"].as_u64().unwrap());
+    let text = stdout(&expect(&["stats"], dir, 0));
+    assert!(text.contains("value sizes"), "{text}");
+
+    assert_eq!(tree(dir), before, "a read-only command changed the directory");
+}
+
+#[test]
+fn a_torn_tail_is_reported_and_exits_zero() {
+    let (dir, model, last) = populated(12, 5);
+    let dir = dir.path();
+    let listing = json(&expect(&["list", "--json"], dir, 0));
+    let segment = listing["wal_segments"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let file = PathBuf::from(segment["file"].as_str().unwrap());
+    let end = segment["written_bytes"].as_u64().unwrap();
+    // Half a record's frame after the last record: a write cut short.
+    let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(&[0x2a, 0, 0, 0, 0x11, 0x22, 0x33], end).unwrap();
+    drop(f);
+
+    let o = expect(&["validate"], dir, 0);
+    let text = stdout(&o);
+    assert!(text.contains("torn tail"), "{text}");
+    assert!(text.contains(&format!("at byte {end}")), "{text}");
+    let v = json(&expect(&["validate", "--json"], dir, 0));
+    assert_eq!(v["torn_tail"]["offset"], end);
+    let d = json(&expect(&["recover", "--dry-run", "--json"], dir, 0));
+    assert_eq!(d["epoch"], last);
+    assert_eq!(d["keys"], model.len() as u64);
+    assert_eq!(d["torn_tail"]["offset"], end);
+}
+
+#[test]
+fn a_bit_flip_in_a_checkpoint_data_file_is_damage_named_by_file_and_offset() {
+    let (dir, model, last) = populated(20, 6);
+    let dir = dir.path();
+    let listing = json(&expect(&["list", "--json"], dir, 0));
+    let newest = newest_checkpoint(&listing);
+    let name = newest["files"].as_array().unwrap().last().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = dir.join(&name);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+
+    let o = expect(&["validate"], dir, 1);
+    let text = stdout(&o);
+    let problem = text
+        .lines()
+        .find(|l| l.starts_with("PROBLEM"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(problem.contains(&name), "{problem}");
+    assert!(problem.contains("at byte "), "{problem}");
+    let v = json(&expect(&["validate", "--json"], dir, 1));
+    assert_eq!(v["damage"], true);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 1, "{v:#}");
+    assert!(v["problems"][0]["file"].as_str().unwrap().ends_with(&name));
+
+    // Recovery falls back to the older checkpoint and the WAL: nothing lost.
+    let d = json(&expect(&["recover", "--dry-run", "--json"], dir, 0));
+    assert_eq!(d["epoch"], last, "{d:#}");
+    assert_eq!(d["keys"], model.len() as u64);
+    assert_eq!(d["checkpoints_skipped"][0]["id"], newest["id"]);
+    let text = stdout(&expect(&["recover", "--dry-run"], dir, 0));
+    assert!(text.contains("checkpoint skipped:"), "{text}");
+    // Dumping the damaged checkpoint stops at the damage.
+    let o = run(&["dump", "--checkpoint", &newest["id"].to_string()], dir);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&name), "{}", stderr(&o));
+}
+
+#[test]
+fn damage_in_the_middle_of_the_log_is_an_error_for_validate_and_recovery() {
+    let (dir, _model, _last) = populated(40, 100);
+    let dir = dir.path();
+    let segments = files_with(&dir.join("wal"), ".log");
+    assert!(segments.len() >= 2, "{segments:?}");
+    // A byte inside a record of the first segment (not the newest).
+    let path = &segments[0];
+    let f = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 1000).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], 1000).unwrap();
+    drop(f);
+
+    let o = expect(&["validate"], dir, 1);
+    let text = stdout(&o);
+    let name = path.file_name().unwrap().to_string_lossy();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PROBLEM") && l.contains(&*name)),
+        "{text}"
+    );
+    let o = expect(&["recover", "--dry-run"], dir, 1);
+    assert!(stderr(&o).contains(&*name), "{}", stderr(&o));
+    // list still lists, and says where the damage is.
+    let listing = json(&expect(&["list", "--json"], dir, 0));
+    let damage = listing["wal_damage"].as_array().unwrap();
+    assert!(!damage.is_empty(), "{listing:#}");
+    assert!(damage[0]["file"].as_str().unwrap().ends_with(&*name));
+}
+
+#[test]
+fn a_missing_directory_is_an_io_error_naming_it_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-state");
+    for cmd in [
+        &["list"][..],
+        &["validate"],
+        &["recover", "--dry-run"],
+        &["dump"],
+        &["stats"],
+    ] {
+        let o = expect(cmd, &missing, 3);
+        assert!(stderr(&o).contains("no-such-state"), "{cmd:?}: {}", stderr(&o));
+    }
+    assert!(!missing.exists());
+    // The library: a typed error, nothing created.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(RecoveryManager::new(RecoveryConfig::new(&missing, missing.join("wal"))).recover());
+    assert!(
+        matches!(&r, Err(IncrementalCheckpointError::NotFound { path }) if *path == missing),
+        "{r:?}"
+    );
+    // A checkpoint directory without its WAL directory names the WAL's.
+    fs::create_dir(&missing).unwrap();
+    let r = rt.block_on(Inspector::new(&missing, missing.join("wal")).validate());
+    assert!(
+        matches!(&r, Err(IncrementalCheckpointError::NotFound { path }) if *path == missing.join("wal")),
+        "{r:?}"
+    );
+    assert_eq!(fs::read_dir(&missing).unwrap().count(), 0);
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["recover"][..],           // --dry-run is required
+        &["dump", "--wal", "9..3"], // backwards
+        &["dump", "--wal", "x"],
+        &["dump", "--checkpoint", "1", "--wal", "1..2"],
+        &["frobnicate"],
+        &["dump", "--key", "\\q"],
+    ] {
+        let o = run(args, tmp.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&["list"], Path::new("s3://bucket/prefix"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(stdout(&help).contains("Exit codes:"), "{}", stdout(&help));
+}
+
+#[test]
+fn recovery_reads_a_read_only_mount() {
+    let (tmp, model, last) = populated(15, 4);
+    let dir = tmp.path().join("state");
+    fs::create_dir(&dir).unwrap();
+    for e in fs::read_dir(tmp.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p != dir {
+            fs::rename(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let before = tree(&dir);
+    let Some(ro) = mount::ReadOnlyBind::new(&dir, &tmp.path().join("ro")) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt
+        .block_on(RecoveryManager::new(RecoveryConfig::new(ro.path(), ro.path().join("wal"))).recover())
+        .unwrap();
+    assert_eq!(r.epoch, last);
+    assert_eq!(r.len(), model.len());
+    for (k, v) in &model {
+        assert_eq!(r.get(k), Some(&v[..]));
+    }
+    expect(&["validate"], ro.path(), 0);
+    let d = json(&expect(&["recover", "--dry-run", "--json"], ro.path(), 0));
+    assert_eq!(d["epoch"], last);
+    expect(&["list"], ro.path(), 0);
+    expect(&["stats"], ro.path(), 0);
+    expect(&["dump"], ro.path(), 0);
+    drop(ro);
+    assert_eq!(tree(&dir), before);
+}
+
+#[test]
+fn recovery_beside_a_live_manager_reads_a_published_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir)).await.unwrap();
+        let mut model = Model::new();
+        let mut durable = Vec::new();
+        for i in 1..=25 {
+            let e = epoch(&mut writer, &mut model);
+            manager.wait_durable(e).await.unwrap();
+            durable.push((e, model.clone()));
+            if i % 6 == 0 {
+                manager.checkpoint().await.unwrap();
+            }
+            if i % 5 == 0 {
+                // Read while the manager holds the lock and keeps writing.
+                let seen = RecoveryManager::new(RecoveryConfig::new(dir, dir.join("wal")))
+                    .recover()
+                    .await
+                    .unwrap();
+                assert_eq!(seen.epoch, e, "every epoch acknowledged durable is seen");
+                let (_, want) = durable.iter().find(|(d, _)| *d == seen.epoch).unwrap();
+                assert_eq!(seen.len(), want.len());
+                for (k, v) in want {
+                    assert_eq!(seen.get(k), Some(&v[..]));
+                }
+                let o = tokio::task::spawn_blocking({
+                    let dir = dir.to_path_buf();
+                    move || run(&["recover", "--dry-run", "--json"], &dir)
+                })
+                .await
+                .unwrap();
+                assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+                assert!(json(&o)["epoch"].as_u64().unwrap() >= e);
+            }
+        }
+        // The manager is unaffected: it still commits and checkpoints.
+        let e = epoch(&mut writer, &mut model);
+        manager.wait_durable(e).await.unwrap();
+        manager.checkpoint().await.unwrap();
+        manager.shutdown().await.unwrap();
+    });
+}
