@@ -8,8 +8,9 @@ use std::sync::Arc;
 use super::Inspector;
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::data_file::DataKind;
-use crate::checkpoint::manifest::{FileRef, manifest_name};
+use crate::checkpoint::manifest::{FileRef, manifest_name, parse_data_file_name, parse_manifest_name};
 use crate::checkpoint::reader::{Inventory, read_chain};
+use crate::checkpoint::store::TMP_SUFFIX;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::recovery::{TornTail, WalDamage, torn_tail_of, wal_damage_of};
 use crate::wal::{ReplayFrom, ReplayReport, WalRecoveryMode};
@@ -20,9 +21,10 @@ use crate::wal::{ReplayFrom, ReplayReport, WalRecoveryMode};
 pub struct Listing {
     /// Every published checkpoint, oldest first.
     pub checkpoints: Vec<CheckpointInfo>,
-    /// Names in the checkpoint store that no listed manifest names: files
-    /// of a checkpoint that crashed before publishing (the next open
-    /// deletes them), or files that are not the crate's.
+    /// Checkpoint files in the store that no listed manifest names: files
+    /// of a checkpoint that failed or crashed before publishing, or that
+    /// retention was deleting (the next open deletes them). Files that are
+    /// not the crate's are left out.
     pub other_checkpoint_files: Vec<String>,
     /// Every WAL segment, in order.
     pub wal_segments: Vec<SegmentInfo>,
@@ -205,7 +207,7 @@ impl Inspector {
         let mut other_checkpoint_files: Vec<String> = inventory
             .names
             .iter()
-            .filter(|n| !named.contains(*n))
+            .filter(|n| is_checkpoint_file(n) && !named.contains(*n))
             .cloned()
             .collect();
         other_checkpoint_files.sort_unstable();
@@ -222,6 +224,12 @@ impl Inspector {
             torn_tail: torn_tail_of(&report),
         })
     }
+}
+
+/// Whether `name` is a manifest or data file, published or temporary.
+fn is_checkpoint_file(name: &str) -> bool {
+    let base = name.split_once(TMP_SUFFIX).map_or(name, |(b, _)| b);
+    parse_manifest_name(base).is_some() || parse_data_file_name(base).is_some()
 }
 
 /// Each segment file with what the scan found in it.

@@ -70,8 +70,11 @@ use crate::wal::{
 #[derive(Clone)]
 pub struct Inspector {
     config: RecoveryConfig,
-    progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    progress: Option<ProgressFn>,
 }
+
+/// The progress callback.
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 impl fmt::Debug for Inspector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

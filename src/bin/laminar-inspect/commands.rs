@@ -195,7 +195,7 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
     if !l.other_checkpoint_files.is_empty() {
         writeln!(
             out,
-            "not part of any checkpoint (unpublished leftovers the next open deletes, or not the crate's): {}",
+            "checkpoint files no manifest names (leftovers the next open deletes): {}",
             l.other_checkpoint_files.join(", ")
         )?;
     }

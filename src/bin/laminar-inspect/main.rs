@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Options {
-    /// The WAL directory [default: <STATE>/wal].
+    /// The WAL directory [default: the wal directory in STATE].
     #[arg(long, global = true, value_name = "DIR")]
     wal_dir: Option<PathBuf>,
     /// Print JSON for scripts (one document; `dump`: one object per line).

@@ -66,7 +66,7 @@ pub(crate) fn unescape(s: &str) -> Result<Vec<u8>, String> {
 
 /// Reads hex digits (an even number of them).
 pub(crate) fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return Err(format!("`{s}` is not hex (an even number of hex digits)"));
     }
     (0..s.len())
