@@ -35,6 +35,18 @@ pub struct Validation {
 }
 
 impl Validation {
+    /// Adds `p`, unless a problem at the same file and offset is there
+    /// (a strict scan's error and a lenient scan's report of one spot).
+    fn push(&mut self, p: Problem) {
+        if !self
+            .problems
+            .iter()
+            .any(|q| q.file == p.file && q.offset == p.offset)
+        {
+            self.problems.push(p);
+        }
+    }
+
     /// Whether nothing is wrong (a torn tail alone is not wrong).
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
@@ -73,12 +85,9 @@ impl Problem {
 }
 
 impl fmt::Display for Problem {
+    /// The error's message, which names the file and the offset.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, self.offset) {
-            (Some(file), Some(offset)) => write!(f, "{} at byte {offset}: {}", file.display(), self.error),
-            (Some(file), None) => write!(f, "{}: {}", file.display(), self.error),
-            _ => write!(f, "{}", self.error),
-        }
+        write!(f, "{}", self.error)
     }
 }
 
@@ -178,30 +187,25 @@ impl Inspector {
     }
 
     async fn validate_wal(&self) -> Result<Validation> {
-        let mut v = Validation::default();
         let files = self.wal_files().await?;
         self.announce_wal(&files);
-        v.wal_segments = files.len() as u64;
-        let mode = self.config.recovery_mode;
-        let report = match self.scan_wal(mode, ReplayFrom::Segment(0)).await {
+        let mut v = Validation {
+            wal_segments: files.len() as u64,
+            ..Validation::default()
+        };
+        let report = match self
+            .scan_wal(self.config.recovery_mode, ReplayFrom::Segment(0))
+            .await
+        {
             Ok(report) => report,
             Err(e) => {
-                v.problems.push(problem_or_failure(e)?);
+                v.push(problem_or_failure(e)?);
                 // Every damaged region, not only the first.
-                match self
-                    .scan_wal(WalRecoveryMode::SkipAnyCorruptedRecords, ReplayFrom::Segment(0))
-                    .await
-                {
+                let lenient = WalRecoveryMode::SkipAnyCorruptedRecords;
+                match self.scan_wal(lenient, ReplayFrom::Segment(0)).await {
                     Ok(report) => report,
                     Err(e) => {
-                        let p = problem_or_failure(e)?;
-                        if !v
-                            .problems
-                            .iter()
-                            .any(|q| q.file == p.file && q.offset == p.offset)
-                        {
-                            v.problems.push(p);
-                        }
+                        v.push(problem_or_failure(e)?);
                         return Ok(v);
                     }
                 }
@@ -223,15 +227,7 @@ impl Inspector {
                 offset: c.offset,
                 reason: c.reason,
             })));
-            // The strict scan's error and the lenient scan's report of the
-            // same spot are one problem.
-            if !v
-                .problems
-                .iter()
-                .any(|q| q.file == p.file && q.offset == p.offset)
-            {
-                v.problems.push(p);
-            }
+            v.push(p);
         }
         // A lenient scan calls damage at the end of the newest segment
         // torn when nothing valid follows it; the strict scan, which
