@@ -164,13 +164,15 @@ fn exit_code(e: &IncrementalCheckpointError) -> u8 {
     if e.is_corruption() {
         return DAMAGE;
     }
+    // An I/O error underneath wins over what it made fail.
+    if matches!(e, E::NotFound { .. }) || e.io_error_kind().is_some() {
+        return IO;
+    }
     match e {
-        E::Recovery { .. } | E::Wal(WalError::MissingSegment { .. } | WalError::EpochStartMissing { .. }) => {
-            DAMAGE
-        }
-        E::Wal(WalError::EpochGap { .. }) => DAMAGE,
-        E::NotFound { .. } => IO,
-        _ if e.io_error_kind().is_some() => IO,
+        E::Recovery { .. }
+        | E::Wal(
+            WalError::MissingSegment { .. } | WalError::EpochStartMissing { .. } | WalError::EpochGap { .. },
+        ) => DAMAGE,
         _ => OTHER,
     }
 }
