@@ -193,8 +193,14 @@ fn every_command_on_a_clean_state_reads_it_exactly_and_changes_nothing() {
     let v = json(&expect(&["validate", "--json"], dir, 0));
     assert_eq!(v["clean"], true, "{v:#}");
     assert!(v["bytes"].as_u64().unwrap() > 0);
-    let text = stdout(&expect(&["validate"], dir, 0));
-    assert!(text.contains("result: clean"), "{text}");
+    let o = expect(&["validate"], dir, 0);
+    assert!(stdout(&o).contains("result: clean"), "{}", stdout(&o));
+    assert_eq!(stderr(&o), "", "no progress unless stderr is a terminal");
+    // Progress goes to stderr, never into the output scripts read.
+    let o = expect(&["validate", "--progress", "--json"], dir, 0);
+    assert!(stderr(&o).contains("scanning the WAL"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("reading checkpoint"), "{}", stderr(&o));
+    assert_eq!(json(&o)["clean"], true);
 
     // recover --dry-run: the last epoch, every key, its offsets.
     let d = json(&expect(&["recover", "--dry-run", "--json"], dir, 0));
