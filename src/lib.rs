@@ -60,7 +60,9 @@
 //! | check a checkpoint, measure the WAL | [`validate_checkpoint`], [`wal_size`] |
 //! | list, validate, dry-run recover, dump or measure a state directory without changing it (what the `laminar-inspect` binary does) | [`Inspector`] and the [`inspect`] module |
 //! | trade durability for speed, or choose what recovery accepts | [`WalSyncMode`], [`WalRecoveryMode`] |
-//! | keep checkpoints somewhere else than a local directory | [`CheckpointStore`] (with [`StoredFile`], [`FileContents`]), [`LocalDirStore`] |
+//! | keep checkpoints on S3 or another object store, restore on a new node | `ObjectStoreCheckpointStore` (feature `object-store`), [`CheckpointConfig::with_restore_from`] |
+//! | list, pin and unpin checkpoints | [`IncrementalCheckpointManager::list_checkpoints`], [`pin`](IncrementalCheckpointManager::pin) |
+//! | keep checkpoints somewhere else | [`CheckpointStore`] (with [`StoredFile`], [`FileContents`]), [`LocalDirStore`] |
 //! | Ring 0 without durability, feeding your own log | [`StateWriter::standalone`], [`StateDrain`], [`Change`] |
 //! | the changelog ring on its own | [`StateChangelogBuffer`] |
 //! | handle errors | [`IncrementalCheckpointError`]; its detail: [`WalError`], [`RecoveryFailure`] |
@@ -136,6 +138,8 @@ mod wal;
 pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
+#[cfg(feature = "object-store")]
+pub use crate::checkpoint::ObjectStoreCheckpointStore;
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::inspect::Inspector;

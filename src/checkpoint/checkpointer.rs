@@ -9,12 +9,15 @@
 //!    every byte scanned is final; Ring 1 keeps appending beyond it.
 //! 2. Write the data file: the sorted delta, or, for a base, the streaming
 //!    merge of the parent's chain and the delta.
-//! 3. Write the manifest; publish (data files, directory sync, manifest
-//!    rename, directory sync).
-//! 4. Retention: keep the newest `max_retained` checkpoints and, when more
-//!    than one is retained, a fallback for each file of the newest chain;
-//!    delete older manifests, then every data file no kept manifest names,
-//!    then the WAL segments older than the oldest kept checkpoint needs.
+//! 3. Check the store is still ours (a shared store's lease, see
+//!    `lease.rs`); publish the manifest with its data file (a local
+//!    directory: data file rename, directory sync, manifest rename,
+//!    directory sync; an object store: a create-if-absent put).
+//! 4. Retention: keep the newest `max_retained` checkpoints, the pinned
+//!    ones and, when more than one is retained, a fallback for each file
+//!    of the newest chain; delete older manifests, then every data file no
+//!    kept manifest names, then the WAL segments older than the oldest
+//!    kept checkpoint needs. Every delete is preceded by the lease check.
 //!
 //! All of it runs off Ring 0 and Ring 1: WAL reading and file writing on
 //! blocking threads, the store's own I/O through its async methods.
@@ -33,14 +36,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::catalog::{Catalog, pinned};
 use super::data_file::{DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN};
 use super::delta::DeltaBuilder;
 use super::manifest::{
     FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
 };
 use super::merge::Merge;
+use super::pins::parse_pin_name;
 use super::reader::{Inventory, chain_sources, io_error, read_chain};
-use super::store::{CheckpointStore, TMP_SUFFIX};
+use super::store::TMP_SUFFIX;
 use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{
@@ -83,9 +88,8 @@ struct Scan {
 /// Where checkpoints go and where the WAL is.
 #[derive(Debug)]
 pub(crate) struct Places {
-    pub(crate) store: Arc<dyn CheckpointStore>,
-    /// The checkpoint directory (names files in errors).
-    pub(crate) dir: PathBuf,
+    /// The store, with its lease.
+    pub(crate) catalog: Arc<Catalog>,
     /// The file system the WAL is read and truncated through.
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) wal_dir: PathBuf,
@@ -94,7 +98,7 @@ pub(crate) struct Places {
 /// Takes checkpoints; owned by the checkpoint task.
 #[derive(Debug)]
 pub(crate) struct Checkpointer {
-    store: Arc<dyn CheckpointStore>,
+    catalog: Arc<Catalog>,
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
     wal_dir: PathBuf,
@@ -109,6 +113,10 @@ pub(crate) struct Checkpointer {
     /// those are never garbage at open.
     listing: Option<Vec<String>>,
     next_id: u64,
+    /// The next checkpoint is a base whatever the chain: the first one of
+    /// a new owner of a shared store, so that nothing it publishes
+    /// depends on files a fenced predecessor might still delete.
+    force_base: bool,
     stats: Arc<CheckpointStats>,
 }
 
@@ -122,27 +130,24 @@ impl Checkpointer {
         inventory: &Inventory,
         stats: Arc<CheckpointStats>,
     ) -> Self {
-        let Places {
-            store,
-            dir,
-            fs,
-            wal_dir,
-        } = places;
+        let Places { catalog, fs, wal_dir } = places;
+        let lease = catalog.lease();
         let manifests = inventory
             .manifests
             .iter()
             .map(|(id, m)| (*id, m.as_ref().ok().cloned()))
             .collect();
         Self {
-            store,
-            dir,
+            dir: catalog.dir.clone(),
+            catalog,
             fs,
             wal_dir,
             policy,
             parent,
             manifests,
             listing: Some(inventory.names.clone()),
-            next_id: inventory.next_id(),
+            next_id: inventory.next_id().max(lease.map_or(0, |l| l.first_id())),
+            force_base: lease.is_some(),
             stats,
         }
     }
@@ -155,6 +160,7 @@ impl Checkpointer {
         {
             return Ok(p.clone());
         }
+        self.catalog.guard().await?;
         let started = Instant::now();
         let id = self.next_id;
         self.next_id += 1;
@@ -179,24 +185,90 @@ impl Checkpointer {
                     micros = nanos / 1000,
                     "checkpoint published"
                 );
+                self.force_base = false;
                 self.clean_up().await;
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(id, epoch, error = %e, "checkpoint failed; the published ones are intact");
-                // Remove what this attempt wrote (its names, published or not).
+                // Remove what this attempt wrote (its names, published or
+                // not), unless another writer may own them now.
                 let names = [
                     data_file_name(DataKind::Base, id),
                     data_file_name(DataKind::Delta, id),
                     manifest_name(id),
                 ];
-                if self.store.delete(&names).await.is_ok() {
+                let lost = matches!(
+                    e,
+                    IncrementalCheckpointError::Fenced { .. }
+                        | IncrementalCheckpointError::CheckpointConflict { .. }
+                );
+                if !lost
+                    && self.catalog.guard().await.is_ok()
+                    && self.catalog.store.delete(&names).await.is_ok()
+                {
                     // Only if the manifest is surely gone may it be forgotten.
                     self.manifests.remove(&id);
                 }
             }
         }
         result
+    }
+
+    /// The newest good checkpoint (the parent of the next), if any.
+    pub(crate) fn newest(&self) -> Option<&Manifest> {
+        self.parent.as_ref()
+    }
+
+    /// Makes the checkpoint the state was restored from the newest, when
+    /// newer ones exist (a restore of an older one): publishes a
+    /// checkpoint of the same epoch on top of it, an empty delta. The next
+    /// recovery then starts from the restored state and the WAL written
+    /// after it, never from a newer checkpoint of the abandoned history.
+    pub(crate) async fn adopt_restored(&mut self) -> Result<()> {
+        let Some(parent) = self.parent.clone() else {
+            return Ok(());
+        };
+        if self
+            .manifests
+            .keys()
+            .next_back()
+            .is_none_or(|&newest| newest <= parent.id)
+        {
+            return Ok(());
+        }
+        self.catalog.guard().await?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let data_name = data_file_name(DataKind::Delta, id);
+        let summary = self
+            .write_data_file(&data_name, DataKind::Delta, id, parent.epoch, DeltaBuilder::new())
+            .await?;
+        let mut manifest = parent.clone();
+        manifest.id = id;
+        manifest.timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        manifest.parent_id = Some(parent.id);
+        manifest.incremental = true;
+        manifest.files.push(FileRef {
+            kind: DataKind::Delta,
+            id,
+            epoch: parent.epoch,
+            len: summary.len,
+            checksum: summary.checksum,
+            entries: summary.entries,
+        });
+        manifest.finish_sizes(summary.len);
+        self.publish(Some(&data_name), &manifest).await?;
+        tracing::info!(
+            restored = parent.id,
+            id,
+            epoch = parent.epoch,
+            "restored checkpoint republished as the newest"
+        );
+        self.parent = Some(manifest);
+        Ok(())
     }
 
     async fn publish_new(&mut self, id: u64, epoch: u64) -> Result<Manifest> {
@@ -255,7 +327,7 @@ impl Checkpointer {
             files,
         };
         manifest.finish_sizes(summary.len);
-        self.publish(&data_name, &manifest).await?;
+        self.publish(Some(&data_name), &manifest).await?;
         self.parent = Some(manifest.clone());
         Ok(manifest)
     }
@@ -274,7 +346,7 @@ impl Checkpointer {
         let base = kind == DataKind::Base;
         let path = self.dir.join(name);
         let chain = match (&self.parent, base) {
-            (Some(p), true) => read_chain(self.store.as_ref(), &self.dir, &p.files).await?,
+            (Some(p), true) => read_chain(self.catalog.store.as_ref(), &self.dir, &p.files).await?,
             _ => Vec::new(),
         };
         let summary: Arc<Mutex<Option<DataSummary>>> = Arc::default();
@@ -304,7 +376,8 @@ impl Checkpointer {
             *out_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             Ok(())
         });
-        self.store
+        self.catalog
+            .store
             .write(name, contents)
             .await
             .map_err(|e| io_error(&path, e))?;
@@ -318,23 +391,35 @@ impl Checkpointer {
             })
     }
 
-    /// Writes `manifest` and publishes it with its new data file: both
-    /// visible atomically, durably.
-    async fn publish(&mut self, data_name: &str, manifest: &Manifest) -> Result<()> {
+    /// Publishes `manifest` with its new data file: both visible
+    /// atomically, durably, if the store is still ours and no manifest of
+    /// that id exists.
+    async fn publish(&mut self, data_name: Option<&str>, manifest: &Manifest) -> Result<()> {
         let bytes = manifest.encode();
         let name = manifest_name(manifest.id);
         let path = self.dir.join(&name);
-        self.store
-            .write(&name, Box::new(move |out: &mut dyn Write| out.write_all(&bytes)))
-            .await
-            .map_err(|e| io_error(&path, e))?;
+        self.catalog.guard().await?;
         // From here a crash may leave it published: remember it for
         // garbage collection either way.
         self.manifests.insert(manifest.id, None);
-        self.store
-            .publish(&[data_name.to_owned()], &name)
+        match self
+            .catalog
+            .store
+            .publish(
+                &data_name.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                &name,
+                bytes,
+            )
             .await
-            .map_err(|e| io_error(&path, e))?;
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Another writer's manifest: not ours to remember or delete.
+                self.manifests.remove(&manifest.id);
+                return Err(IncrementalCheckpointError::CheckpointConflict { id: manifest.id });
+            }
+            Err(e) => return Err(io_error(&path, e)),
+        }
         self.manifests.insert(manifest.id, Some(manifest.clone()));
         Ok(())
     }
@@ -342,6 +427,9 @@ impl Checkpointer {
     /// Whether the next checkpoint should be a base: none yet, the chain
     /// at its length limit, or deltas outweighing the base.
     fn wants_base(&self, delta: &DeltaBuilder) -> bool {
+        if self.force_base {
+            return true;
+        }
         let Some(p) = &self.parent else { return true };
         if p.files.len() >= self.policy.max_chain_length {
             return true;
@@ -452,8 +540,14 @@ impl Checkpointer {
     /// recovery uses the fallback and the WAL after it. Until a fallback
     /// exists for every file, no WAL is truncated.
     pub(crate) async fn collect_garbage(&mut self) -> Result<()> {
-        let truncate = self.remove_old_checkpoints().await?;
-        self.remove_unreferenced_files().await?;
+        let catalog = Arc::clone(&self.catalog);
+        let _retention = catalog.retention().await;
+        let names = match self.listing.take() {
+            Some(names) => names,
+            None => catalog.store.list().await.map_err(|e| io_error(&self.dir, e))?,
+        };
+        let truncate = self.remove_old_checkpoints(&pinned(&names)).await?;
+        self.remove_unreferenced_files(names).await?;
         if truncate {
             self.truncate_wal().await?;
         }
@@ -463,7 +557,7 @@ impl Checkpointer {
     /// Deletes the manifests retention does not keep; returns whether the
     /// WAL may be truncated (a good checkpoint exists, and a fallback for
     /// every file of the newest when more than one is retained).
-    async fn remove_old_checkpoints(&mut self) -> Result<bool> {
+    async fn remove_old_checkpoints(&mut self, pins: &BTreeSet<u64>) -> Result<bool> {
         let mut keep: BTreeSet<u64> = self
             .manifests
             .iter()
@@ -472,6 +566,7 @@ impl Checkpointer {
             .take(self.policy.max_retained)
             .map(|(id, _)| *id)
             .collect();
+        keep.extend(pins.iter().filter(|id| self.manifests.contains_key(id)));
         let mut truncate = self.parent.is_some();
         if let Some(p) = &self.parent {
             keep.insert(p.id);
@@ -490,7 +585,9 @@ impl Checkpointer {
             .collect();
         if !drop.is_empty() {
             let names: Vec<String> = drop.iter().map(|id| manifest_name(*id)).collect();
-            self.store
+            self.catalog.guard().await?;
+            self.catalog
+                .store
                 .delete(&names)
                 .await
                 .map_err(|e| io_error(&self.dir, e))?;
@@ -507,7 +604,7 @@ impl Checkpointer {
     /// unreferenced data files only when every manifest could be read (an
     /// unreadable one might need them). Other names, however close to
     /// ours, are the user's.
-    async fn remove_unreferenced_files(&mut self) -> Result<()> {
+    async fn remove_unreferenced_files(&mut self, names: Vec<String>) -> Result<()> {
         let all_readable = self.manifests.values().all(Option::is_some);
         let referenced: HashSet<String> = self
             .manifests
@@ -515,10 +612,6 @@ impl Checkpointer {
             .flatten()
             .flat_map(|m| m.files.iter().map(FileRef::name))
             .collect();
-        let names = match self.listing.take() {
-            Some(names) => names,
-            None => self.store.list().await.map_err(|e| io_error(&self.dir, e))?,
-        };
         let garbage: Vec<String> = names
             .into_iter()
             .filter(|n| {
@@ -529,12 +622,16 @@ impl Checkpointer {
                     return all_readable && !referenced.contains(n);
                 }
                 n.strip_suffix(TMP_SUFFIX).is_some_and(|base| {
-                    parse_manifest_name(base).is_some() || parse_data_file_name(base).is_some()
+                    parse_manifest_name(base).is_some()
+                        || parse_data_file_name(base).is_some()
+                        || parse_pin_name(base).is_some()
                 })
             })
             .collect();
         if !garbage.is_empty() {
-            self.store
+            self.catalog.guard().await?;
+            self.catalog
+                .store
                 .delete(&garbage)
                 .await
                 .map_err(|e| io_error(&self.dir, e))?;

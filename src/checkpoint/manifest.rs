@@ -264,6 +264,8 @@ impl Manifest {
             size_bytes: self.size_bytes,
             delta_bytes: self.delta_bytes,
             chain_length: self.files.len() as u32,
+            chain: self.files.iter().map(|f| f.id).collect(),
+            pinned: false,
         }
     }
 }

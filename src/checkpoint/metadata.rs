@@ -31,4 +31,14 @@ pub struct IncrementalCheckpointMetadata {
     pub delta_bytes: u64,
     /// Files a restore reads: its base and the deltas after it.
     pub chain_length: u32,
+    /// The checkpoints whose data files a restore of it reads, base first,
+    /// ending with its own if it wrote one: its parent chain. A restore
+    /// reads [`chain_length`](Self::chain_length) files of
+    /// [`size_bytes`](Self::size_bytes) in all and loads
+    /// [`key_count`](Self::key_count) keys.
+    pub chain: Vec<u64>,
+    /// Whether it is pinned (retention keeps it); as of
+    /// [`list_checkpoints`](crate::incremental::IncrementalCheckpointManager::list_checkpoints),
+    /// always `false` elsewhere.
+    pub pinned: bool,
 }

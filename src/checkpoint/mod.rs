@@ -16,6 +16,11 @@
 //!   entries.
 //! * `checkpointer.rs`: the task that takes checkpoints: builds the delta
 //!   or base, publishes it, applies retention, truncates the WAL.
+//! * `lease.rs`: ownership of a shared store (fencing); `pins.rs`: pins.
+//! * `catalog.rs`: the store as the checkpointer and the manager share it:
+//!   lease, retention lock, list, pin, unpin.
+//! * `object_store.rs` (feature `object-store`): the store over any
+//!   `object_store` backend (S3, local files, memory).
 //!
 //! # A checkpoint
 //!
@@ -28,15 +33,22 @@
 //! written by merging the chain and the new changes. The format is
 //! specified in `docs/format.md`.
 
+pub(crate) mod catalog;
 pub(crate) mod checkpointer;
 pub(crate) mod data_file;
 pub(crate) mod delta;
+pub(crate) mod lease;
 pub(crate) mod manifest;
 pub(crate) mod merge;
 mod metadata;
+#[cfg(feature = "object-store")]
+mod object_store;
+pub(crate) mod pins;
 pub(crate) mod reader;
 pub(crate) mod store;
 
+#[cfg(feature = "object-store")]
+pub use self::object_store::ObjectStoreCheckpointStore;
 pub use metadata::IncrementalCheckpointMetadata;
 pub use store::{CheckpointStore, FileContents, LocalDirStore};
 

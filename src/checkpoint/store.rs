@@ -3,14 +3,22 @@
 //!
 //! # What a store must guarantee
 //!
-//! The checkpointer writes a checkpoint's data files and its manifest with
-//! [`write`](CheckpointStore::write) (durable content under a temporary
-//! name), then calls [`publish`](CheckpointStore::publish), which must make
-//! the data files visible under their names durably *before* it makes the
-//! manifest visible, atomically and durably. A crash at any point then
-//! leaves either no manifest (the data files are garbage, found by
-//! [`list`](CheckpointStore::list) and deleted at the next open) or a
-//! manifest whose files are all there.
+//! The checkpointer writes a checkpoint's data files with
+//! [`write`](CheckpointStore::write) (streamed: durable content, visible
+//! under its name at the latest when `write` returns), then calls
+//! [`publish`](CheckpointStore::publish) with the manifest's bytes, which
+//! must make the data files visible under their names durably *before* it
+//! creates the manifest, atomically, durably, and only if no manifest of
+//! that name exists. A crash at any point then leaves either no manifest
+//! (the data files are garbage, found by [`list`](CheckpointStore::list)
+//! and deleted by the owner's next garbage collection) or a manifest whose
+//! files are all there; and two writers can never both publish one
+//! checkpoint id.
+//!
+//! Small objects the checkpointer keeps beside the checkpoints (the
+//! ownership lease of a shared store, pins) are written with
+//! [`create`](CheckpointStore::create), which has the same
+//! create-only-if-absent rule.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -34,25 +42,44 @@ pub type FileContents = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>
 
 /// Storage for checkpoint files: a flat namespace of immutable files.
 ///
-/// Implement it to keep checkpoints elsewhere than a local directory; the
-/// contract is on each method, and in short: files are immutable once
-/// written, and [`publish`](Self::publish) makes a manifest visible
-/// atomically, only after the files it names. Errors are
-/// plain `io::Error`s; the manager reports them as
+/// Implement it to keep checkpoints elsewhere than a local directory (the
+/// crate's own [`ObjectStoreCheckpointStore`], behind the `object-store`
+/// feature, puts them on S3 or any `object_store` backend); the contract
+/// is on each method, and in short: files are immutable once written,
+/// writes stream, and [`publish`](Self::publish) creates a manifest
+/// atomically, only after the files it names and only if none of that
+/// name exists. Errors are plain `io::Error`s; the manager reports them as
 /// [`Io`](crate::incremental::IncrementalCheckpointError::Io) naming the
-/// file.
+/// file, and an [`io::ErrorKind::AlreadyExists`] from `publish` as
+/// [`CheckpointConflict`](crate::incremental::IncrementalCheckpointError::CheckpointConflict).
+///
+/// # Ownership
+///
+/// A store that only one manager can use at a time by construction says so
+/// with [`is_exclusive`](Self::is_exclusive) (a [`LocalDirStore`] in the
+/// manager's locked checkpoint directory). Any other store may be reached
+/// by several processes at once, say an old node that has not noticed it
+/// was replaced: the manager then takes an ownership lease in the store at
+/// open and checks it before every publish and every delete, so a writer
+/// that lost the store stops with
+/// [`Fenced`](crate::incremental::IncrementalCheckpointError::Fenced)
+/// instead of deleting its successor's files (`docs/format.md`, "Sharing
+/// a store").
+///
+/// [`ObjectStoreCheckpointStore`]: https://docs.rs/laminar-storage/latest/laminar_storage/struct.ObjectStoreCheckpointStore.html
 ///
 /// # Cancel safety
 ///
 /// The manager may drop any of these futures at an await point (a caller
 /// dropped its `checkpoint()` future and the runtime shut down, say), so an
 /// implementation must leave the store valid when dropped midway: a
-/// `write` dropped early leaves at most an unpublished file, which the next
-/// [`list`](Self::list) shows and garbage collection deletes; a `publish`
-/// dropped early leaves the manifest either unpublished or published
-/// complete, never half visible; a `delete` dropped early deletes a subset.
-/// Work handed to another thread (as [`LocalDirStore`] does) may go on
-/// after the drop; that is fine as long as the rules above hold.
+/// `write` dropped early leaves at most an unpublished or unfinished file,
+/// which is never read (no manifest names it) and which garbage collection
+/// deletes once a listing shows it; a `publish` or `create` dropped early
+/// leaves the object either absent or complete, never half visible; a
+/// `delete` dropped early deletes a subset. Work handed to another thread
+/// (as [`LocalDirStore`] does) may go on after the drop; that is fine as
+/// long as the rules above hold.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + fmt::Debug {
     /// The names of every file in the store, published or not, in any
@@ -60,23 +87,45 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
     /// are left alone.
     async fn list(&self) -> io::Result<Vec<String>>;
 
-    /// A whole file. `NotFound` if there is none by that name.
+    /// A whole file. `NotFound` if there is none by that name. A store
+    /// keeps large files out of the heap (memory-mapped, or spilled to a
+    /// local temporary file and mapped): a recovery reads files of any
+    /// size.
     async fn read(&self, name: &str) -> io::Result<StoredFile>;
 
-    /// Writes a file from `contents` and makes its content durable; it is
-    /// not visible under `name` until [`publish`](Self::publish). Returns
-    /// its length.
+    /// Writes a file from `contents`, streaming: `contents` produces the
+    /// file in parts on a blocking thread while the store writes or
+    /// uploads them, in bounded memory whatever the file's size. On `Ok`
+    /// the content is durable. The file may be visible under `name` before
+    /// [`publish`](Self::publish) (an object store uploads it there): no
+    /// reader uses a data file that no manifest names. Returns its length.
     async fn write(&self, name: &str, contents: FileContents) -> io::Result<u64>;
 
     /// Makes the written `files` visible under their names, durably, then
-    /// the written `manifest`, atomically and durably. On `Ok`, all of them
-    /// survive a crash; on a crash before, the manifest is either absent or
-    /// complete with all its files.
-    async fn publish(&self, files: &[String], manifest: &str) -> io::Result<()>;
+    /// creates the manifest `manifest` holding `contents`, atomically and
+    /// durably, **only if no file of that name exists**: otherwise fails
+    /// with [`io::ErrorKind::AlreadyExists`] and changes nothing. On `Ok`,
+    /// all of them survive a crash; on a crash before, the manifest is
+    /// either absent or complete with all its files.
+    async fn publish(&self, files: &[String], manifest: &str, contents: Vec<u8>) -> io::Result<()>;
+
+    /// Creates the small file `name` holding `contents`, atomically and
+    /// durably, only if no file of that name exists (otherwise
+    /// [`io::ErrorKind::AlreadyExists`], changing nothing). Used for the
+    /// ownership lease and for pins.
+    async fn create(&self, name: &str, contents: Vec<u8>) -> io::Result<()>;
 
     /// Deletes files (published or only written), durably. Names that do
     /// not exist are ignored.
     async fn delete(&self, names: &[String]) -> io::Result<()>;
+
+    /// Whether only one manager can use the store at a time by
+    /// construction, so that no ownership lease is needed. `false` unless
+    /// an implementation knows better: a [`LocalDirStore`] says `true`, as
+    /// the manager locks its checkpoint directory.
+    fn is_exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// The default store: files in a local directory. The manager uses one in
@@ -214,6 +263,31 @@ impl LocalDirStore {
         }
     }
 
+    /// Writes a small file at `tmp` in one write and syncs it.
+    fn write_small(fs: &dyn FileSystem, dir: &Path, tmp: &Path, contents: &[u8]) -> io::Result<()> {
+        fs.create_dir_all(dir)?;
+        let mut file = fs.create(tmp)?;
+        file.write_all_at(contents, 0)?;
+        file.sync_data()
+    }
+
+    /// Renames `from` to `to` unless `to` exists: then removes `from` and
+    /// fails with `AlreadyExists`. Check and rename are not one step; the
+    /// directory lock a manager holds makes this process the only writer.
+    fn rename_if_absent(fs: &dyn FileSystem, from: &Path, to: &Path) -> io::Result<()> {
+        match fs.open_read(to) {
+            Ok(_) => {
+                let _ = fs.remove_file(from);
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", to.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.rename(from, to),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Produces the content on this thread while another writes it: for
     /// a base, merging and encoding on one core, copying into the page
     /// cache (and starting its write-back) on the other.
@@ -272,23 +346,39 @@ impl CheckpointStore for LocalDirStore {
         blocking(move || Self::write_blocking(fs.as_ref(), &dir, &tmp, contents)).await
     }
 
-    async fn publish(&self, files: &[String], manifest: &str) -> io::Result<()> {
+    async fn publish(&self, files: &[String], manifest: &str, contents: Vec<u8>) -> io::Result<()> {
         let fs = Arc::clone(&self.fs);
         let dir = self.dir.clone();
         let renames: Vec<(PathBuf, PathBuf)> =
             files.iter().map(|f| (self.tmp_path(f), dir.join(f))).collect();
         let manifest = (self.tmp_path(manifest), dir.join(manifest));
         blocking(move || {
+            Self::write_small(fs.as_ref(), &dir, &manifest.0, &contents)?;
             for (from, to) in &renames {
                 fs.rename(from, to)?;
             }
             // The data files' names, and the manifest's temporary file,
             // are durable before the manifest can appear.
             fs.sync_dir(&dir)?;
-            fs.rename(&manifest.0, &manifest.1)?;
+            Self::rename_if_absent(fs.as_ref(), &manifest.0, &manifest.1)?;
             fs.sync_dir(&dir)
         })
         .await
+    }
+
+    async fn create(&self, name: &str, contents: Vec<u8>) -> io::Result<()> {
+        let (fs, dir) = (Arc::clone(&self.fs), self.dir.clone());
+        let (tmp, path) = (self.tmp_path(name), self.dir.join(name));
+        blocking(move || {
+            Self::write_small(fs.as_ref(), &dir, &tmp, &contents)?;
+            Self::rename_if_absent(fs.as_ref(), &tmp, &path)?;
+            fs.sync_dir(&dir)
+        })
+        .await
+    }
+
+    fn is_exclusive(&self) -> bool {
+        true
     }
 
     async fn delete(&self, names: &[String]) -> io::Result<()> {

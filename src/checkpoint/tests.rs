@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::catalog::Catalog;
 use super::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
 use super::store::LocalDirStore;
 use crate::error::IncrementalCheckpointError;
@@ -77,8 +78,7 @@ async fn checkpointer(dir: &Path, fs: Arc<dyn FileSystem>) -> (Checkpointer, Arc
         .unwrap();
     let cp = Checkpointer::new(
         Places {
-            store: store.clone(),
-            dir: dir.to_path_buf(),
+            catalog: Arc::new(Catalog::new(store.clone(), dir, None)),
             fs,
             wal_dir: dir.join("wal"),
         },

@@ -153,6 +153,36 @@ pub enum IncrementalCheckpointError {
         /// The lock file.
         path: PathBuf,
     },
+    /// This manager lost ownership of its shared checkpoint store: another
+    /// process (a replacement node) claimed it. The manager publishes and
+    /// deletes nothing more there; every later checkpoint fails with this
+    /// error. Its Ring 0 and WAL go on, but its state is no longer the
+    /// store's: shut it down. See
+    /// [`CheckpointStore`](crate::incremental::CheckpointStore), "Ownership".
+    #[error(
+        "fenced out of the checkpoint store: generation {successor} claimed it from generation {generation}"
+    )]
+    Fenced {
+        /// The generation this manager held.
+        generation: u64,
+        /// The generation that claimed the store after it.
+        successor: u64,
+    },
+    /// A manifest of this checkpoint id already exists in the store: two
+    /// writers raced to publish it and the other won. Nothing was
+    /// published by this one.
+    #[error("checkpoint {id} was already published by another writer")]
+    CheckpointConflict {
+        /// The checkpoint id.
+        id: u64,
+    },
+    /// The checkpoint asked for (to restore from, or to pin) is not among
+    /// the store's retained checkpoints.
+    #[error("checkpoint {id} is not retained in the checkpoint store")]
+    CheckpointNotRetained {
+        /// The checkpoint id.
+        id: u64,
+    },
     /// The configuration is invalid; nothing was opened.
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig {

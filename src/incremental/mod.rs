@@ -75,6 +75,8 @@
 pub use crate::changelog::{
     ChangelogConsumer, ChangelogProducer, PushError, StateChangelogBuffer, StateChangelogEntry, StateOp,
 };
+#[cfg(feature = "object-store")]
+pub use crate::checkpoint::ObjectStoreCheckpointStore;
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::io::StoredFile;

@@ -59,7 +59,6 @@ pub(crate) trait FileSystem: Send + Sync + fmt::Debug {
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
 
     /// Opens an existing file for reading only.
-    #[cfg_attr(not(test), allow(dead_code))] // the checkpoint store reads through these
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
 
     /// Reads a whole file. The allocation is bounded by the file's size.

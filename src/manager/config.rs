@@ -26,6 +26,7 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// | [`max_retained`](Self::with_max_retained) | 3 checkpoints kept |
 /// | [`max_chain_length`](Self::with_max_chain_length) | 8 files (a base and 7 deltas) before a new base |
 /// | [`checkpoint_store`](Self::with_checkpoint_store) | [`LocalDirStore`](crate::incremental::LocalDirStore) in the checkpoint directory |
+/// | [`restore_from`](Self::with_restore_from) | the newest valid checkpoint (and the local WAL after it) |
 ///
 /// Settings are checked by `open`, which fails with
 /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) naming the
@@ -105,6 +106,25 @@ impl CheckpointConfig {
     /// what a store must guarantee.
     pub fn with_checkpoint_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
         self.recovery = self.recovery.with_checkpoint_store(store);
+        self
+    }
+
+    /// Opens from retained checkpoint `id` instead of the newest one
+    /// (Flink's `-s`): the state, source offsets and watermark are that
+    /// checkpoint's, and it becomes the newest (a copy of its manifest is
+    /// published under a new id when newer ones exist), so checkpoints
+    /// taken after it continue from there. The WAL directory must hold no
+    /// segment (a fresh node, or the old WAL moved aside): its epochs
+    /// belong to the abandoned history.
+    ///
+    /// `open` fails with
+    /// [`CheckpointNotRetained`](IncrementalCheckpointError::CheckpointNotRetained)
+    /// if the store has no checkpoint `id`, with its damage if it is
+    /// damaged (there is no falling back from an explicit choice), and with
+    /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig)
+    /// (`restore_from`) if the WAL directory holds segments.
+    pub fn with_restore_from(mut self, id: u64) -> Self {
+        self.recovery = self.recovery.with_restore_from(id);
         self
     }
 

@@ -19,7 +19,9 @@ pub(crate) use ring1::Ring1Watch;
 use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
+use crate::checkpoint::catalog::Catalog;
 use crate::checkpoint::checkpointer::{CheckpointStats, Checkpointer, Places, Policy};
+use crate::checkpoint::lease::Lease;
 use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{DirLocks, FileSystem, StdFs, lock_dirs_for};
 use crate::recovery::{RecoveredState, Recovery, RecoveryConfig, RecoveryReport, recover_with};
@@ -79,6 +81,7 @@ struct Inner {
     committed: Arc<AtomicU64>,
     stats: Arc<Ring1Stats>,
     checkpoint_stats: Arc<CheckpointStats>,
+    catalog: Arc<Catalog>,
     config: CheckpointConfig,
     recovery: RecoveryReport,
 }
@@ -192,6 +195,14 @@ impl IncrementalCheckpointManager {
                 Arc::clone(&fs),
             ))
         });
+        // A shared store is claimed before anything is read from it, so an
+        // older owner still running is fenced out first.
+        let lease = if store.is_exclusive() {
+            None
+        } else {
+            Some(Lease::claim(store.as_ref(), config.checkpoint_dir()).await?)
+        };
+        let catalog = Arc::new(Catalog::new(Arc::clone(&store), config.checkpoint_dir(), lease));
         let recovery_config = RecoveryConfig::from(&config).with_checkpoint_store(Arc::clone(&store));
         let Recovery {
             state,
@@ -223,8 +234,7 @@ impl IncrementalCheckpointManager {
         let checkpoint_stats = Arc::new(CheckpointStats::default());
         let mut checkpointer = Checkpointer::new(
             Places {
-                store,
-                dir: config.checkpoint_dir().to_path_buf(),
+                catalog: Arc::clone(&catalog),
                 fs: Arc::clone(&fs),
                 wal_dir: config.wal_path().to_path_buf(),
             },
@@ -236,9 +246,12 @@ impl IncrementalCheckpointManager {
             &inventory,
             Arc::clone(&checkpoint_stats),
         );
+        if config.recovery.restore_from.is_some() {
+            checkpointer.adopt_restored().await?;
+        }
         // Partial checkpoints left by a crash, and files no checkpoint needs.
         checkpointer.clean_up().await;
-        let latest = checkpoint.as_ref().map(|m| m.metadata());
+        let latest = checkpointer.newest().map(|m| m.metadata());
         let (task, task_handles) =
             CheckpointTask::new(checkpointer, ring1_handles.status.clone(), latest, locks);
         let committed = writer.committed_epoch();
@@ -254,6 +267,7 @@ impl IncrementalCheckpointManager {
                 committed,
                 stats: ring1_handles.stats,
                 checkpoint_stats,
+                catalog,
                 config,
                 recovery,
             }),
@@ -443,6 +457,61 @@ impl IncrementalCheckpointManager {
     /// damaged checkpoints, WAL damage the recovery mode accepted).
     pub fn recovery(&self) -> &RecoveryReport {
         &self.inner.recovery
+    }
+
+    /// Every checkpoint retained in the store, oldest first: id, epoch,
+    /// parent chain, sizes, key count, creation time and pin. The last is
+    /// the one a restart restores; its
+    /// [`size_bytes`](IncrementalCheckpointMetadata::size_bytes),
+    /// [`chain_length`](IncrementalCheckpointMetadata::chain_length) and
+    /// [`key_count`](IncrementalCheckpointMetadata::key_count) are what
+    /// restoring it costs (bytes read, files, keys loaded). A checkpoint
+    /// whose manifest cannot be read is left out (recovery reports it).
+    ///
+    /// # Errors
+    ///
+    /// [`Io`](IncrementalCheckpointError::Io) if listing or reading the
+    /// store fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn list_checkpoints(&self) -> Result<Vec<IncrementalCheckpointMetadata>> {
+        self.inner.catalog.list().await
+    }
+
+    /// Pins checkpoint `id`: retention keeps it (and the files its chain
+    /// needs) until [`unpin`](Self::unpin), across restarts, whichever node
+    /// owns the store (the pin is an object in the store). Pinning a pinned
+    /// checkpoint does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckpointNotRetained`](IncrementalCheckpointError::CheckpointNotRetained)
+    /// if the store holds no readable checkpoint `id`;
+    /// [`Fenced`](IncrementalCheckpointError::Fenced) if another process
+    /// owns the store now; [`Io`](IncrementalCheckpointError::Io).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the pin is either made or not.
+    pub async fn pin(&self, id: u64) -> Result<()> {
+        self.inner.catalog.pin(id).await
+    }
+
+    /// Unpins checkpoint `id` (nothing if it is not pinned): retention may
+    /// delete it after the next checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Fenced`](IncrementalCheckpointError::Fenced);
+    /// [`Io`](IncrementalCheckpointError::Io).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the pin is either removed or not.
+    pub async fn unpin(&self, id: u64) -> Result<()> {
+        self.inner.catalog.unpin(id).await
     }
 
     /// The configuration it was opened with.

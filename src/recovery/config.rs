@@ -24,6 +24,7 @@ pub struct RecoveryConfig {
     pub(crate) recovery_mode: WalRecoveryMode,
     pub(crate) state: StateConfig,
     pub(crate) store: Option<Arc<dyn CheckpointStore>>,
+    pub(crate) restore_from: Option<u64>,
 }
 
 impl RecoveryConfig {
@@ -36,7 +37,15 @@ impl RecoveryConfig {
             recovery_mode: WalRecoveryMode::default(),
             state: StateConfig::new(),
             store: None,
+            restore_from: None,
         }
+    }
+
+    /// Restores checkpoint `id` instead of the newest one: see
+    /// [`CheckpointConfig::with_restore_from`](crate::incremental::CheckpointConfig::with_restore_from).
+    pub fn with_restore_from(mut self, id: u64) -> Self {
+        self.restore_from = Some(id);
+        self
     }
 
     /// What replay does with damaged WAL records; see [`WalRecoveryMode`].

@@ -17,7 +17,10 @@ use crate::checkpoint::reader::{Inventory, chain_sources, read_chain};
 use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::{FileSystem, StoredFile};
 use crate::state::{BulkLoader, StateDrain, StateWriter};
-use crate::wal::{ReplayFrom, ReplayOp, ReplayRange, ReplayReport, WalError, WalRecoveryMode, replay_range};
+use crate::wal::{
+    ReplayFrom, ReplayOp, ReplayRange, ReplayReport, ResumePosition, WalError, WalRecoveryMode,
+    holds_no_segments, replay_range,
+};
 
 /// What `open` needs beyond the recovered state.
 #[derive(Debug)]
@@ -46,8 +49,27 @@ pub(crate) async fn recover_with(
 ) -> Result<Recovery> {
     let mut inventory = Inventory::read(store, &config.checkpoint_dir).await?;
     refuse_unreadable(&mut inventory)?;
-    let (checkpoint, loaded, skipped) = choose_checkpoint(config, store, &inventory).await?;
-    let (writer, report) = match replay_wal(config, fs, checkpoint.as_ref(), loaded.writer).await {
+    let no_local_wal = {
+        let (fs, dir) = (Arc::clone(&fs), config.wal_dir.clone());
+        blocking("WAL listing", &config.wal_dir, move || {
+            holds_no_segments(fs.as_ref(), &dir)
+        })
+        .await?
+    };
+    let (checkpoint, loaded, skipped) = match config.restore_from {
+        Some(id) => restore_from(config, store, &inventory, id, no_local_wal).await?,
+        None => choose_checkpoint(config, store, &inventory).await?,
+    };
+    let replayed = match &checkpoint {
+        // A fresh node (or one whose WAL disk was replaced): the state is
+        // the checkpoint's, and the log starts again right after it.
+        Some(m) if no_local_wal => Ok((loaded.writer, without_wal(m))),
+        None if no_local_wal && !skipped.is_empty() => Err(IncrementalCheckpointError::NotFound {
+            path: config.wal_dir.clone(),
+        }),
+        _ => replay_wal(config, fs, checkpoint.as_ref(), loaded.writer).await,
+    };
+    let (writer, report) = match replayed {
         Ok(r) => r,
         Err(e) if !skipped.is_empty() => {
             return Err(IncrementalCheckpointError::Recovery {
@@ -59,8 +81,10 @@ pub(crate) async fn recover_with(
         }
         Err(e) => return Err(e),
     };
+    let mut report_out = recovery_report(&report, checkpoint.as_ref(), skipped);
+    report_out.no_local_wal = no_local_wal && checkpoint.is_some();
     let state = RecoveredState {
-        report: recovery_report(&report, checkpoint.as_ref(), skipped),
+        report: report_out,
         writer,
     };
     log_recovery(&state);
@@ -90,6 +114,58 @@ fn refuse_unreadable(inventory: &mut Inventory) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The replay report of a node without WAL that restored checkpoint `m`:
+/// nothing replayed, the next writer starting a new segment after the
+/// checkpoint's position.
+fn without_wal(m: &Manifest) -> ReplayReport {
+    ReplayReport {
+        last_epoch: None,
+        last_commit: None,
+        last_commit_end: None,
+        epochs_applied: 0,
+        records_replayed: 0,
+        records_discarded: 0,
+        segments_read: 0,
+        torn_tail: None,
+        skipped: Vec::new(),
+        stopped_at: None,
+        resume: ResumePosition::fresh_after(m.replay_from()),
+        segments: Vec::new(),
+    }
+}
+
+/// Checkpoint `id` and nothing else, loaded, for
+/// [`with_restore_from`](crate::incremental::CheckpointConfig::with_restore_from):
+/// it must be retained and whole, and the local WAL empty (its epochs
+/// belong to another history).
+async fn restore_from(
+    config: &RecoveryConfig,
+    store: &dyn CheckpointStore,
+    inventory: &Inventory,
+    id: u64,
+    no_local_wal: bool,
+) -> Result<(Option<Manifest>, Loaded, Vec<SkippedCheckpoint>)> {
+    let m = match inventory.manifests.get(&id) {
+        None => return Err(IncrementalCheckpointError::CheckpointNotRetained { id }),
+        Some(Err(e)) => {
+            return Err(IncrementalCheckpointError::CheckpointFailed { cause: Arc::clone(e) });
+        }
+        Some(Ok(m)) => m,
+    };
+    if !no_local_wal {
+        return Err(IncrementalCheckpointError::InvalidConfig {
+            field: "restore_from",
+            reason: format!(
+                "the WAL directory {} holds segments, epochs that restoring checkpoint {id} would abandon: \
+                 move them aside, or open without with_restore_from",
+                config.wal_dir.display()
+            ),
+        });
+    }
+    let loaded = load_chain(config, store, m).await?;
+    Ok((Some(m.clone()), loaded, Vec::new()))
 }
 
 /// The newest checkpoint whose chain loads, loaded (or the empty state if
@@ -152,6 +228,7 @@ fn recovery_report(
         torn_tail,
         checkpoints_skipped: SkippedCheckpoints::new(skipped),
         wal_damage: wal_damage_of(report),
+        no_local_wal: false,
     }
 }
 

@@ -46,6 +46,12 @@ pub struct RecoveryReport {
     /// WAL damage the recovery mode accepted (always empty under the
     /// default modes, which refuse damage with an error).
     pub wal_damage: Vec<WalDamage>,
+    /// The WAL directory held no segment (absent, or empty: a fresh node,
+    /// or a replaced disk), so the state is the checkpoint's,
+    /// [`checkpoint_id`](Self::checkpoint_id) at [`epoch`](Self::epoch).
+    /// Epochs committed after it, if any, were in the WAL of the machine
+    /// that wrote the checkpoint and are not here.
+    pub no_local_wal: bool,
 }
 
 /// The checkpoints a recovery passed over ([`RecoveryReport::checkpoints_skipped`]),

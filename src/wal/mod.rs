@@ -55,13 +55,19 @@ pub(crate) use crate::error::WalError;
 pub(crate) use batch::WalBatch;
 
 pub(crate) use format::segment_file_name;
-pub(crate) use position::{ReplayFrom, ReplayRange, WalPosition};
+pub(crate) use position::{ReplayFrom, ReplayRange, ResumePosition, WalPosition};
 #[cfg(any(test, fuzzing))]
 pub(crate) use reader::replay;
 pub(crate) use reader::{ReplayOp, ReplayReport, replay_range};
 pub(crate) use segment_bytes::list_segments;
 
 pub(crate) use writer::{SpareSegment, WalConfig, WalWriter};
+
+/// Whether `dir` holds no WAL segment (or does not exist): a node that
+/// has never written this log, or lost it with its disk.
+pub(crate) fn holds_no_segments(fs: &dyn crate::io::FileSystem, dir: &Path) -> Result<bool, WalError> {
+    Ok(segment_bytes::list_segments(fs, dir)?.is_empty())
+}
 
 /// Builds the `map_err` closure for a failed file operation.
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {

@@ -103,6 +103,26 @@ impl ResumePosition {
         }
     }
 
+    /// The position for a directory without segments whose log continues
+    /// from `from` (a checkpoint's position, on a node that has the
+    /// checkpoint but none of the WAL): a new segment after `from`'s, with
+    /// the sequence numbers and sync generation that follow it.
+    pub(crate) fn fresh_after(from: ReplayFrom) -> Self {
+        let (segment, next_seq, next_gen) = match from {
+            ReplayFrom::Segment(s) => (s, 1, 0),
+            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
+        };
+        Self {
+            segment,
+            offset: 0,
+            next_seq,
+            next_gen,
+            zero_until: 0,
+            start_new_segment: true,
+            discard_later_segments: false,
+        }
+    }
+
     /// The segment the writer resumes in (or after, if it starts a new one).
     #[cfg(test)]
     pub(crate) fn segment(&self) -> u64 {

@@ -653,21 +653,12 @@ where
     /// The log then goes on after the lost segment, never again at a
     /// number the checkpoint's replay would pass over.
     fn no_segments(mut self, from: ReplayFrom, dir: &Path) -> Result<ReplayReport, WalError> {
-        let (segment, next_seq, next_gen) = match from {
+        let segment = match from {
             ReplayFrom::Segment(0) => return Ok(self.report),
-            ReplayFrom::Segment(s) => (s, 1, 0),
-            ReplayFrom::Position(p) => (p.segment, p.next_seq, p.sync_gen.wrapping_add(1)),
+            other => other.segment(),
         };
         self.missing_segment(dir, segment)?;
-        self.report.resume = ResumePosition {
-            segment,
-            offset: 0,
-            next_seq,
-            next_gen,
-            zero_until: 0,
-            start_new_segment: true,
-            discard_later_segments: false,
-        };
+        self.report.resume = ResumePosition::fresh_after(from);
         Ok(self.report)
     }
 
