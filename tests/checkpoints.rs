@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
-    RecoveryManager, StateWriter, WalRecoveryMode, validate_checkpoint, wal_size,
+    RecoveryManager, StateWriter, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
 };
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -509,57 +509,108 @@ mod model {
     }
 }
 
-/// Takes a checkpoint, commits two more epochs durably, shuts down and
-/// removes every WAL segment: what the checkpoint needs from the WAL is gone.
-async fn checkpoint_then_lose_the_wal(dir: &Path) -> (Model, u64, u64) {
+/// Takes a checkpoint, commits more epochs durably (over several WAL
+/// segments), shuts down and removes the WAL segments: every one, or
+/// (`keep_newest`) all but the newest, which leaves a gap between the
+/// checkpoint and the rest of the log.
+async fn checkpoint_then_lose_the_wal(dir: &Path, keep_newest: bool) -> (Model, u64, u64) {
     let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir)).await.unwrap();
     let mut model = Model::new();
     churn(&mut writer, &mut model, 0..100, 1);
     let checkpointed = manager.checkpoint().await.unwrap().epoch;
-    churn(&mut writer, &mut model, 0..10, 2);
-    let last = churn(&mut writer, &mut model, 5..20, 3);
+    let mut last = 0;
+    for round in 2..8 {
+        last = churn(&mut writer, &mut model, 0..1000, round);
+    }
     manager.wait_durable(last).await.unwrap();
     manager.shutdown().await.unwrap();
     drop(writer);
-    for e in std::fs::read_dir(dir.join("wal")).unwrap() {
-        let path = e.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("wal_") {
-            std::fs::remove_file(path).unwrap();
-        }
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("wal_") && name.ends_with(".log")
+        })
+        .collect();
+    segments.sort();
+    assert!(
+        segments.len() >= 3,
+        "the epochs after the checkpoint span segments: {segments:?}"
+    );
+    if keep_newest {
+        segments.pop();
+    }
+    for path in segments {
+        std::fs::remove_file(path).unwrap();
     }
     (model, checkpointed, last)
 }
 
-/// A checkpoint whose WAL segment is missing cannot say whether epochs
-/// after it were acknowledged: recovery refuses with `MissingSegment`
-/// instead of silently returning the checkpoint's older state.
+/// A WAL directory without segments (a replaced disk, a fresh node) is
+/// not an error: the checkpoint is restored and the report says the
+/// epochs after it were in a WAL that is not here.
 #[tokio::test]
-async fn a_missing_wal_after_a_checkpoint_is_an_error() {
+async fn a_wal_without_segments_restores_the_checkpoint_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, _, last) = checkpoint_then_lose_the_wal(dir.path()).await;
+    let (_, checkpointed, last) = checkpoint_then_lose_the_wal(dir.path(), false).await;
+    let recovered = RecoveryManager::new(RecoveryConfig::new(dir.path(), dir.path().join("wal")))
+        .recover()
+        .await
+        .unwrap();
+    assert!(recovered.no_local_wal);
+    assert_eq!(recovered.epoch, checkpointed);
+    assert!(last > checkpointed);
+    let (manager, writer) = IncrementalCheckpointManager::open(config(dir.path()))
+        .await
+        .unwrap();
+    assert!(manager.recovery().no_local_wal);
+    assert_eq!(writer.epoch(), checkpointed + 1);
+    manager.shutdown().await.unwrap();
+}
+
+/// A checkpoint whose WAL segment is missing while later segments exist
+/// cannot say whether epochs after it were acknowledged: recovery refuses
+/// with `MissingSegment` instead of silently returning the checkpoint's
+/// older state.
+#[tokio::test]
+async fn a_gap_in_the_wal_after_a_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, last) = checkpoint_then_lose_the_wal(dir.path(), true).await;
     let e = RecoveryManager::new(RecoveryConfig::new(dir.path(), dir.path().join("wal")))
         .recover()
         .await
         .unwrap_err();
-    assert!(e.is_corruption(), "{e}");
-    assert!(e.to_string().contains("missing"), "{e}");
-    let opened = IncrementalCheckpointManager::open(config(dir.path())).await;
-    assert!(opened.is_err(), "epoch {last} was acknowledged and is gone");
+    assert!(
+        matches!(
+            e,
+            IncrementalCheckpointError::Wal(
+                WalError::EpochStartMissing { .. } | WalError::MissingSegment { .. }
+            )
+        ),
+        "{e}"
+    );
+    for mode in [
+        WalRecoveryMode::TolerateCorruptedTailRecords,
+        WalRecoveryMode::PointInTimeRecovery,
+    ] {
+        let opened = IncrementalCheckpointManager::open(config(dir.path()).with_recovery_mode(mode)).await;
+        assert!(opened.is_err(), "epoch {last} was acknowledged and is gone");
+    }
 }
 
-/// `PointInTimeRecovery` accepts the loss and recovers the checkpoint;
-/// what is written after that is recovered next time (the WAL continues
-/// after the checkpoint's segment, not from segment 1 again).
+/// After a restore from a checkpoint without WAL, what is written is
+/// recovered next time (the WAL continues after the checkpoint's segment,
+/// not from segment 1 again).
 #[tokio::test]
-async fn point_in_time_recovery_past_a_lost_wal_keeps_what_comes_after() {
+async fn after_a_restore_without_wal_what_comes_after_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, checkpointed, _) = checkpoint_then_lose_the_wal(dir.path()).await;
-    let cfg = config(dir.path()).with_recovery_mode(WalRecoveryMode::PointInTimeRecovery);
+    let (_, checkpointed, _) = checkpoint_then_lose_the_wal(dir.path(), false).await;
+    let cfg = config(dir.path());
     let (manager, mut writer) = IncrementalCheckpointManager::open(cfg.clone()).await.unwrap();
     let recovered = manager.recovery();
     assert_eq!(recovered.epoch, checkpointed);
-    assert_eq!(recovered.wal_damage.len(), 1, "{recovered:?}");
-    assert!(recovered.wal_damage[0].stopped && recovered.wal_damage[0].reason == "missing segment");
+    assert!(recovered.no_local_wal, "{recovered:?}");
     let mut model = state_of(writer.iter());
     let last = churn(&mut writer, &mut model, 50..70, 9);
     manager.wait_durable(last).await.unwrap();
@@ -567,7 +618,7 @@ async fn point_in_time_recovery_past_a_lost_wal_keeps_what_comes_after() {
     drop(writer);
     let (manager, writer) = IncrementalCheckpointManager::open(cfg).await.unwrap();
     assert_eq!(manager.recovery().epoch, last);
-    assert!(manager.recovery().wal_damage.is_empty());
+    assert!(!manager.recovery().no_local_wal);
     assert_eq!(state_of(writer.iter()), model);
     manager.shutdown().await.unwrap();
 }
