@@ -9,6 +9,7 @@
 //! CHECKPOINT_BENCH_EVICT=files cargo bench --bench checkpoint        # evict only the bench's files
 //! CHECKPOINT_BENCH_CASES=large,small cargo bench --bench checkpoint  # recovery cases (default large,history,small)
 //! CHECKPOINT_BENCH_SECTIONS=1,3 cargo bench --bench checkpoint       # only sections 1 and 3 (for profiling)
+//! CHECKPOINT_BENCH_SECTIONS=4 cargo bench --bench checkpoint         # only the object-storage section
 //! CHECKPOINT_BENCH_WAL_SEGMENT_MIB=4 cargo bench --bench checkpoint   # WAL segment size (default 64 MiB)
 //! ```
 //!
@@ -35,6 +36,13 @@
 //!    again (warm). Finally the same final contents reached through a much
 //!    longer history (many churn rounds and checkpoints, merged bases
 //!    included) is recovered the same way.
+//! 4. **Object storage.** W1's keys checkpointed into a local directory and
+//!    into S3 (a `moto_server` the bench starts on a loopback port; the row
+//!    says so if it is not installed), alternating, with the same workload:
+//!    the first (full) checkpoint's upload, an incremental one after 1%
+//!    churn, and the restore on a fresh node (`open` with an empty WAL
+//!    directory: for the local directory, its checkpoint files read in
+//!    place; for S3, downloaded), with the bytes each checkpoint wrote.
 //!
 //! The page cache is emptied by writing 3 to `/proc/sys/vm/drop_caches`
 //! (root only) after `sync`; if that is refused, in quick mode, or with
@@ -48,6 +56,8 @@
 //! and its blocking pool (WAL writes and syncs, checkpoint scans, merges and
 //! file writes, recovery). Nothing is pinned.
 
+#[path = "../tests/common/moto.rs"]
+mod moto;
 mod support;
 
 use std::fs::{File, OpenOptions};
@@ -57,6 +67,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use laminar_storage::ObjectStoreCheckpointStore;
 use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata, RecoveredState,
     RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
@@ -207,6 +218,9 @@ fn main() {
     }
     if wanted("3") {
         recovery_section(&rt, &dir, &sizes, evict_files_only, &mut table);
+    }
+    if wanted("4") {
+        object_store_section(&rt, &dir, &sizes, &mut table);
     }
 
     println!();
@@ -511,6 +525,163 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTabl
             "{:.1} % of the first full",
             100.0 * median_u64(merged.iter().map(|r| r.bytes)) as f64 / full_bytes as f64
         ),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Checkpoints on object storage
+
+/// One store's figures for one run.
+#[derive(Debug, Clone, Copy)]
+struct StoreRun {
+    full: Duration,
+    full_bytes: u64,
+    incremental: Duration,
+    incremental_bytes: u64,
+    restore: Duration,
+}
+
+/// Builds W1's keys on a node in `dir` whose checkpoints go to `store`
+/// (`None`: its own directory), takes the full and the incremental
+/// checkpoint, then restores on a fresh node: a new WAL directory, and
+/// for S3 a new local directory too.
+fn store_run(
+    rt: &Runtime,
+    dir: &Path,
+    sizes: &Sizes,
+    store: Option<&Arc<dyn object_store::ObjectStore>>,
+    seed: u64,
+) -> StoreRun {
+    let with_store = |config: CheckpointConfig| match store {
+        Some(s) => {
+            config.with_checkpoint_store(Arc::new(ObjectStoreCheckpointStore::new(Arc::clone(s), "w1")))
+        }
+        None => config,
+    };
+    let node = dir.join("node");
+    let (manager, mut writer) = open(rt, with_store(config(&node, sizes, sizes.keys)));
+    let mut values = Values::new(VALUE_LEN);
+    write_keys(rt, &manager, &mut writer, &mut values, 0..sizes.keys, 0);
+    let (full, meta) = timed_checkpoint(rt, &manager);
+    assert!(!meta.is_incremental && meta.key_count == sizes.keys);
+    let full_bytes = meta.delta_bytes;
+    let changed = distinct_sample(sizes.keys, sizes.churn_keys, seed);
+    write_keys(rt, &manager, &mut writer, &mut values, changed, 1);
+    let (incremental, meta) = timed_checkpoint(rt, &manager);
+    assert!(meta.is_incremental, "{meta:?}");
+    let incremental_bytes = meta.delta_bytes;
+    shutdown(rt, manager, writer);
+
+    // The fresh node: no WAL; the local directory's checkpoint files stay
+    // where they are, S3's are downloaded into a new node.
+    let fresh = match store {
+        Some(_) => config(&dir.join("fresh"), sizes, sizes.keys),
+        None => config(&node, sizes, sizes.keys).with_wal_path(dir.join("fresh-wal")),
+    };
+    let start = Instant::now();
+    let (manager, writer) = open(rt, with_store(fresh));
+    let restore = start.elapsed();
+    assert!(manager.recovery().no_local_wal);
+    assert_eq!(writer.len() as u64, sizes.keys);
+    shutdown(rt, manager, writer);
+    std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+    StoreRun {
+        full,
+        full_bytes,
+        incremental,
+        incremental_bytes,
+        restore,
+    }
+}
+
+fn object_store_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTable) {
+    let section = "4. object storage";
+    let moto = moto::Moto::start();
+    let reps = if sizes.quick { 1 } else { 3 };
+    eprintln!(
+        "object storage: {} keys, local directory and S3 ({}), {reps} runs each, alternating",
+        sizes.keys,
+        if moto.is_some() {
+            "moto_server on loopback"
+        } else {
+            "skipped: no moto_server"
+        }
+    );
+    let mut local = Vec::new();
+    let mut s3 = Vec::new();
+    for rep in 0..reps {
+        local.push(store_run(
+            rt,
+            &dir.join(format!("store-local-{rep}")),
+            sizes,
+            None,
+            rep as u64,
+        ));
+        if let Some(moto) = &moto {
+            let bucket = format!("bench-{rep}");
+            moto.create_bucket(&bucket);
+            let store = moto.bucket(&bucket);
+            s3.push(store_run(
+                rt,
+                &dir.join(format!("store-s3-{rep}")),
+                sizes,
+                Some(&store),
+                rep as u64,
+            ));
+        }
+    }
+    let both = |what: &str, f: &dyn Fn(&StoreRun) -> Duration| {
+        let s3_figure = if s3.is_empty() {
+            "S3 skipped (moto_server not on PATH)".to_owned()
+        } else {
+            format!("S3 on moto {}", timing_spread(s3.iter().map(f)))
+        };
+        (
+            format!("{what}: local dir {}", timing_spread(local.iter().map(f))),
+            s3_figure,
+        )
+    };
+    let (measured, note) = both("full", &|r| r.full);
+    table.row(
+        section,
+        &format!("first checkpoint of {} keys: upload time (min..max)", sizes.keys),
+        measured,
+        format!("{note}; n = {reps}"),
+    );
+    let (measured, note) = both("incremental", &|r| r.incremental);
+    table.row(
+        section,
+        &format!(
+            "incremental after 1% churn ({} keys) (min..max)",
+            sizes.churn_keys
+        ),
+        measured,
+        note,
+    );
+    let (measured, note) = both("restore", &|r| r.restore);
+    table.row(
+        section,
+        "restore on a fresh node (open, no WAL) (min..max)",
+        measured,
+        note,
+    );
+    table.row(
+        section,
+        "bytes written: full; incremental (raw: data files are not compressed)",
+        format!(
+            "{}; {}",
+            mb(median_u64(local.iter().map(|r| r.full_bytes))),
+            mb(median_u64(local.iter().map(|r| r.incremental_bytes)))
+        ),
+        if s3.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "S3: {}; {}",
+                mb(median_u64(s3.iter().map(|r| r.full_bytes))),
+                mb(median_u64(s3.iter().map(|r| r.incremental_bytes)))
+            )
+        },
     );
 }
 
