@@ -27,9 +27,9 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::changelog::commit::{CommitRecord, commit_payload_len, encode_commit_payload};
 use crate::coding::le_u32;
 use crate::io::{FileSystem, FsFile};
-use crate::wal::commit::{CommitRecord, commit_payload_len, encode_commit_payload};
 use crate::wal::{ReplayOp, ReplayReport, WalError, WalRecoveryMode, replay};
 
 const DIR: &str = "/fuzz/wal";

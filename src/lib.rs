@@ -130,6 +130,7 @@ mod manager;
 mod recovery;
 mod scheduler;
 mod state;
+mod status;
 mod sync;
 #[cfg(test)]
 mod testing;

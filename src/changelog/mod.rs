@@ -21,6 +21,7 @@
 //! [`ChangelogProducer::is_abandoned`] tell a half that its peer is gone;
 //! entries pushed before the producer was dropped can still be drained.
 
+pub(crate) mod commit;
 mod entry;
 mod ring;
 

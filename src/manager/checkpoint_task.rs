@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::ring1::{DurableStatus, Ring1State};
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::Checkpointer;
 use crate::error::IncrementalCheckpointError;
 use crate::io::DirLocks;
+use crate::status::{DurableStatus, Ring1State};
 
 /// A checkpoint's outcome, shared by every request it served.
 pub(crate) type Outcome = Result<IncrementalCheckpointMetadata, Arc<IncrementalCheckpointError>>;

@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use checkpoint_task::{CheckpointTask, Request};
 pub use config::CheckpointConfig;
-pub(crate) use ring1::Ring1Watch;
-use ring1::{Command, DurableStatus, Ring1, Ring1State, Ring1Stats};
+use ring1::{Command, Ring1, Ring1Stats};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::catalog::Catalog;
@@ -26,6 +25,7 @@ use crate::error::{IncrementalCheckpointError, Result, blocking};
 use crate::io::{DirLocks, FileSystem, StdFs, lock_dirs_for};
 use crate::recovery::{RecoveredState, Recovery, RecoveryConfig, RecoveryReport, recover_with};
 use crate::state::StateWriter;
+use crate::status::{DurableStatus, Ring1State, Ring1Watch};
 use crate::wal::WalWriter;
 
 /// The handle to a running state: you need it to open durable state, wait

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::io::DirLocks;
 use crate::state::{Change, StateDrain};
+use crate::status::{DurableStatus, Ring1State};
 use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
 
 /// Stop draining once a batch holds this much: backpressure to Ring 0.
@@ -48,57 +49,6 @@ const DRAIN_CHUNK: usize = 4096;
 /// Wait after a failed spare segment before preallocating again: on a full
 /// disk every attempt writes zeros until the disk refuses them.
 const SPARE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What Ring 1 publishes after every step.
-#[derive(Debug, Clone)]
-pub(crate) struct DurableStatus {
-    /// Highest epoch acknowledged durable (0: none).
-    pub(crate) durable_epoch: u64,
-    pub(crate) state: Ring1State,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Ring1State {
-    Running,
-    /// Shut down cleanly: everything pushed before the request is durable.
-    Stopped,
-    /// Stopped by the first I/O error.
-    Failed(Arc<WalError>),
-}
-
-impl DurableStatus {
-    /// The error to report for an epoch that is not durable and now never
-    /// will be; `None` while Ring 1 runs.
-    pub(crate) fn terminal_error(&self) -> Option<IncrementalCheckpointError> {
-        match &self.state {
-            Ring1State::Running => None,
-            Ring1State::Stopped => Some(IncrementalCheckpointError::ShutDown {
-                durable_epoch: self.durable_epoch,
-            }),
-            Ring1State::Failed(cause) => Some(IncrementalCheckpointError::Failed {
-                cause: Arc::clone(cause),
-            }),
-        }
-    }
-}
-
-/// Ring 1's status as Ring 0 sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Ring1Watch(pub(crate) watch::Receiver<DurableStatus>);
-
-impl Ring1Watch {
-    /// `Err` once Ring 1 has stopped or failed.
-    pub(crate) fn check(&self) -> Result<()> {
-        if let Some(e) = self.0.borrow().terminal_error() {
-            return Err(e);
-        }
-        // Still "running", yet the task is gone without a last word.
-        if self.0.has_changed().is_err() {
-            return Err(IncrementalCheckpointError::Ring1Gone);
-        }
-        Ok(())
-    }
-}
 
 /// Counters Ring 1 keeps for [`stats`](super::IncrementalCheckpointManager::stats).
 #[derive(Debug, Default)]

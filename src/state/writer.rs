@@ -12,10 +12,10 @@ use super::config::StateConfig;
 use super::drain::StateDrain;
 use super::pending::{DEPTH, LOCATE_STAGE, Pending, RETRY_STAGE, Update, fits};
 use super::store::{Probe, Progress, StateStore, Written};
+use crate::changelog::commit::{CommitEncodeError, commit_payload_len, encode_commit_payload};
 use crate::changelog::{ChangelogProducer, StateChangelogBuffer, StateChangelogEntry, StateOp};
 use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result};
-use crate::manager::Ring1Watch;
-use crate::wal::commit::{commit_payload_len, encode_commit_payload};
+use crate::status::Ring1Watch;
 
 /// The Ring 0 handle: synchronous, allocation-free updates of the keyed
 /// state, each recorded in the changelog for Ring 1.
@@ -734,7 +734,8 @@ impl StateWriter {
         self.flush();
         self.reserve_slot()?;
         let sources = || self.sources.iter().map(|(name, offset)| (&**name, *offset));
-        let len = commit_payload_len(sources())?;
+        let as_wal = |e: CommitEncodeError| IncrementalCheckpointError::Wal(e.into());
+        let len = commit_payload_len(sources()).map_err(as_wal)?;
         self.commit_scratch.resize(len, 0);
         encode_commit_payload(
             &mut self.commit_scratch,
@@ -742,7 +743,8 @@ impl StateWriter {
             self.watermark,
             self.store.len() as u64,
             sources(),
-        )?;
+        )
+        .map_err(as_wal)?;
         let offset = self
             .store
             .commit_record(&self.commit_scratch, &mut self.producer)?;

@@ -67,7 +67,7 @@ impl WalBatch {
     }
 
     /// Appends an epoch commit whose payload was encoded with
-    /// [`encode_commit_payload`](super::commit::encode_commit_payload).
+    /// [`encode_commit_payload`](crate::changelog::commit::encode_commit_payload).
     ///
     /// # Panics
     ///
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn commit_encoded_in_place() {
-        use crate::wal::commit::{CommitRecord, commit_payload_len, encode_commit_payload};
+        use crate::changelog::commit::{CommitRecord, commit_payload_len, encode_commit_payload};
         let sources = [("a", 1u64), ("bb", 2)];
         let len = commit_payload_len(sources.iter().copied()).unwrap();
         let mut b = WalBatch::new();

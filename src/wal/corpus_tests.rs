@@ -43,11 +43,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::commit::{CommitRecord, encode_commit_vec};
 use super::format::{
     FRAME_HEADER_LEN, RecordType, SECTOR, SEGMENT_HEADER_LEN, parse_frame, segment_file_name,
 };
 use super::*;
+use crate::changelog::commit::{CommitRecord, encode_commit_vec};
 use crate::io::FileSystem;
 use crate::testing::sim::{Rng, SimFs};
 use crate::testing::support::{self as alloc_count, env_seed};

@@ -29,7 +29,7 @@ pub(crate) enum RecordType {
     Put = 1,
     /// Payload: key.
     Delete = 2,
-    /// Payload: an encoded [`CommitRecord`](super::commit::CommitRecord).
+    /// Payload: an encoded [`CommitRecord`](crate::changelog::commit::CommitRecord).
     Commit = 3,
     /// Empty payload; the last record of every segment but the newest.
     Seal = 4,

@@ -15,7 +15,8 @@
 //! * `segment_bytes.rs`: a segment's bytes, read on demand.
 //! * `damage.rs`: torn tail or corruption, and what each
 //!   [`WalRecoveryMode`] does with it.
-//! * `commit.rs`: the epoch-commit payload codec.
+//! * `commit.rs`: the epoch-commit payload's encoding errors as WAL errors
+//!   (the payload itself is `changelog::commit`).
 //!
 //! # Lifecycle and ownership
 //!
@@ -37,7 +38,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod batch;
-pub(crate) mod commit;
+mod commit;
 mod damage;
 mod format;
 mod position;

@@ -16,7 +16,6 @@ use std::error::Error as StdError;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use super::commit::CommitRecord;
 use super::damage::{
     BadSpot, CorruptionReport, SegmentVerdict, TornTail, Verdict, gen_not_before, judge_header,
     judge_missing, judge_spot,
@@ -29,6 +28,7 @@ pub(crate) use super::position::ResumePosition;
 use super::position::{ReplayFrom, ReplayRange, WalPosition, position_in_segment};
 use super::segment_bytes::{SegmentBytes, list_segments};
 use super::{WalError, WalRecoveryMode, io_err};
+use crate::changelog::commit::CommitRecord;
 use crate::coding::FormatError;
 use crate::io::FileSystem;
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::commit::encode_commit_vec;
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, segment_file_name};
 use super::*;
+use crate::changelog::commit::encode_commit_vec;
 use crate::io::{FileSystem, StdFs};
 use crate::testing::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::wal::reader::ResumePosition;
