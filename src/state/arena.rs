@@ -33,6 +33,28 @@
 //! [`Arena`] (the producer side, in Ring 0) owns segment bookkeeping and is
 //! the only writer. [`ArenaReader`] (Ring 1) shares the mappings and reads
 //! records named by changelog entries it has not yet released.
+//!
+//! # Soundness
+//!
+//! This file is where memory safety of the arena is decided. Every access
+//! checks that its bytes lie inside one mapped segment, so no offset, right
+//! or wrong, reaches outside the mappings; a wrong one panics. What a check
+//! cannot see is Ring 1 reading a record while Ring 0 writes it, so the
+//! functions that write bytes Ring 1 may read are `unsafe fn`, each with the
+//! rule its caller keeps, all one rule in the end:
+//!
+//! **Naming rule.** Changelog entries are numbered from 1 in push order. An
+//! entry numbered `n` may name a record only if Ring 0 told the arena `n`
+//! (or more) for that record, when writing it ([`Arena::write`]) or when
+//! overwriting its value ([`Arena::overwrite_value`]). The arena keeps,
+//! per segment, the highest number it was told (`last_ref`), and recycles a
+//! segment only once Ring 1 has released that many entries; a value is
+//! overwritten in place only when every entry naming the record has been
+//! released. So a record Ring 1 may still read is never written.
+//!
+//! Space for a new record is a [`Fresh`] value that only
+//! [`allocate`](Arena::allocate) makes: fresh space is named by no entry,
+//! so writing it races with nothing.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -67,6 +89,37 @@ pub(crate) enum RecordKind {
 #[inline]
 pub(crate) const fn record_size(key_len: usize, value_len: usize) -> usize {
     (HEADER_LEN + key_len + value_len + 7) & !7
+}
+
+/// Records promised arena space but not yet written, in the order they will
+/// be allocated: an update that moves another record first must leave room
+/// for them ([`Arena::reserve`]).
+pub(crate) trait Promised {
+    /// Their sizes, all together.
+    fn bytes(&self) -> usize;
+    /// Their sizes ([`record_size`]), in allocation order.
+    fn sizes(&self) -> impl Iterator<Item = usize> + '_;
+}
+
+/// Records of these sizes; `&[]` promises none.
+impl<const N: usize> Promised for [usize; N] {
+    fn bytes(&self) -> usize {
+        self.iter().sum()
+    }
+    fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.iter().copied()
+    }
+}
+
+/// Space for one record of `size` bytes just taken by
+/// [`Arena::allocate`], not yet written. Only the allocator makes one, so
+/// holding it proves the space is inside a mapped segment and named by no
+/// changelog entry; [`Arena::write`] and [`Arena::copy_record`] consume it.
+#[derive(Debug)]
+#[must_use = "allocated arena space is lost unless written"]
+pub(crate) struct Fresh {
+    offset: u64,
+    size: usize,
 }
 
 /// Where segments live.
@@ -123,42 +176,67 @@ impl std::fmt::Debug for Mappings {
 }
 
 impl Mappings {
-    /// Reads the record at `offset`.
+    /// A pointer to the `len` bytes at `offset`, with `ordering` for the
+    /// load of the segment's base.
+    ///
+    /// # Panics
+    ///
+    /// Unless the bytes lie inside one mapped segment: an offset no
+    /// allocation made (a corrupted index or entry) stops here.
+    #[inline]
+    fn bytes_at(&self, offset: u64, len: usize, ordering: Ordering) -> *mut u8 {
+        let (slot, within) = split_offset(offset, self.shift);
+        let base = self.bases[slot].load(ordering);
+        assert!(
+            !base.is_null() && len <= (1 << self.shift) - within,
+            "arena range {offset:#x} + {len} is not inside one mapped segment"
+        );
+        // SAFETY: `within < 1 << shift`, the segment's length, so the
+        // pointer stays inside the segment's mapping.
+        unsafe { base.add(within) }
+    }
+
+    /// Reads the record at `offset`, 8-aligned, inside one mapped segment
+    /// (checked: see [`bytes_at`](Self::bytes_at)).
     ///
     /// # Safety
     ///
-    /// `offset` must name a record completely written before this call (its
-    /// write happens-before this read), whose bytes no one overwrites while
-    /// the returned borrow lives.
+    /// No one may write the record's bytes while this reads them or while
+    /// the returned borrow lives (a record completely written before this
+    /// call, whose write happens-before it, is read as written).
     #[inline]
-    unsafe fn record<'a>(&'a self, offset: u64) -> RecordRef<'a> {
-        let (slot, within) = split_offset(offset, self.shift);
-        let base = self.bases[slot].load(Ordering::Acquire);
+    unsafe fn record(&self, offset: u64, ordering: Ordering) -> RecordRef<'_> {
         assert!(
-            !base.is_null(),
-            "arena offset {offset:#x} names an unmapped segment"
+            offset.is_multiple_of(8),
+            "arena offset {offset:#x} is not 8-aligned"
         );
-        // SAFETY: the caller guarantees a complete record at `offset`; a
-        // record lies within one segment of `1 << shift` mapped bytes, and
-        // records are 8-aligned on a page-aligned base.
+        let p = self.bytes_at(offset, HEADER_LEN, ordering);
+        // SAFETY: the header's 16 bytes are inside a mapped segment (checked
+        // above) and aligned for `u32`/`u64` (an 8-aligned offset on a
+        // page-aligned base); mapped memory is always initialised, and the
+        // caller excludes a concurrent write.
+        let (word, value_len, seq) = unsafe {
+            (
+                p.cast::<u32>().read(),
+                p.add(4).cast::<u32>().read() as usize,
+                p.add(8).cast::<u64>().read(),
+            )
+        };
+        let key_len = (word & KEY_LEN_MASK) as usize;
+        let kind = match word >> KIND_SHIFT {
+            0 => RecordKind::Put,
+            1 => RecordKind::Tombstone,
+            _ => RecordKind::Commit,
+        };
+        let p = self.bytes_at(offset, HEADER_LEN + key_len + value_len, Ordering::Relaxed);
+        // SAFETY: key and value are inside the same mapped segment (checked
+        // just above, the base already loaded with `ordering`); initialised
+        // and not written concurrently, as above.
         unsafe {
-            let p = base.add(within);
-            let word = p.cast::<u32>().read();
-            let value_len = p.add(4).cast::<u32>().read() as usize;
-            let seq = p.add(8).cast::<u64>().read();
-            let key_len = (word & KEY_LEN_MASK) as usize;
-            let kind = match word >> KIND_SHIFT {
-                0 => RecordKind::Put,
-                1 => RecordKind::Tombstone,
-                _ => RecordKind::Commit,
-            };
-            debug_assert!(within + record_size(key_len, value_len) <= 1 << self.shift);
-            let key = std::slice::from_raw_parts(p.add(HEADER_LEN), key_len);
-            let value = std::slice::from_raw_parts(p.add(HEADER_LEN + key_len), value_len);
             RecordRef {
                 kind,
-                key,
-                value,
+                key: std::slice::from_raw_parts(p.add(HEADER_LEN), key_len),
+                value: std::slice::from_raw_parts(p.add(HEADER_LEN + key_len), value_len),
                 seq,
             }
         }
@@ -174,15 +252,24 @@ pub(crate) struct ArenaReader {
 impl ArenaReader {
     /// Reads the record a changelog entry names.
     ///
+    /// # Panics
+    ///
+    /// If `offset` is not inside a mapped segment (an entry Ring 0 did not
+    /// make).
+    ///
     /// # Safety
     ///
     /// The entry naming `offset` must have been popped from the changelog
-    /// and not yet released (its slot not yet handed back by the consumer):
-    /// the writer then neither overwrites nor recycles the record.
+    /// and not yet released (its slot not yet handed back by the consumer),
+    /// and the returned borrow must end before it is released: by the
+    /// naming rule (module docs), the writer then neither overwrites nor
+    /// recycles the record meanwhile.
     #[inline]
     pub(crate) unsafe fn record(&self, offset: u64) -> RecordRef<'_> {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.maps.record(offset) }
+        // SAFETY: no concurrent write, by the caller's guarantee; the
+        // Acquire load of the segment base pairs with its Release store
+        // when the segment was mapped.
+        unsafe { self.maps.record(offset, Ordering::Acquire) }
     }
 }
 
@@ -366,14 +453,18 @@ impl Arena {
         Ok(slot as u32)
     }
 
-    /// Reserves `size` bytes for a new record and returns its offset.
+    /// Takes `size` bytes (a multiple of 8, at most a segment) for a new
+    /// record.
     ///
     /// When the active segment is full, it is sealed and appends move to a
     /// free segment: a recycled one whose entries Ring 1 has all released
     /// (`released` is asked for only then), or a newly mapped one. Nothing
     /// changes when it fails.
-    pub(crate) fn allocate(&mut self, size: usize, released: &mut impl FnMut() -> u64) -> Result<u64> {
-        debug_assert!(size <= self.segment_size() && size.is_multiple_of(8));
+    pub(crate) fn allocate(&mut self, size: usize, released: &mut impl FnMut() -> u64) -> Result<Fresh> {
+        assert!(
+            size <= self.segment_size() && size.is_multiple_of(8),
+            "arena allocation of {size} bytes"
+        );
         let active = &self.segments[self.active as usize];
         if active.used as usize + size > self.segment_size() {
             let next = self.take_free_segment(released)?;
@@ -390,7 +481,7 @@ impl Arena {
         let offset = ((self.active as u64) << self.shift) | seg.used as u64;
         seg.used += size as u32;
         self.used_bytes += size as u64;
-        Ok(offset)
+        Ok(Fresh { offset, size })
     }
 
     fn take_free_segment(&mut self, released: &mut impl FnMut() -> u64) -> Result<u32> {
@@ -483,16 +574,39 @@ impl Arena {
         }
     }
 
-    /// Writes a record at an offset returned by [`allocate`](Self::allocate),
-    /// to be named by changelog entry `seq`.
-    pub(crate) fn write(&mut self, offset: u64, kind: RecordKind, key: &[u8], value: &[u8], seq: u64) {
-        self.referenced(offset, seq);
-        let base = self.base(offset);
-        debug_assert!(key.len() <= KEY_LEN_MASK as usize);
-        // SAFETY: `allocate` reserved `record_size(key, value)` bytes at
-        // `offset` inside a mapped segment; no entry referencing them has
-        // been pushed yet and no borrow of them exists (we hold `&mut self`),
-        // so nothing else reads them.
+    /// Writes a record into the space `at`, to be named by changelog entry
+    /// `seq` (0: by none), and returns its offset.
+    ///
+    /// # Panics
+    ///
+    /// If the record is larger than the space.
+    ///
+    /// # Safety
+    ///
+    /// The naming rule (module docs): no changelog entry numbered above
+    /// `seq` may name the record, unless a later
+    /// [`overwrite_value`](Self::overwrite_value) is told that number.
+    #[inline]
+    pub(crate) unsafe fn write(
+        &mut self,
+        at: Fresh,
+        kind: RecordKind,
+        key: &[u8],
+        value: &[u8],
+        seq: u64,
+    ) -> u64 {
+        let size = record_size(key.len(), value.len());
+        assert!(
+            size <= at.size && key.len() <= KEY_LEN_MASK as usize,
+            "record of {size} bytes written into {} bytes",
+            at.size
+        );
+        self.referenced(at.offset, seq);
+        let base = self.maps.bytes_at(at.offset, at.size, Ordering::Relaxed);
+        // SAFETY: `at` is space `allocate` took, inside a mapped segment
+        // (and checked again above), 8-aligned, at least `size` bytes.
+        // Fresh space is named by no changelog entry, so Ring 1 does not
+        // read it, and `&mut self` excludes every other borrow of it.
         unsafe {
             base.cast::<u32>()
                 .write(key.len() as u32 | (kind as u32) << KIND_SHIFT);
@@ -501,19 +615,34 @@ impl Arena {
             ptr::copy_nonoverlapping(key.as_ptr(), base.add(HEADER_LEN), key.len());
             ptr::copy_nonoverlapping(value.as_ptr(), base.add(HEADER_LEN + key.len()), value.len());
         }
+        at.offset
     }
 
-    /// Overwrites the value of the put record at `offset` in place.
+    /// Overwrites the value of the put record at `offset`, whose key is
+    /// `key_len` bytes long, in place, to be named by changelog entry `seq`.
     ///
-    /// The caller guarantees the new value pads to the same record size and
-    /// that Ring 1 has released every entry referencing the record
-    /// (`record.seq <= released`).
+    /// # Panics
+    ///
+    /// If the record's bytes are not inside one mapped segment.
+    ///
+    /// # Safety
+    ///
+    /// * Every changelog entry that has named the record so far has been
+    ///   released: Ring 1 reads it no more.
+    /// * The record at `offset` is a put record of a `key_len`-byte key
+    ///   whose size is `record_size(key_len, value.len())`, so the new value
+    ///   ends where the old one did, give or take padding.
+    /// * The naming rule, as for [`write`](Self::write).
     #[inline]
-    pub(crate) fn overwrite_value(&mut self, offset: u64, key_len: usize, value: &[u8], seq: u64) {
+    pub(crate) unsafe fn overwrite_value(&mut self, offset: u64, key_len: usize, value: &[u8], seq: u64) {
         self.referenced(offset, seq);
-        let base = self.base(offset);
-        // SAFETY: the record at `offset` is ours (`&mut self`) and no longer
-        // read by Ring 1 (caller's guarantee); the new value fits its size.
+        let base = self
+            .maps
+            .bytes_at(offset, HEADER_LEN + key_len + value.len(), Ordering::Relaxed);
+        // SAFETY: the bytes are inside one mapped segment (checked above),
+        // the header 8-aligned; they are the record's own (caller), which
+        // Ring 1 no longer reads (caller) and `&mut self` excludes any
+        // other borrow of.
         unsafe {
             base.add(4).cast::<u32>().write(value.len() as u32);
             base.add(8).cast::<u64>().write(seq);
@@ -528,41 +657,61 @@ impl Arena {
         seg.last_ref = seg.last_ref.max(seq);
     }
 
-    /// Copies the record at `from` to `to` (both reserved), marking the copy
-    /// as referenced by no entry.
-    pub(crate) fn copy_record(&mut self, from: u64, to: u64, size: usize) {
-        let (src, dst) = (self.base(from), self.base(to));
-        // SAFETY: both ranges were reserved by `allocate` and lie in mapped
-        // segments; they do not overlap (`to` is fresh space); `&mut self`
-        // excludes other borrows; Ring 1 only reads `from`, never `to`.
+    /// Copies the record at `from` into the space `to`, tagged as named by
+    /// no entry, and returns the copy's offset.
+    ///
+    /// # Panics
+    ///
+    /// If `from` is not a record inside one mapped segment that fits `to`.
+    ///
+    /// # Safety
+    ///
+    /// The naming rule: no changelog entry may name the copy, unless a
+    /// later [`overwrite_value`](Self::overwrite_value) is told its number.
+    pub(crate) unsafe fn copy_record(&mut self, from: u64, to: Fresh) -> u64 {
+        let size = self.record(from).size();
+        assert!(
+            size <= to.size,
+            "record of {size} bytes copied into {} bytes",
+            to.size
+        );
+        let src = self.maps.bytes_at(from, size, Ordering::Relaxed);
+        let dst = self.maps.bytes_at(to.offset, to.size, Ordering::Relaxed);
+        // SAFETY: both ranges are inside mapped segments (checked above);
+        // they do not overlap, `to` being fresh space; Ring 1 may read
+        // `from` (reads do not race) but not the fresh `to`; `&mut self`
+        // excludes other borrows.
         unsafe {
             ptr::copy_nonoverlapping(src, dst, size);
             dst.add(8).cast::<u64>().write(0);
         }
+        to.offset
     }
 
-    #[inline]
-    fn base(&self, offset: u64) -> *mut u8 {
-        let (slot, within) = split_offset(offset, self.shift);
-        let base = self.maps.bases[slot].load(Ordering::Relaxed);
-        // SAFETY: only offsets handed out by `allocate` reach here; their
-        // segment is mapped and `within` is inside it.
-        unsafe { base.add(within) }
-    }
-
-    /// The address of `offset`, for a prefetch hint only (never
-    /// dereferenced through this).
+    /// The address of `offset`, for a prefetch hint only: never
+    /// dereferenced, so any offset will do.
     #[inline]
     pub(crate) fn address(&self, offset: u64) -> usize {
-        self.base(offset).addr()
+        let (slot, within) = split_offset(offset, self.shift);
+        let base = self
+            .maps
+            .bases
+            .get(slot)
+            .map_or(ptr::null_mut(), |b| b.load(Ordering::Relaxed));
+        base.addr().wrapping_add(within)
     }
 
     /// Reads a record this arena wrote.
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not 8-aligned inside a mapped segment, or the record
+    /// there reaches past it: only a corrupted index could ask for that.
     #[inline]
     pub(crate) fn record(&self, offset: u64) -> RecordRef<'_> {
-        // SAFETY: only Ring 0 writes, and it cannot while `&self` is
-        // borrowed; `offset` came from `allocate` and was written.
-        unsafe { self.maps.record(offset) }
+        // SAFETY: only Ring 0 writes arena bytes, and it cannot while
+        // `&self` is borrowed; Ring 1 only reads.
+        unsafe { self.maps.record(offset, Ordering::Relaxed) }
     }
 
     /// The value of the put record at `offset`, given its key and value
@@ -574,13 +723,9 @@ impl Arena {
     /// corrupted index could ask for.
     #[inline]
     pub(crate) fn value(&self, offset: u64, key_len: usize, value_len: usize) -> &[u8] {
-        let (_, within) = split_offset(offset, self.shift);
-        let start = within + HEADER_LEN + key_len;
-        assert!(
-            start + value_len <= self.segment_size(),
-            "arena value at {offset:#x} ({key_len} + {value_len} bytes) crosses its segment"
-        );
-        let base = self.base(offset);
+        let base = self
+            .maps
+            .bytes_at(offset, HEADER_LEN + key_len + value_len, Ordering::Relaxed);
         // SAFETY: the range lies inside one mapped segment (checked above),
         // whose bytes are always initialised; only Ring 0 writes them, and
         // it cannot while `&self` is borrowed.
@@ -669,4 +814,112 @@ fn map_scratch_file(dir: &std::path::Path, slot: usize, size: usize) -> std::io:
     #[cfg(unix)]
     std::fs::remove_file(&path)?;
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena() -> Arena {
+        Arena::new(&ArenaConfig {
+            segment_size: MIN_SEGMENT_SIZE,
+            max_bytes: 64 * MIN_SEGMENT_SIZE as u64,
+            backing: ArenaBacking::Anonymous,
+        })
+        .unwrap()
+    }
+
+    fn never() -> u64 {
+        0
+    }
+
+    /// Writes `key`/`value` as a put named by entry `seq`.
+    fn put(a: &mut Arena, key: &[u8], value: &[u8], seq: u64) -> u64 {
+        let at = a
+            .allocate(record_size(key.len(), value.len()), &mut never)
+            .unwrap();
+        // SAFETY: no Ring 1 reads this arena.
+        unsafe { a.write(at, RecordKind::Put, key, value, seq) }
+    }
+
+    #[test]
+    fn records_read_back_as_written_across_segments() {
+        let mut a = arena();
+        let mut written = Vec::new();
+        for i in 0..200u32 {
+            let key = i.to_le_bytes();
+            let value = vec![i as u8; (i as usize * 7) % 300];
+            written.push((put(&mut a, &key, &value, u64::from(i)), key, value));
+        }
+        assert!(
+            a.mapped_bytes() > MIN_SEGMENT_SIZE as u64,
+            "the records span segments"
+        );
+        for (offset, key, value) in &written {
+            let rec = a.record(*offset);
+            assert_eq!(
+                (rec.kind, rec.key, rec.value),
+                (RecordKind::Put, &key[..], &value[..])
+            );
+            assert_eq!(a.value(*offset, key.len(), value.len()), &value[..]);
+        }
+        // In place: same offset, new value and seq.
+        let (offset, key, _) = &written[3];
+        // SAFETY: no Ring 1 reads this arena; the new value has the old
+        // one's record size.
+        unsafe { a.overwrite_value(*offset, key.len(), &[9; 21], 500) };
+        assert_eq!(
+            (a.record(*offset).value, a.record(*offset).seq),
+            (&[9u8; 21][..], 500)
+        );
+        // A copy is tagged as named by no entry.
+        let size = a.record(*offset).size();
+        let to = a.allocate(size, &mut never).unwrap();
+        // SAFETY: no Ring 1 reads this arena.
+        let copy = unsafe { a.copy_record(*offset, to) };
+        assert_eq!((a.record(copy).value, a.record(copy).seq), (&[9u8; 21][..], 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "not inside one mapped segment")]
+    fn an_offset_in_an_unmapped_segment_panics() {
+        let a = arena();
+        a.record(5 * MIN_SEGMENT_SIZE as u64);
+    }
+
+    #[test]
+    #[should_panic(expected = "not inside one mapped segment")]
+    fn a_value_reaching_past_its_segment_panics() {
+        let mut a = arena();
+        let offset = put(&mut a, b"k", b"v", 1);
+        a.value(offset, 1, MIN_SEGMENT_SIZE);
+    }
+
+    #[test]
+    #[should_panic(expected = "not inside one mapped segment")]
+    fn a_header_announcing_more_than_its_segment_panics() {
+        let mut a = arena();
+        // The last 16 bytes of the segment, as a record whose header says
+        // its key is 1,000 bytes long.
+        let at = a.allocate(MIN_SEGMENT_SIZE - 16, &mut never).unwrap();
+        // SAFETY: no Ring 1 reads this arena.
+        unsafe { a.write(at, RecordKind::Put, b"", b"", 1) };
+        let at = a.allocate(16, &mut never).unwrap();
+        let offset = at.offset;
+        // SAFETY: as above.
+        unsafe { a.write(at, RecordKind::Put, b"", b"", 2) };
+        let p = a.maps.bytes_at(offset, HEADER_LEN, Ordering::Relaxed);
+        // SAFETY: the header is inside the mapped segment; nothing reads it.
+        unsafe { p.cast::<u32>().write(1000) };
+        a.record(offset);
+    }
+
+    #[test]
+    #[should_panic(expected = "written into")]
+    fn a_record_larger_than_its_space_panics() {
+        let mut a = arena();
+        let at = a.allocate(32, &mut never).unwrap();
+        // SAFETY: no Ring 1 reads this arena.
+        unsafe { a.write(at, RecordKind::Put, b"key", &[0; 40], 1) };
+    }
 }

@@ -17,6 +17,24 @@
 //! lines load, and are applied by a later call; reads consult the queue, so
 //! only the changelog sees them late. See [`StateWriter`]'s documentation.
 //!
+//! # Files
+//!
+//! From the bottom up; each imports only files listed before it:
+//!
+//! * `prefetch.rs`: the cache-line prefetch hint.
+//! * `arena.rs`: segments of records; where the arena's memory safety is
+//!   decided (its `unsafe fn`s state what callers keep).
+//! * `index.rs`: the open-addressing index of 32-byte slots.
+//! * `probe.rs`: a key in the form the index compares it.
+//! * `store.rs`: the key-value store over index and arena, compaction.
+//! * `pending.rs`: the write-behind queue.
+//! * `config.rs`, `drain.rs`: [`StateConfig`], and Ring 1's end.
+//! * `epoch.rs`, `publish.rs`: the open epoch and its commit payload; the
+//!   writer's end of the changelog.
+//! * `writer.rs`: [`StateWriter`] and its single-update path.
+//! * `batch.rs`: batches, all or nothing, pipelined.
+//! * `load.rs`: loading recovered state.
+//!
 //! # Drop
 //!
 //! Dropping the writer applies its queued updates and wakes the drain, which
@@ -27,9 +45,13 @@ mod arena;
 mod batch;
 mod config;
 mod drain;
+mod epoch;
 mod index;
+mod load;
 mod pending;
 mod prefetch;
+mod probe;
+mod publish;
 mod store;
 mod writer;
 
@@ -37,5 +59,5 @@ pub use arena::ArenaBacking;
 pub use batch::BatchOp;
 pub use config::StateConfig;
 pub use drain::{Change, StateDrain};
-pub(crate) use writer::BulkLoader;
+pub(crate) use load::BulkLoader;
 pub use writer::{StateWriter, StateWriterStats};

@@ -43,9 +43,9 @@
 //! applies the whole queue before the commit, so an epoch's entries all
 //! precede its commit, as if nothing had been queued.
 
-use super::arena::{MIN_SEGMENT_SIZE, record_size};
+use super::arena::{MIN_SEGMENT_SIZE, Promised, record_size};
 use super::index::{INLINE_KEY, LineProbe};
-use super::store::{Probe, zero_padded};
+use super::probe::{Probe, zero_padded};
 
 /// How many updates the queue holds: how many updates after its own an
 /// update is applied. A DRAM miss must complete between one stage and the
@@ -416,6 +416,16 @@ impl Pending {
                 .any(|later| self.entry(later).matches(update.probe.hash(), update.probe.key()));
             (!superseded).then_some(update)
         })
+    }
+}
+
+/// The queued updates' records, which admission promised arena room.
+impl Promised for Pending {
+    fn bytes(&self) -> usize {
+        self.record_bytes()
+    }
+    fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.record_sizes()
     }
 }
 

@@ -40,10 +40,10 @@
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 
-use super::arena::{Arena, ArenaConfig, ArenaReader, RecordKind, RecordRef, record_size};
-use super::index::{INLINE_KEY, Index, LONG_KEY, LineProbe, Slot, inline_tag};
-use super::pending::Pending;
+use super::arena::{Arena, ArenaConfig, ArenaReader, Promised, RecordKind, RecordRef, record_size};
+use super::index::{Index, LineProbe, Slot};
 use super::prefetch::prefetch;
+use super::probe::Probe;
 use crate::error::{IncrementalCheckpointError, Result};
 
 /// Each update scans up to this many times its own size of the victim.
@@ -51,7 +51,17 @@ pub(crate) const COMPACTION_SCAN_FACTOR: usize = 4;
 
 /// How far the changelog has come, as the store needs to know it to decide
 /// what Ring 1 may still read.
-pub(crate) trait Progress {
+///
+/// # Safety
+///
+/// The store hands these numbers to the arena's `unsafe fn`s, so an
+/// implementation promises what the arena's naming rule needs (see
+/// [`arena`](super::arena)): the entry of the update in progress, if it
+/// pushes one, is numbered [`next_seq`](Self::next_seq), and no entry is
+/// pushed between the store's call and that one; `next_seq` is 0 only if
+/// no entry will ever name the update's record; and the `released_*`
+/// counts never exceed the entries Ring 1 has actually released.
+pub(crate) unsafe trait Progress {
     /// Entries pushed so far.
     fn pushed(&self) -> u64;
     /// The number the update in progress will push its entry as: the
@@ -72,123 +82,6 @@ struct Victim {
     slot: u32,
     cursor: u32,
     end: u32,
-}
-
-/// A key with its [`hash`](StateStore::hash), in the form slots hold it:
-/// built once per update (a queued update keeps its parts and rebuilds it
-/// for free, see [`Probe::from_padded`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Probe<'k> {
-    key: &'k [u8],
-    hash: u64,
-    /// [`Slot::key`] for this key.
-    inline: [u8; INLINE_KEY],
-    /// [`Slot::tag`] for this key.
-    tag: u64,
-}
-
-impl<'k> Probe<'k> {
-    #[inline]
-    pub(crate) fn new(key: &'k [u8], hash: u64) -> Self {
-        match zero_padded(key) {
-            Some(inline) => Self::from_padded(key, hash, inline),
-            None => Self::long(key, hash),
-        }
-    }
-
-    /// [`new`](Self::new) for a key whose [`zero_padded`] form is known:
-    /// `padded`, which is not read for a key longer than [`INLINE_KEY`].
-    #[inline]
-    pub(crate) fn from_padded(key: &'k [u8], hash: u64, padded: [u8; INLINE_KEY]) -> Self {
-        if key.len() > INLINE_KEY {
-            return Self::long(key, hash);
-        }
-        Probe {
-            key,
-            hash,
-            inline: padded,
-            tag: inline_tag(key.len()),
-        }
-    }
-
-    /// The key itself.
-    #[inline]
-    pub(crate) fn key(&self) -> &'k [u8] {
-        self.key
-    }
-
-    /// The key's [`hash`](StateStore::hash).
-    #[inline]
-    pub(crate) fn hash(&self) -> u64 {
-        self.hash
-    }
-
-    /// A key longer than [`INLINE_KEY`]: its slot holds its hash and length.
-    #[inline]
-    fn long(key: &'k [u8], hash: u64) -> Self {
-        Probe {
-            key,
-            hash,
-            inline: (u128::from(hash) | (key.len() as u128) << 64).to_ne_bytes(),
-            tag: LONG_KEY,
-        }
-    }
-
-    /// The slot for this key, whose record is at `offset`.
-    #[inline]
-    fn slot(&self, offset: u64, value_len: usize, seq: u64) -> Slot {
-        Slot::new(self.inline, self.tag, offset, value_len, seq)
-    }
-
-    /// Whether `slot` may hold this key, without reading the arena: exact
-    /// for an inline key, hash and length for a long one. For hints only.
-    #[inline]
-    fn may_match(&self, slot: &Slot) -> bool {
-        slot.key == self.inline && slot.tag() == self.tag
-    }
-
-    /// Whether `slot` holds this key. Only a long key whose hash and length
-    /// match reads the arena.
-    #[inline]
-    fn matches(&self, slot: &Slot, arena: &Arena) -> bool {
-        slot.key == self.inline
-            && slot.tag() == self.tag
-            && (self.tag != LONG_KEY || arena.record(slot.offset()).key == self.key)
-    }
-}
-
-/// `key` zero-padded to [`INLINE_KEY`] bytes, if it fits.
-///
-/// Every update builds this, so it avoids the call to
-/// `memcpy` a copy of a variable length compiles to: two loads of a fixed
-/// width, overlapping when the key is shorter than both together, cover
-/// the key exactly, and OR-ing them is exact because the overlap holds the
-/// same bytes twice. All shifts are of 64-bit words (one instruction each).
-#[inline]
-pub(crate) fn zero_padded(key: &[u8]) -> Option<[u8; INLINE_KEY]> {
-    let n = key.len();
-    // Fixed-width little-endian loads; the ranges are in bounds by the
-    // match arms below.
-    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-    let half = |at: usize| u64::from(u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes")));
-    let (low, high) = match n {
-        // The first eight bytes, and the bytes after them: the top `n - 8`
-        // bytes of the last eight (none for `n == 8`: a shift by 64).
-        8..=INLINE_KEY => (
-            word(0),
-            word(n - 8)
-                .checked_shr(((INLINE_KEY - n) * 8) as u32)
-                .unwrap_or(0),
-        ),
-        4..=7 => (half(0) | half(n - 4) << ((n - 4) * 8), 0),
-        1..=3 => {
-            let byte = |at: usize| u64::from(key[at]) << (at * 8);
-            (byte(0) | byte(n / 2) | byte(n - 1), 0)
-        }
-        0 => (0, 0),
-        _ => return None,
-    };
-    Some((u128::from(low) | u128::from(high) << 64).to_le_bytes())
 }
 
 /// Whether Ring 1 has released every changelog entry that names the record
@@ -278,7 +171,7 @@ impl<S: BuildHasher> StateStore<S> {
     #[inline]
     fn find(&self, probe: &Probe<'_>) -> Option<usize> {
         let arena = &self.arena;
-        self.index.find(probe.hash, |slot| probe.matches(slot, arena))
+        self.index.find(probe.hash(), |slot| probe.matches(slot, arena))
     }
 
     #[inline]
@@ -326,7 +219,7 @@ impl<S: BuildHasher> StateStore<S> {
         let size = self.check_size(key.len(), value.len())?;
         let (written, garbage) =
             self.put_hashed(&Probe::new(key, self.hash(key)), value, size, progress, None)?;
-        self.compact(garbage, progress, None);
+        self.compact(garbage, progress, &[]);
         Ok(written)
     }
 
@@ -346,7 +239,7 @@ impl<S: BuildHasher> StateStore<S> {
         progress: &mut impl Progress,
         hint: Option<usize>,
     ) -> Result<(Written, usize)> {
-        let (key, key_hash) = (probe.key, probe.hash);
+        let (key, key_hash) = (probe.key(), probe.hash());
         let seq = progress.next_seq();
         let arena = &self.arena;
         let found = self
@@ -357,7 +250,11 @@ impl<S: BuildHasher> StateStore<S> {
             let old_size = record_size(key.len(), slot.value_len as usize);
             let offset = slot.offset();
             if old_size == size && released(&self.arena, slot, progress) {
-                self.arena.overwrite_value(offset, key.len(), value, seq);
+                // SAFETY: `released` saw every entry naming the record
+                // released; the slot says it is a put record of this key
+                // whose size is `size`, the new value's; `seq` is the
+                // number of the entry this update pushes (`Progress`).
+                unsafe { self.arena.overwrite_value(offset, key.len(), value, seq) };
                 slot.value_len = value.len() as u32;
                 slot.seq_lo = seq as u32;
                 return Ok((Written { offset, key_hash }, 0));
@@ -405,12 +302,12 @@ impl<S: BuildHasher> StateStore<S> {
     pub(crate) fn locate(&self, probe: &Probe<'_>, from: Option<usize>) -> LineProbe {
         let step = self
             .index
-            .probe_prefetched(probe.hash, from, |slot| probe.may_match(slot));
+            .probe_prefetched(probe.hash(), from, |slot| probe.may_match(slot));
         if let LineProbe::Found(bucket) = step
             && let Some(slot) = self.index.get(bucket)
         {
             let start = self.arena.address(slot.offset());
-            let end = start + record_size(probe.key.len(), slot.value_len as usize);
+            let end = start + record_size(probe.key().len(), slot.value_len as usize);
             let mut line = start & !63;
             while line < end {
                 prefetch(line);
@@ -481,7 +378,7 @@ impl<S: BuildHasher> StateStore<S> {
         let size = self.check_size(key.len(), 0)?;
         let (written, garbage) =
             self.delete_hashed(&Probe::new(key, self.hash(key)), size, progress, None)?;
-        self.compact(garbage, progress, None);
+        self.compact(garbage, progress, &[]);
         Ok(written)
     }
 
@@ -497,7 +394,7 @@ impl<S: BuildHasher> StateStore<S> {
         progress: &mut impl Progress,
         hint: Option<usize>,
     ) -> Result<(Option<Written>, usize)> {
-        let (key, key_hash) = (probe.key, probe.hash);
+        let (key, key_hash) = (probe.key(), probe.hash());
         let arena = &self.arena;
         let Some((bucket, &mut old)) = self
             .index
@@ -520,6 +417,8 @@ impl<S: BuildHasher> StateStore<S> {
         self.append(RecordKind::Commit, payload, &[], seq, size, progress)
     }
 
+    /// Writes a record of `size` bytes for the update in progress, named by
+    /// entry `seq` (its `progress.next_seq()`).
     fn append(
         &mut self,
         kind: RecordKind,
@@ -529,20 +428,21 @@ impl<S: BuildHasher> StateStore<S> {
         size: usize,
         progress: &mut impl Progress,
     ) -> Result<u64> {
-        let offset = self.arena.allocate(size, &mut || progress.released_now())?;
-        self.arena.write(offset, kind, key, value, seq);
-        Ok(offset)
+        let at = self.arena.allocate(size, &mut || progress.released_now())?;
+        // SAFETY: `seq` is `progress.next_seq()`: the entry naming the
+        // record, if any, is that one (`Progress`'s contract).
+        Ok(unsafe { self.arena.write(at, kind, key, value, seq) })
     }
 
     /// Evacuates live records from the emptiest sealed segment, scanning at
     /// most `budget` bytes of it. A record moves only if the arena keeps
     /// room for the `queued` updates' records after it, which their
-    /// admission promised them.
+    /// admission promised them (`&[]`: none).
     pub(crate) fn compact(
         &mut self,
         mut budget: usize,
         progress: &mut impl Progress,
-        queued: Option<&Pending>,
+        queued: &impl Promised,
     ) {
         let segment = self.arena.segment_size() as u64;
         while budget > 0 {
@@ -602,21 +502,24 @@ impl<S: BuildHasher> StateStore<S> {
         bucket: usize,
         size: usize,
         progress: &mut impl Progress,
-        queued: Option<&Pending>,
+        queued: &impl Promised,
     ) -> bool {
-        if let Some(queued) = queued.filter(|q| !q.is_empty()) {
-            let sizes = std::iter::once(size).chain(queued.record_sizes());
-            let reserved = self.arena.reserve(size + queued.record_bytes(), sizes, &mut || {
-                progress.released_now()
-            });
+        if queued.bytes() > 0 {
+            let sizes = std::iter::once(size).chain(queued.sizes());
+            let reserved = self
+                .arena
+                .reserve(size + queued.bytes(), sizes, &mut || progress.released_now());
             if reserved.is_err() {
                 return false;
             }
         }
-        let Ok(to) = self.arena.allocate(size, &mut || progress.released_now()) else {
+        let Ok(fresh) = self.arena.allocate(size, &mut || progress.released_now()) else {
             return false;
         };
-        self.arena.copy_record(offset, to, size);
+        // SAFETY: the slot below is given seq 0 (named by no entry), so
+        // the copy is named by no entry until an in-place overwrite tells
+        // the arena the entry's number.
+        let to = unsafe { self.arena.copy_record(offset, fresh) };
         self.arena.add_live(to, size);
         self.arena.kill(offset, size);
         if let Some(slot) = self.index.get_mut(bucket) {
@@ -649,7 +552,7 @@ impl<S: BuildHasher> StateStore<S> {
             assert_eq!(rec.seq as u32, slot.seq_lo, "slot seq of {:?}", rec.key);
             let hash = self.hash(rec.key);
             let probe = Probe::new(rec.key, hash);
-            assert_eq!((slot.key, slot.tag()), (probe.inline, probe.tag));
+            assert!(probe.may_match(slot), "slot key of {:?}", rec.key);
             assert_eq!(slot.rehash(&self.hasher), hash);
             let bucket = self.find(&probe).expect("slot's key is found");
             assert_eq!(self.index.get(bucket).map(Slot::offset), Some(slot.offset()));
@@ -669,26 +572,12 @@ mod tests {
     use super::*;
     use crate::state::arena::ArenaBacking;
 
-    #[test]
-    fn zero_padded_copies_every_short_key_exactly() {
-        let source: Vec<u8> = (1..=40).collect();
-        for start in 0..8 {
-            for len in 0..=24 {
-                let key = &source[start..start + len];
-                let expected = (len <= INLINE_KEY).then(|| {
-                    let mut inline = [0u8; INLINE_KEY];
-                    inline[..len].copy_from_slice(key);
-                    inline
-                });
-                assert_eq!(zero_padded(key), expected, "key of {len} bytes at {start}");
-            }
-        }
-    }
-
     /// A changelog whose consumer keeps up instantly.
     #[derive(Default)]
     struct Instant(u64);
-    impl Progress for Instant {
+    // SAFETY: no Ring 1 reads this test's arena; the tests push (count)
+    // one entry per update, after it.
+    unsafe impl Progress for Instant {
         fn pushed(&self) -> u64 {
             self.0
         }
@@ -706,7 +595,8 @@ mod tests {
         pushed: u64,
         released: u64,
     }
-    impl Progress for Manual {
+    // SAFETY: as for `Instant`: no Ring 1 reads the arena.
+    unsafe impl Progress for Manual {
         fn pushed(&self) -> u64 {
             self.pushed
         }
@@ -950,7 +840,8 @@ mod tests {
             pushed: u64,
             lag: u64,
         }
-        impl Progress for Lagging {
+        // SAFETY: as for `Instant`: no Ring 1 reads the arena.
+        unsafe impl Progress for Lagging {
             fn pushed(&self) -> u64 {
                 self.pushed
             }
