@@ -161,3 +161,76 @@ fn ring0_updates_allocate_nothing_after_warm_up() {
         "{during} heap allocations in 100,000 Ring 0 updates after warm-up"
     );
 }
+
+/// Puts of ever new keys with the default configuration (an index sized
+/// for 1,024 keys): the index grows nine times and the arena maps a
+/// segment every 8,000 or so puts during the counted stretch, and no put
+/// allocates, whether it starts a growth, moves slots of one under way,
+/// or maps a segment.
+#[test]
+fn ring0_updates_allocate_nothing_while_the_index_grows() {
+    let config = StateConfig::new()
+        .with_changelog_capacity(8192)
+        .with_arena_segment_size(1 << 20);
+    let (mut writer, mut drain) = StateWriter::standalone(config).unwrap();
+    let consumer = thread::spawn(move || {
+        loop {
+            let abandoned = drain.is_abandoned();
+            if drain.drain(1024, |_| {}) == 0 {
+                if abandoned {
+                    break;
+                }
+                thread::yield_now();
+            }
+        }
+    });
+    let value = [0x5au8; 100];
+    let put = |writer: &mut StateWriter, i: u64| {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+        key[8..].copy_from_slice(&i.to_le_bytes());
+        while let Err(e) = writer.put(&key, &value) {
+            assert!(e.is_transient(), "{e}");
+            thread::yield_now();
+        }
+    };
+    // Warm-up: the first puts, a source name and a commit.
+    for i in 0..1000 {
+        put(&mut writer, i);
+    }
+    writer.set_source_offset("orders-0", 0);
+    writer.commit_epoch().unwrap();
+    let capacity = writer.stats().index_capacity;
+
+    let before = allocations();
+    let mut migrating_seen = 0;
+    for i in 1000..600_000 {
+        put(&mut writer, i);
+        if i % 1000 == 999 {
+            writer.set_source_offset("orders-0", i);
+            while writer.commit_epoch().is_err() {
+                thread::yield_now();
+            }
+            migrating_seen += usize::from(writer.stats().index_keys_to_move > 0);
+        }
+    }
+    let during = allocations() - before;
+
+    let stats = writer.stats();
+    assert!(
+        stats.index_capacity >= 512 * capacity,
+        "the index grew from {capacity} to only {} keys",
+        stats.index_capacity
+    );
+    assert!(
+        migrating_seen > 10,
+        "a growth was under way at {migrating_seen} commits"
+    );
+    assert_eq!(stats.keys, 600_000);
+    drop(writer);
+    consumer.join().unwrap();
+    assert_eq!(
+        during, 0,
+        "{during} heap allocations in 599,000 puts while the index grew"
+    );
+}

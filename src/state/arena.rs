@@ -56,13 +56,14 @@
 //! [`allocate`](Arena::allocate) makes: fresh space is named by no entry,
 //! so writing it races with nothing.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::MmapMut;
+
+use super::prepare::{Memory, Preparer, Purpose, Taken};
 
 use crate::error::{IncrementalCheckpointError, Result};
 
@@ -342,7 +343,14 @@ pub(crate) struct Arena {
     /// `maps.shift`, kept here too: every update computes with it, and
     /// this copy needs no load through the `Arc`.
     shift: u32,
-    backing: ArenaBacking,
+    /// What a segment is: anonymous memory or a scratch file there.
+    memory: Memory,
+    /// Maps the next segment ahead of need; `None` if there is no helper.
+    prep: Option<Arc<Preparer>>,
+    /// Whether the next segment has been asked of the helper.
+    asked: bool,
+    /// Segments Ring 0 had to map itself, the helper's not being ready.
+    inline_maps: u64,
     segments: Vec<Segment>,
     /// Slots free for reuse (capacity reserved for every slot).
     free: Vec<u32>,
@@ -354,11 +362,23 @@ pub(crate) struct Arena {
 }
 
 impl Arena {
-    pub(crate) fn new(config: &ArenaConfig) -> Result<Self> {
+    /// An arena with its first segment mapped and faulted in. `prep`, if
+    /// any, maps later segments ahead of need.
+    pub(crate) fn new(config: &ArenaConfig, prep: Option<Arc<Preparer>>) -> Result<Self> {
         config.validate()?;
         let size = config.segment_size;
         let slots = config.slots();
         let shift = size.trailing_zeros();
+        let memory = match &config.backing {
+            ArenaBacking::Anonymous => Memory::Anonymous {
+                len: size,
+                huge_pages: true,
+            },
+            ArenaBacking::File(dir) => Memory::File {
+                dir: dir.as_path().into(),
+                len: size,
+            },
+        };
         let mut arena = Self {
             shift,
             maps: Arc::new(Mappings {
@@ -366,15 +386,20 @@ impl Arena {
                 bases: (0..slots).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
                 maps: Mutex::new(Vec::with_capacity(slots)),
             }),
-            backing: config.backing.clone(),
+            memory,
+            prep,
+            asked: false,
+            inline_maps: 0,
             segments: Vec::with_capacity(slots),
             free: Vec::with_capacity(slots),
             active: 0,
             used_bytes: 0,
             live_bytes: 0,
         };
-        arena.active = arena.map_segment()?;
+        let first = arena.memory.map(true).map_err(|e| arena.map_error(e))?;
+        arena.active = arena.install(first);
         arena.segments[0].state = SegState::Active;
+        arena.ask_ahead();
         Ok(arena)
     }
 
@@ -416,28 +441,57 @@ impl Arena {
         split_offset(offset, self.shift).0
     }
 
-    fn map_segment(&mut self) -> Result<u32> {
-        let size = self.segment_size();
-        let slot = self.segments.len();
-        let mut map = match &self.backing {
-            ArenaBacking::Anonymous => MmapOptions::new().len(size).map_anon().inspect(|map| {
-                // Random access over many megabytes misses the TLB on 4 KiB
-                // pages; transparent huge pages (where the kernel allows
-                // them) cut that. Only a hint: failure changes nothing.
-                #[cfg(target_os = "linux")]
-                let _ = map.advise(memmap2::Advice::HugePage);
-                #[cfg(not(target_os = "linux"))]
-                let _ = map;
-            }),
-            ArenaBacking::File(dir) => map_scratch_file(dir, slot, size),
-        }
-        .map_err(|source| IncrementalCheckpointError::Io {
-            path: match &self.backing {
-                ArenaBacking::Anonymous => PathBuf::from("<anonymous arena segment>"),
-                ArenaBacking::File(dir) => dir.clone(),
+    /// Segments Ring 0 mapped itself after the first, because the
+    /// helper's was not ready (each a system call or more on an update).
+    pub(crate) fn inline_maps(&self) -> u64 {
+        self.inline_maps
+    }
+
+    fn map_error(&self, source: std::io::Error) -> IncrementalCheckpointError {
+        IncrementalCheckpointError::Io {
+            path: match &self.memory {
+                Memory::Anonymous { .. } => PathBuf::from("<anonymous arena segment>"),
+                Memory::File { dir, .. } => dir.to_path_buf(),
             },
             source,
-        })?;
+        }
+    }
+
+    /// Maps a new segment, free for appends: the one the helper prepared
+    /// if it is ready, else one mapped here; then asks the helper for the
+    /// next. Returns its slot.
+    fn map_segment(&mut self) -> Result<u32> {
+        let prepared = match (&self.prep, std::mem::take(&mut self.asked)) {
+            (Some(prep), true) => match prep.take(Purpose::Segment) {
+                Taken::Ready([Some(map), None]) if map.len() == self.segment_size() => Some(map),
+                Taken::Ready(_) | Taken::None => None,
+                Taken::Pending => {
+                    // Still mapping it: collected and used next time.
+                    self.asked = true;
+                    None
+                }
+            },
+            _ => None,
+        };
+        let map = match prepared {
+            Some(map) => map,
+            None => {
+                // On 4 KiB pages: each first touch then costs an append a
+                // microsecond or so, where a huge page's would stall one
+                // for a tenth of a millisecond or more.
+                self.inline_maps += 1;
+                let memory = self.memory.clone().with_huge_pages(false);
+                memory.map(false).map_err(|e| self.map_error(e))?
+            }
+        };
+        let slot = self.install(map);
+        self.ask_ahead();
+        Ok(slot)
+    }
+
+    /// Adds `map` as the next segment slot, free.
+    fn install(&mut self, mut map: MmapMut) -> u32 {
+        let slot = self.segments.len();
         self.maps.bases[slot].store(map.as_mut_ptr(), Ordering::Release);
         self.maps
             .maps
@@ -450,7 +504,19 @@ impl Arena {
             live: 0,
             last_ref: 0,
         });
-        Ok(slot as u32)
+        slot as u32
+    }
+
+    /// Asks the helper for the next segment, unless one is asked for
+    /// already or the address space has no room for another.
+    fn ask_ahead(&mut self) {
+        if let Some(prep) = &self.prep
+            && !self.asked
+            && self.segments.len() + 1 < self.maps.bases.len()
+        {
+            // Busy: asked again when the next segment is mapped.
+            self.asked = prep.ask(Purpose::Segment, [Some(self.memory.clone()), None]);
+        }
     }
 
     /// Takes `size` bytes (a multiple of 8, at most a segment) for a new
@@ -771,61 +837,19 @@ impl Arena {
     }
 }
 
-/// Sizes a scratch file and, where the platform can, allocates its blocks
-/// now: a sparse file's pages are allocated when Ring 0 first writes them
-/// through the map, and on a full file system that write is a SIGBUS that
-/// kills the process instead of an error. (glibc's `posix_fallocate`
-/// writes the blocks itself on file systems without `fallocate`; where it
-/// is refused as unsupported, the file stays sparse.)
-fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
-    file.set_len(len)?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::io::AsRawFd;
-        let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-        // SAFETY: a valid open descriptor; the call only reads its
-        // integer arguments.
-        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        if r != 0 && r != libc::EOPNOTSUPP && r != libc::ENOSYS {
-            return Err(std::io::Error::from_raw_os_error(r));
-        }
-    }
-    Ok(())
-}
-
-fn map_scratch_file(dir: &std::path::Path, slot: usize, size: usize) -> std::io::Result<MmapMut> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("arena-{}-{slot}.seg", std::process::id()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    if let Err(e) = allocate(&file, size as u64) {
-        drop(file);
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    // SAFETY: the file was just created by us and is unlinked below (on
-    // Unix) before anyone else can open it, so no other process or handle
-    // modifies the mapped bytes.
-    let map = unsafe { MmapOptions::new().len(size).map_mut(&file) };
-    #[cfg(unix)]
-    std::fs::remove_file(&path)?;
-    map
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn arena() -> Arena {
-        Arena::new(&ArenaConfig {
-            segment_size: MIN_SEGMENT_SIZE,
-            max_bytes: 64 * MIN_SEGMENT_SIZE as u64,
-            backing: ArenaBacking::Anonymous,
-        })
+        Arena::new(
+            &ArenaConfig {
+                segment_size: MIN_SEGMENT_SIZE,
+                max_bytes: 64 * MIN_SEGMENT_SIZE as u64,
+                backing: ArenaBacking::Anonymous,
+            },
+            None,
+        )
         .unwrap()
     }
 

@@ -147,7 +147,7 @@ impl StateWriter {
     /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) when
     /// the changelog has no room for the whole batch (backpressure: retry
     /// the same batch once Ring 1 has caught up; every update of it is
-    /// counted in [`StateWriterStats::changelog_overflows`]);
+    /// counted in [`StateWriterStats::changelog_overflows`](super::StateWriterStats::changelog_overflows));
     /// [`BatchTooLarge`](IncrementalCheckpointError::BatchTooLarge) when it
     /// is longer than the changelog ring, so no wait could help;
     /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) when the arena
@@ -209,7 +209,7 @@ impl StateWriter {
 
     /// The most updates one [`put_batch`](Self::put_batch) or
     /// [`apply_batch`](Self::apply_batch) may hold: the changelog's
-    /// capacity ([`StateConfig::with_changelog_capacity`], rounded up to a
+    /// capacity ([`StateConfig::with_changelog_capacity`](super::StateConfig::with_changelog_capacity), rounded up to a
     /// power of two).
     pub fn max_batch_len(&self) -> usize {
         self.log.capacity()

@@ -72,6 +72,7 @@ unsafe impl Progress for Loading {
     fn released_now(&mut self) -> u64 {
         u64::MAX
     }
+    const LOADING: bool = true;
 }
 
 impl StateWriter {
@@ -81,7 +82,9 @@ impl StateWriter {
         self.log.pushed() == 0 && self.pending.is_empty()
     }
 
-    /// Loads a recovered put, before Ring 1 starts: no changelog entry.
+    /// Loads a recovered put, before Ring 1 starts: no changelog entry. If
+    /// the index must grow for it, it grows at once, with no migration
+    /// left for the updates after recovery.
     pub(crate) fn load_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         debug_assert!(self.untouched(), "recovered state loads before any update");
         self.store.put(key, value, &mut Loading).map(drop)
@@ -110,7 +113,7 @@ impl StateWriter {
                 reason: RecoveryFailure::StateNotEmpty,
             });
         }
-        self.store.reserve(expected_keys)?;
+        self.store.reserve_loading(expected_keys)?;
         Ok(BulkLoader {
             store: &mut self.store,
             last: Vec::new(),
@@ -163,6 +166,42 @@ mod tests {
         assert_eq!(w.len(), 1001);
         assert_eq!(w.get(&7u32.to_be_bytes()), Some(&b"new"[..]));
         assert_eq!(w.iter().count(), 1001);
+    }
+
+    /// Recovery sizes the index once for the chain it bulk-loads, and keys
+    /// the WAL adds beyond it grow the index at once: no growth is left
+    /// under way for the updates after recovery, and nothing is counted
+    /// as mapped by an update.
+    #[test]
+    fn loading_leaves_no_growth_under_way() {
+        let mut w = writer();
+        let keys: Vec<[u8; 8]> = (0..100_000u64).map(u64::to_be_bytes).collect();
+        let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &b"v"[..])).collect();
+        let mut loader = w.bulk_loader(entries.len()).unwrap();
+        loader.put_all(&entries).unwrap();
+        let stats = w.stats();
+        assert!(stats.index_capacity >= 100_000);
+        assert_eq!((stats.index_keys_to_move, stats.maps_not_prepared), (0, 0));
+        // The WAL's puts of new keys: the index grows (several times) as
+        // they need it, each time at once.
+        for k in 100_000..400_000u64 {
+            w.load_put(&k.to_be_bytes(), b"w").unwrap();
+            if k % 10_000 == 0 {
+                assert_eq!(
+                    w.stats().index_keys_to_move,
+                    0,
+                    "a growth left under way at key {k}"
+                );
+            }
+        }
+        let stats = w.stats();
+        assert!(stats.index_capacity >= 400_000);
+        assert_eq!(
+            (stats.index_keys_to_move, stats.maps_not_prepared, stats.keys),
+            (0, 0, 400_000)
+        );
+        assert_eq!(w.get(&5u64.to_be_bytes()), Some(&b"v"[..]));
+        assert_eq!(w.get(&300_000u64.to_be_bytes()), Some(&b"w"[..]));
     }
 
     #[test]

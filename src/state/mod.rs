@@ -11,6 +11,12 @@
 //! the arena record the entry names, and only then releases the entry, which
 //! is what allows Ring 0 to recycle that memory.
 //!
+//! The store also starts a helper thread (`prepare.rs`) that maps and
+//! faults in the memory the arena and index will need next, and unmaps
+//! what index growth gave up, so that no update makes those system calls.
+//! The writer talks to it without ever waiting for it; it ends on its own
+//! once the writer is dropped.
+//!
 //! # Write-behind
 //!
 //! Small single updates wait in a short queue (`pending`) while their cache
@@ -22,9 +28,13 @@
 //! From the bottom up; each imports only files listed before it:
 //!
 //! * `prefetch.rs`: the cache-line prefetch hint.
+//! * `prepare.rs`: the helper thread that maps and faults in memory ahead
+//!   of need, and unmaps what growth gave up, so no update does.
 //! * `arena.rs`: segments of records; where the arena's memory safety is
 //!   decided (its `unsafe fn`s state what callers keep).
-//! * `index.rs`: the open-addressing index of 32-byte slots.
+//! * `index/`: the open-addressing index of 32-byte slots (`slot.rs`), one
+//!   table (`table.rs`), and growth by moving into a larger table a few
+//!   slots per update (`mod.rs`).
 //! * `probe.rs`: a key in the form the index compares it.
 //! * `store.rs`: the key-value store over index and arena, compaction.
 //! * `pending.rs`: the write-behind queue.
@@ -39,7 +49,8 @@
 //!
 //! Dropping the writer applies its queued updates and wakes the drain, which
 //! can still drain every entry pushed before; the arena mappings are
-//! unmapped when both halves are gone.
+//! unmapped when both halves are gone. The helper thread finishes what it
+//! is doing and ends.
 
 mod arena;
 mod batch;
@@ -50,6 +61,7 @@ mod index;
 mod load;
 mod pending;
 mod prefetch;
+mod prepare;
 mod probe;
 mod publish;
 mod store;

@@ -39,10 +39,12 @@
 
 use std::hash::BuildHasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::arena::{Arena, ArenaConfig, ArenaReader, Promised, RecordKind, RecordRef, record_size};
 use super::index::{Index, LineProbe, Slot};
 use super::prefetch::prefetch;
+use super::prepare::Preparer;
 use super::probe::Probe;
 use crate::error::{IncrementalCheckpointError, Result};
 
@@ -74,6 +76,10 @@ pub(crate) unsafe trait Progress {
     fn released_cached(&self) -> u64;
     /// Entries Ring 1 has released, read now.
     fn released_now(&mut self) -> u64;
+    /// Whether the updates load recovered state, before Ring 1 starts: no
+    /// one waits on a single update then, so the index grows at once, on
+    /// huge pages, instead of a few slots per update.
+    const LOADING: bool = false;
 }
 
 /// The segment being evacuated and how far.
@@ -140,10 +146,15 @@ impl StateStore {
 }
 
 impl<S: BuildHasher> StateStore<S> {
+    /// A store whose index has room for `expected_keys` keys before it
+    /// grows. It starts the helper thread that prepares its memory
+    /// (`prepare.rs`).
     pub(crate) fn with_hasher(config: &ArenaConfig, expected_keys: usize, hasher: S) -> Result<Self> {
+        config.validate()?;
+        let prep = Preparer::start().map(Arc::new);
         Ok(Self {
-            arena: Arena::new(config)?,
-            index: Index::with_capacity(expected_keys).map_err(index_error)?,
+            arena: Arena::new(config, prep.clone())?,
+            index: Index::with_capacity(expected_keys, prep).map_err(index_error)?,
             hasher,
             victim: None,
             quiet_until: 0,
@@ -160,6 +171,10 @@ impl<S: BuildHasher> StateStore<S> {
 
     pub(crate) fn arena(&self) -> &Arena {
         &self.arena
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
     }
 
     #[inline]
@@ -231,14 +246,16 @@ impl<S: BuildHasher> StateStore<S> {
     /// [`locate`](Self::locate) saw the key, if it did.
     /// Nothing changes on error.
     #[inline]
-    pub(crate) fn put_hashed(
+    pub(crate) fn put_hashed<P: Progress>(
         &mut self,
         probe: &Probe<'_>,
         value: &[u8],
         size: usize,
-        progress: &mut impl Progress,
+        progress: &mut P,
         hint: Option<usize>,
     ) -> Result<(Written, usize)> {
+        // Every update moves a few slots of a growing index along.
+        self.index.migrate(&self.hasher);
         let (key, key_hash) = (probe.key(), probe.hash());
         let seq = progress.next_seq();
         let arena = &self.arena;
@@ -260,6 +277,8 @@ impl<S: BuildHasher> StateStore<S> {
                 return Ok((Written { offset, key_hash }, 0));
             }
             old = Some((bucket, offset, old_size));
+        } else if P::LOADING {
+            self.reserve_loading(1)?;
         } else {
             // A new key: make room in the index before anything changes.
             self.reserve(1)?;
@@ -348,6 +367,19 @@ impl<S: BuildHasher> StateStore<S> {
         self.index.reserve(additional, &self.hasher).map_err(index_error)
     }
 
+    /// [`reserve`](Self::reserve) for loading recovered state: a growth
+    /// happens at once, into a table on huge pages, and leaves nothing to
+    /// move for the updates after recovery.
+    ///
+    /// # Errors
+    ///
+    /// As for [`reserve`](Self::reserve).
+    pub(crate) fn reserve_loading(&mut self, additional: usize) -> Result<()> {
+        self.index
+            .reserve_at_once(additional, &self.hasher)
+            .map_err(index_error)
+    }
+
     /// Adds `key`, which the store must not hold, without looking it up:
     /// for loading a checkpoint chain, whose merged keys are distinct
     /// ([`StateWriter::bulk_loader`](super::StateWriter) guarantees it by
@@ -365,7 +397,7 @@ impl<S: BuildHasher> StateStore<S> {
         debug_assert!(self.get(key).is_none(), "insert_new of a key the store holds");
         let probe = Probe::new(key, key_hash);
         let seq = progress.next_seq();
-        self.reserve(1)?;
+        self.reserve_loading(1)?;
         let offset = self.append(RecordKind::Put, key, value, seq, size, progress)?;
         self.arena.add_live(offset, size);
         self.index.insert(key_hash, probe.slot(offset, value.len(), seq));
@@ -394,6 +426,7 @@ impl<S: BuildHasher> StateStore<S> {
         progress: &mut impl Progress,
         hint: Option<usize>,
     ) -> Result<(Option<Written>, usize)> {
+        self.index.migrate(&self.hasher);
         let (key, key_hash) = (probe.key(), probe.hash());
         let arena = &self.arena;
         let Some((bucket, &mut old)) = self

@@ -33,9 +33,9 @@ use crate::status::Ring1Watch;
 ///
 /// Updates never block. When Ring 1 has fallen behind by a whole changelog
 /// ring, an update returns
-/// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) and changes
+/// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow) and changes
 /// nothing; retry it once Ring 1 has caught up (the error
-/// [`is_transient`](IncrementalCheckpointError::is_transient)).
+/// [`is_transient`](crate::incremental::IncrementalCheckpointError::is_transient)).
 ///
 /// # Cache misses, write-behind and batches
 ///
@@ -64,12 +64,33 @@ use crate::status::Ring1Watch;
 /// or not at all. [`prefetch`](Self::prefetch) lets a caller that can see
 /// the next few events start their loads earlier still.
 ///
-/// # Allocation
+/// # Growth
 ///
-/// After warm-up (the index has room for the keys, the arena has mapped the
-/// segments it cycles through, every source name has been seen once), puts,
-/// deletes, batches, gets and commits allocate nothing and make no system call,
-/// except that a commit may wake the Ring 1 task.
+/// The state may grow without bound (up to the arena's limit), and no
+/// single update pays for it. When the index must grow, it maps a table
+/// twice as large and moves its slots into it a few at a time: each update
+/// moves the slots of 4 index buckets, and lookups meanwhile find a key in
+/// either table. The arena's next segment, and the index's next table, are
+/// mapped and their pages faulted in ahead of need by a helper thread
+/// (`laminar-ring0-prep`, one per writer; it also unmaps the table an
+/// index has moved out of), so an update finds memory ready instead of
+/// making system calls and page faults: with transparent huge pages, a
+/// first touch of fresh memory stalls for 0.1 to 0.5 ms. Should the helper
+/// be late (a machine short of CPU), the index fills past three-quarters
+/// while it finishes, and past seven-eighths an update maps the memory
+/// itself on 4 KiB pages, whose first touches cost microseconds, not
+/// milliseconds; [`StateWriterStats::maps_not_prepared`] counts those.
+/// [`StateConfig::with_expected_keys`] says what sizing the index up front
+/// still buys.
+///
+/// # Allocation and system calls
+///
+/// After warm-up (the first updates have been made, every source name has
+/// been seen once), puts, deletes, batches, gets and commits allocate
+/// nothing, also while the index grows. They make no system call, except
+/// that a commit may wake the Ring 1 task, and that asking the helper
+/// thread for the next arena segment or index table wakes it (once per
+/// segment and per growth).
 pub struct StateWriter {
     pub(super) store: StateStore,
     /// The changelog's producing end.
@@ -94,8 +115,8 @@ impl StateWriter {
     ///
     /// # Errors
     ///
-    /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) for an
-    /// invalid setting; [`Io`](IncrementalCheckpointError::Io) when the
+    /// [`InvalidConfig`](crate::incremental::IncrementalCheckpointError::InvalidConfig) for an
+    /// invalid setting; [`Io`](crate::incremental::IncrementalCheckpointError::Io) when the
     /// first arena segment or the index cannot be mapped.
     pub fn standalone(config: StateConfig) -> Result<(StateWriter, StateDrain)> {
         Self::with_first_epoch(config, 1)
@@ -133,12 +154,12 @@ impl StateWriter {
     /// # Errors
     ///
     /// Nothing is changed on error.
-    /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) when the
+    /// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow) when the
     /// changelog is full (backpressure);
-    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) at the arena's
-    /// size limit; [`RecordTooLarge`](IncrementalCheckpointError::RecordTooLarge)
+    /// [`ArenaFull`](crate::incremental::IncrementalCheckpointError::ArenaFull) at the arena's
+    /// size limit; [`RecordTooLarge`](crate::incremental::IncrementalCheckpointError::RecordTooLarge)
     /// when key and value do not fit in one arena segment;
-    /// [`Io`](IncrementalCheckpointError::Io) when a new arena segment,
+    /// [`Io`](crate::incremental::IncrementalCheckpointError::Io) when a new arena segment,
     /// or the larger index a new key needs, cannot be mapped.
     #[inline]
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -337,12 +358,12 @@ impl StateWriter {
     /// # Errors
     ///
     /// Nothing is changed on error (the epoch stays open).
-    /// [`BufferOverflow`](IncrementalCheckpointError::BufferOverflow) and
-    /// [`ArenaFull`](IncrementalCheckpointError::ArenaFull) as for
-    /// [`put`](Self::put); [`Wal`](IncrementalCheckpointError::Wal) when a
+    /// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow) and
+    /// [`ArenaFull`](crate::incremental::IncrementalCheckpointError::ArenaFull) as for
+    /// [`put`](Self::put); [`Wal`](crate::incremental::IncrementalCheckpointError::Wal) when a
     /// source name is longer than 65,535 bytes;
-    /// [`Failed`](IncrementalCheckpointError::Failed) or
-    /// [`ShutDown`](IncrementalCheckpointError::ShutDown) when the manager's
+    /// [`Failed`](crate::incremental::IncrementalCheckpointError::Failed) or
+    /// [`ShutDown`](crate::incremental::IncrementalCheckpointError::ShutDown) when the manager's
     /// Ring 1 has stopped, since the epoch could never become durable.
     pub fn commit_epoch(&mut self) -> Result<u64> {
         self.log.check_ring1()?;
@@ -410,6 +431,9 @@ impl StateWriter {
             changelog_pushed: self.log.pushed(),
             changelog_pending: self.log.unreleased(),
             changelog_overflows: self.log.overflow_count(),
+            index_capacity: self.store.index().capacity() as u64,
+            index_keys_to_move: self.store.index().keys_to_move() as u64,
+            maps_not_prepared: arena.inline_maps() + self.store.index().inline_maps(),
         }
     }
 }
@@ -500,4 +524,14 @@ pub struct StateWriterStats {
     pub changelog_pending: u64,
     /// Updates refused because the changelog was full.
     pub changelog_overflows: u64,
+    /// Keys the index holds before it grows again.
+    pub index_capacity: u64,
+    /// Keys still to move from the index's previous table to its current
+    /// one: above 0 while the index grows (see "Growth" on
+    /// [`StateWriter`]).
+    pub index_keys_to_move: u64,
+    /// Arena segments and index tables an update had to map itself because
+    /// the helper thread had not prepared them in time: each cost that
+    /// update a system call and page faults. 0 is the norm.
+    pub maps_not_prepared: u64,
 }
