@@ -68,7 +68,8 @@ impl Memory {
                 #[cfg(not(target_os = "linux"))]
                 let _ = huge_pages;
                 if populate {
-                    fault_in_fresh(&mut map);
+                    let len = map.len();
+                    fault_in_fresh(&mut map, 0, len);
                 }
                 Ok(map)
             }
@@ -77,16 +78,18 @@ impl Memory {
     }
 }
 
-/// Faults in every page of `map` writable, so that no later access
-/// faults, without touching its bytes (`MADV_POPULATE_WRITE`, Linux 5.14
-/// and later): safe while another thread uses the memory. Advice only;
-/// whether it was taken.
-fn fault_in(map: &MmapMut) -> bool {
+/// Faults in the pages of `len` bytes of `map` from `offset` writable, so
+/// that no later access faults, without touching their bytes
+/// (`MADV_POPULATE_WRITE`, Linux 5.14 and later): safe while another
+/// thread uses the memory. Advice only; whether it was taken.
+fn fault_in(map: &MmapMut, offset: usize, len: usize) -> bool {
     #[cfg(target_os = "linux")]
-    return map.advise(memmap2::Advice::PopulateWrite).is_ok();
+    return map
+        .advise_range(memmap2::Advice::PopulateWrite, offset, len)
+        .is_ok();
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = map;
+        let _ = (map, offset, len);
         false
     }
 }
@@ -94,9 +97,9 @@ fn fault_in(map: &MmapMut) -> bool {
 /// [`fault_in`] for fresh memory no other code can see yet: where the
 /// advice is refused, a zero is stored in every page (a read would map the
 /// shared zero page, not a page of its own).
-fn fault_in_fresh(map: &mut MmapMut) {
-    if !fault_in(map) {
-        for page in map.chunks_mut(4096) {
+fn fault_in_fresh(map: &mut MmapMut, offset: usize, len: usize) {
+    if !fault_in(map, offset, len) {
+        for page in map[offset..offset + len].chunks_mut(4096) {
             page[0] = 0;
         }
     }
@@ -385,38 +388,63 @@ impl Drop for Preparer {
 }
 
 impl Shared {
-    /// The helper thread: waits for work, does it with the lock released,
-    /// and ends once asked to stop.
-    fn run(&self) {
-        let mut work = self
-            .work
+    fn lock(&self) -> MutexGuard<'_, Work> {
+        self.work
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The helper thread: waits for work and does it with the lock
+    /// released, most urgent first, and ends once asked to stop.
+    ///
+    /// Faulting in a large mapping takes tens of milliseconds, so it goes
+    /// a chunk ([`CHUNK`]) at a time, and between chunks the helper looks
+    /// for more urgent work: a segment Ring 0 will soon need, a mapping to
+    /// unmap. That also bounds how long the kernel's lock on the address
+    /// space is held at a stretch, which a thread mapping memory (Ring 0,
+    /// when the helper was late) would otherwise wait behind.
+    fn run(&self) {
+        let mut filling: Option<Filling> = None;
+        let mut work = self.lock();
         loop {
             if let Some(map) = work.retired.pop() {
                 drop(work);
                 drop(map);
             } else if work.stop {
                 return;
-            } else if let Some(map) = work.populate.pop() {
-                drop(work);
-                fault_in(&map);
-                drop(map);
-            } else if let Some(purpose) = [Purpose::Segment, Purpose::Table]
-                .into_iter()
-                .find(|&p| matches!(work.job(p), Job::Asked(_)))
-            {
-                let Job::Asked(memory) = std::mem::replace(work.job(purpose), Job::Working) else {
-                    unreachable!("just matched");
-                };
+            } else if let Job::Asked(memory) = &mut work.segment {
+                let memory = std::mem::take(memory);
+                work.segment = Job::Working;
                 drop(work);
                 let maps = map_all(memory);
-                work = self
-                    .work
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                *work.job(purpose) = Job::Ready(maps);
+                work = self.lock();
+                work.segment = Job::Ready(maps);
                 continue;
+            } else if let Some(mut fill) = filling.take() {
+                drop(work);
+                if fill.step() {
+                    work = self.lock();
+                    if let Some((purpose, maps)) = fill.into_job() {
+                        *work.job(purpose) = Job::Ready(Ok(maps));
+                    }
+                    continue;
+                }
+                filling = Some(fill);
+            } else if let Job::Asked(memory) = &mut work.table {
+                let memory = std::mem::take(memory);
+                work.table = Job::Working;
+                drop(work);
+                match map_fresh(memory) {
+                    Ok(maps) => filling = Some(Filling::job(Purpose::Table, maps)),
+                    Err(e) => {
+                        work = self.lock();
+                        work.table = Job::Ready(Err(e));
+                        continue;
+                    }
+                }
+            } else if let Some(map) = work.populate.pop() {
+                drop(work);
+                filling = Some(Filling::shared(map));
             } else {
                 work = self
                     .wake
@@ -424,10 +452,74 @@ impl Shared {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
-            work = self
-                .work
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work = self.lock();
+        }
+    }
+}
+
+/// How much a step of faulting in covers: one huge page.
+const CHUNK: usize = 2 << 20;
+
+/// Mappings being faulted in, a chunk at a time.
+#[derive(Debug)]
+enum Filling {
+    /// Fresh mappings for a request, handed over when complete (and
+    /// writable by the helper meanwhile: no one else sees them yet).
+    Job {
+        purpose: Purpose,
+        maps: [Option<MmapMut>; 2],
+        /// Which map, and how far into it.
+        at: (usize, usize),
+    },
+    /// A mapping Ring 0 uses, faulted in without touching its bytes.
+    Shared { map: Arc<MmapMut>, at: usize },
+}
+
+impl Filling {
+    fn job(purpose: Purpose, maps: [Option<MmapMut>; 2]) -> Self {
+        Filling::Job {
+            purpose,
+            maps,
+            at: (0, 0),
+        }
+    }
+
+    fn shared(map: Arc<MmapMut>) -> Self {
+        Filling::Shared { map, at: 0 }
+    }
+
+    /// Faults in the next chunk; whether it is all done.
+    fn step(&mut self) -> bool {
+        match self {
+            Filling::Job { maps, at, .. } => {
+                let Some(map) = maps.get_mut(at.0).and_then(Option::as_mut) else {
+                    return true;
+                };
+                let len = CHUNK.min(map.len() - at.1);
+                fault_in_fresh(map, at.1, len);
+                at.1 += len;
+                if at.1 == map.len() {
+                    *at = (at.0 + 1, 0);
+                }
+                at.0 >= maps.len() || maps[at.0].is_none()
+            }
+            Filling::Shared { map, at } => {
+                let len = CHUNK.min(map.len() - *at);
+                if !fault_in(map, *at, len) {
+                    // Not supported here: the pages fault in as used.
+                    return true;
+                }
+                *at += len;
+                *at == map.len()
+            }
+        }
+    }
+
+    /// The request it completes, if it is one.
+    fn into_job(self) -> Option<(Purpose, [Option<MmapMut>; 2])> {
+        match self {
+            Filling::Job { purpose, maps, .. } => Some((purpose, maps)),
+            Filling::Shared { .. } => None,
         }
     }
 }
@@ -436,6 +528,13 @@ impl Shared {
 fn map_all(memory: [Option<Memory>; 2]) -> io::Result<[Option<MmapMut>; 2]> {
     let [a, b] = memory;
     let one = |m: Option<Memory>| m.map(|m| m.map(true)).transpose();
+    Ok([one(a)?, one(b)?])
+}
+
+/// Maps each of `memory`, without faulting anything in.
+fn map_fresh(memory: [Option<Memory>; 2]) -> io::Result<[Option<MmapMut>; 2]> {
+    let [a, b] = memory;
+    let one = |m: Option<Memory>| m.map(|m| m.map(false)).transpose();
     Ok([one(a)?, one(b)?])
 }
 
