@@ -251,6 +251,12 @@ impl Table {
         self.slots.as_ptr().addr() + (bucket & self.mask) * std::mem::size_of::<Slot>()
     }
 
+    /// The address of bucket `bucket`'s fingerprint, for a prefetch.
+    #[inline]
+    pub(super) fn print_address(&self, bucket: usize) -> usize {
+        self.prints.as_ptr().addr() + (bucket & self.mask)
+    }
+
     /// The slot in `bucket`, if the bucket exists and holds one.
     #[inline]
     pub(super) fn get(&self, bucket: usize) -> Option<&Slot> {
@@ -277,6 +283,8 @@ impl Table {
     }
 
     /// The first empty bucket from `start` on (the table is never full).
+    /// Reads the slots, not the fingerprints: an insert has just probed
+    /// the same run of slots, which the cache holds.
     #[inline]
     pub(super) fn first_empty_from(&self, start: usize) -> usize {
         let slots = self.slots();
