@@ -63,15 +63,12 @@ use std::sync::{Arc, Mutex};
 
 use memmap2::MmapMut;
 
+use super::config::{ArenaBacking, ArenaConfig};
 use super::prepare::{Memory, Preparer, Purpose, Taken};
-
 use crate::error::{IncrementalCheckpointError, Result};
 
 /// Bytes of a record header.
 pub(crate) const HEADER_LEN: usize = 16;
-/// The smallest segment, and so the smallest largest record, a valid
-/// configuration has.
-pub(crate) const MIN_SEGMENT_SIZE: usize = 4096;
 const KIND_SHIFT: u32 = 30;
 const KEY_LEN_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
@@ -121,19 +118,6 @@ impl<const N: usize> Promised for [usize; N] {
 pub(crate) struct Fresh {
     offset: u64,
     size: usize,
-}
-
-/// Where segments live.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ArenaBacking {
-    /// Anonymous memory (the default): fastest, bounded by RAM plus swap.
-    #[default]
-    Anonymous,
-    /// Scratch files in this directory, for state larger than RAM: the
-    /// kernel pages cold records out to them. The files are unlinked as soon
-    /// as they are mapped, so nothing is left behind, even after a crash.
-    /// They are not durable; durability comes from the WAL and checkpoints.
-    File(PathBuf),
 }
 
 /// A record as read from the arena.
@@ -298,42 +282,6 @@ struct Segment {
     /// every append and in-place overwrite, sealed or not, so the segment is
     /// recycled only after Ring 1 has released every entry that reads it.
     last_ref: u64,
-}
-
-/// Arena limits.
-#[derive(Debug, Clone)]
-pub(crate) struct ArenaConfig {
-    pub(crate) segment_size: usize,
-    pub(crate) max_bytes: u64,
-    pub(crate) backing: ArenaBacking,
-}
-
-impl ArenaConfig {
-    /// Checks the limits without mapping anything.
-    pub(crate) fn validate(&self) -> Result<()> {
-        let size = self.segment_size;
-        if !size.is_power_of_two() || !(MIN_SEGMENT_SIZE..=1 << 30).contains(&size) {
-            return Err(IncrementalCheckpointError::InvalidConfig {
-                field: "arena_segment_size",
-                reason: format!("{size} is not a power of two between 4 KiB and 1 GiB"),
-            });
-        }
-        if self.slots() < 2 {
-            return Err(IncrementalCheckpointError::InvalidConfig {
-                field: "arena_max_bytes",
-                reason: format!(
-                    "{} must hold at least two segments of {size} bytes",
-                    self.max_bytes
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Segments the address space holds.
-    fn slots(&self) -> usize {
-        (self.max_bytes / self.segment_size.max(1) as u64).min(u32::MAX as u64) as usize
-    }
 }
 
 /// Ring 0's side of the arena: allocation, writes, bookkeeping.
@@ -840,6 +788,7 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::config::MIN_SEGMENT_SIZE;
 
     fn arena() -> Arena {
         Arena::new(

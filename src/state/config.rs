@@ -1,7 +1,61 @@
-//! Ring 0 configuration.
+//! Ring 0 configuration: [`StateConfig`], and the arena's part of it.
 
-use super::arena::{ArenaBacking, ArenaConfig};
+use std::path::PathBuf;
+
 use crate::error::{IncrementalCheckpointError, Result};
+
+/// The smallest segment, and so the smallest largest record, a valid
+/// configuration has.
+pub(crate) const MIN_SEGMENT_SIZE: usize = 4096;
+
+/// Where segments live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ArenaBacking {
+    /// Anonymous memory (the default): fastest, bounded by RAM plus swap.
+    #[default]
+    Anonymous,
+    /// Scratch files in this directory, for state larger than RAM: the
+    /// kernel pages cold records out to them. The files are unlinked as soon
+    /// as they are mapped, so nothing is left behind, even after a crash.
+    /// They are not durable; durability comes from the WAL and checkpoints.
+    File(PathBuf),
+}
+
+/// Arena limits.
+#[derive(Debug, Clone)]
+pub(crate) struct ArenaConfig {
+    pub(crate) segment_size: usize,
+    pub(crate) max_bytes: u64,
+    pub(crate) backing: ArenaBacking,
+}
+
+impl ArenaConfig {
+    /// Checks the limits without mapping anything.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let size = self.segment_size;
+        if !size.is_power_of_two() || !(MIN_SEGMENT_SIZE..=1 << 30).contains(&size) {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "arena_segment_size",
+                reason: format!("{size} is not a power of two between 4 KiB and 1 GiB"),
+            });
+        }
+        if self.slots() < 2 {
+            return Err(IncrementalCheckpointError::InvalidConfig {
+                field: "arena_max_bytes",
+                reason: format!(
+                    "{} must hold at least two segments of {size} bytes",
+                    self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Segments the address space holds.
+    pub(super) fn slots(&self) -> usize {
+        (self.max_bytes / self.segment_size.max(1) as u64).min(u32::MAX as u64) as usize
+    }
+}
 
 /// Sizes and backing of Ring 0: the changelog ring, the arena and the index.
 ///

@@ -27,6 +27,7 @@
 //!
 //! From the bottom up; each imports only files listed before it:
 //!
+//! * `config.rs`: [`StateConfig`], and the arena's part of it.
 //! * `prefetch.rs`: the cache-line prefetch hint.
 //! * `prepare.rs`: the helper thread that maps and faults in memory ahead
 //!   of need, and unmaps what growth gave up, so no update does.
@@ -38,7 +39,7 @@
 //! * `probe.rs`: a key in the form the index compares it.
 //! * `store.rs`: the key-value store over index and arena, compaction.
 //! * `pending.rs`: the write-behind queue.
-//! * `config.rs`, `drain.rs`: [`StateConfig`], and Ring 1's end.
+//! * `drain.rs`: [`StateDrain`], Ring 1's end.
 //! * `epoch.rs`, `publish.rs`: the open epoch and its commit payload; the
 //!   writer's end of the changelog.
 //! * `writer.rs`: [`StateWriter`] and its single-update path.
@@ -67,9 +68,8 @@ mod publish;
 mod store;
 mod writer;
 
-pub use arena::ArenaBacking;
 pub use batch::BatchOp;
-pub use config::StateConfig;
+pub use config::{ArenaBacking, StateConfig};
 pub use drain::{Change, StateDrain};
 pub(crate) use load::BulkLoader;
 pub use writer::{StateWriter, StateWriterStats};

@@ -43,7 +43,8 @@
 //! applies the whole queue before the commit, so an epoch's entries all
 //! precede its commit, as if nothing had been queued.
 
-use super::arena::{MIN_SEGMENT_SIZE, Promised, record_size};
+use super::arena::{Promised, record_size};
+use super::config::MIN_SEGMENT_SIZE;
 use super::index::{INLINE_KEY, LineProbe};
 use super::probe::{Probe, zero_padded};
 

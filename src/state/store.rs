@@ -41,7 +41,8 @@ use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::arena::{Arena, ArenaConfig, ArenaReader, Promised, RecordKind, RecordRef, record_size};
+use super::arena::{Arena, ArenaReader, Promised, RecordKind, RecordRef, record_size};
+use super::config::ArenaConfig;
 use super::index::{Index, LineProbe, Slot};
 use super::prefetch::prefetch;
 use super::prepare::Preparer;
@@ -603,7 +604,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::state::arena::ArenaBacking;
+    use crate::state::config::ArenaBacking;
 
     /// A changelog whose consumer keeps up instantly.
     #[derive(Default)]
