@@ -295,9 +295,31 @@ fn main() {
         timer.ticks_per_ns,
         timer.overhead_ns()
     );
-    let mut figures: Vec<(Sizing, Figures)> = Vec::new();
-    // Gets: (sizing, migrating) and the times.
-    let mut get_runs: Vec<(Sizing, bool, Vec<u64>)> = Vec::new();
+    let rounds = run_rounds(&sizes, &timer);
+    println!();
+    print_summary(&rounds.figures, sizes.rounds);
+    println!();
+    print_gets(&rounds.gets, &timer);
+}
+
+/// What all rounds measured.
+struct Rounds {
+    /// Each run's put figures.
+    figures: Vec<(Sizing, Figures)>,
+    /// Each run's gets: (sizing, migrating) and the times.
+    gets: Vec<(Sizing, bool, Vec<u64>)>,
+}
+
+/// Runs both configurations `sizes.rounds` times, alternating which goes
+/// first, printing each run's row as it ends.
+fn run_rounds(sizes: &Sizes, timer: &Timer) -> Rounds {
+    let mut rounds = Rounds {
+        figures: Vec::new(),
+        gets: Vec::new(),
+    };
+    // `GROWTH_BENCH_ONLY=default` or `=presized`: one side only (for a
+    // profiler).
+    let only = std::env::var("GROWTH_BENCH_ONLY").ok();
     print_header();
     for round in 1..=sizes.rounds {
         // Alternate which goes first, so neither always runs on a machine
@@ -308,16 +330,14 @@ fn main() {
             [Sizing::Presized, Sizing::Default]
         };
         for sizing in order {
-            // `GROWTH_BENCH_ONLY=default` or `=presized`: one side only
-            // (for a profiler).
-            if let Ok(only) = std::env::var("GROWTH_BENCH_ONLY")
+            if let Some(only) = &only
                 && !sizing.name().starts_with(only.as_str())
                 && !(only == "presized" && sizing == Sizing::Presized)
             {
                 continue;
             }
-            let r = run(sizing, sizes.keys, &timer);
-            let f = Figures::of(&r.puts, &timer);
+            let r = run(sizing, sizes.keys, timer);
+            let f = Figures::of(&r.puts, timer);
             print_row(sizing.name(), &round.to_string(), &f);
             println!(
                 "{:<32}{:.2} s, {:.0} puts/s; index holds {} keys before growing again; arena \
@@ -331,14 +351,17 @@ fn main() {
                 r.stats.maps_not_prepared,
                 r.overflows,
             );
-            figures.push((sizing, f));
-            get_runs.push((sizing, true, r.gets_migrating));
-            get_runs.push((sizing, false, r.gets_settled));
+            rounds.figures.push((sizing, f));
+            rounds.gets.push((sizing, true, r.gets_migrating));
+            rounds.gets.push((sizing, false, r.gets_settled));
         }
     }
+    rounds
+}
 
-    println!();
-    println!("medians over {} round(s):", sizes.rounds);
+/// The medians over rounds, their ratio, and issue 20's verdicts.
+fn print_summary(figures: &[(Sizing, Figures)], rounds: usize) {
+    println!("medians over {rounds} round(s):");
     print_header();
     let med = |sizing: Sizing, pick: fn(&Figures) -> f64| {
         median(
@@ -377,23 +400,23 @@ fn main() {
     let count_ratio = (default.over_100us + 1) as f64 / (presized.over_100us + 1) as f64;
     println!(
         "issue 20: p99.99 within 2x: {}; count over 100 us within 2x (each plus one): {:.2}, {}; \
-         worst put (median of {} rounds; five asked for) within 2x: {}",
+         worst put (median of {rounds} rounds; five asked for) within 2x: {}",
         verdict(default.p9999 <= 2.0 * presized.p9999),
         count_ratio,
         verdict(count_ratio <= 2.0),
-        sizes.rounds,
         verdict(default.worst <= 2.0 * presized.worst),
     );
+}
 
-    println!();
+/// Get latency over all rounds, by whether the index was migrating.
+fn print_gets(gets: &[(Sizing, bool, Vec<u64>)], timer: &Timer) {
     println!(
         "get latency (as read), {GETS_PER_COMMIT} gets of earlier keys at each commit, all rounds, \
          filed by whether the index was migrating"
     );
     let merged = |sizing: Sizing, migrating: bool| {
         Distribution::new(
-            get_runs
-                .iter()
+            gets.iter()
                 .filter(|(s, m, _)| *s == sizing && *m == migrating)
                 .flat_map(|(_, _, d)| d.iter().copied())
                 .collect(),
