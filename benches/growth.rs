@@ -33,6 +33,7 @@
 //! cargo bench --bench growth -- --test               # the same smoke run (also `cargo test --benches`)
 //! GROWTH_BENCH_ONLY=default cargo bench --bench growth   # one side only (`presized`: the other), for a profiler
 //! GROWTH_BENCH_TRACE=1 cargo bench --bench growth    # also print every put over 1 ms, with the writer's stats
+//! GROWTH_BENCH_TRACE=100 cargo bench --bench growth  # ... over 100 us
 //! ```
 
 mod support;
@@ -168,7 +169,12 @@ fn run(sizing: Sizing, keys: usize, timer: &Timer) -> Run {
     let mut gets_settled = sample_buffer(keys / PUTS_PER_EPOCH * GETS_PER_COMMIT + 1);
     let mut overflows = 0;
     let mut probe = 0x5eed_u64;
-    let trace = std::env::var("GROWTH_BENCH_TRACE").is_ok();
+    // `GROWTH_BENCH_TRACE=1`: every put over 1 ms; `=<us>`: over that many
+    // microseconds.
+    let trace_ticks = std::env::var("GROWTH_BENCH_TRACE").ok().map(|v| {
+        let us = v.parse::<f64>().ok().filter(|&us| us > 1.0).unwrap_or(1000.0);
+        (us * 1e3 * timer.ticks_per_ns) as u64
+    });
     let started = Instant::now();
     for i in 0..keys as u64 {
         let k = key(i);
@@ -176,10 +182,10 @@ fn run(sizing: Sizing, keys: usize, timer: &Timer) -> Run {
         let first = writer.put(black_box(&k), &value);
         let t1 = clock::stop();
         samples.push(t1.wrapping_sub(t0));
-        if trace && t1.wrapping_sub(t0) as f64 > 1e6 * timer.ticks_per_ns {
+        if trace_ticks.is_some_and(|over| t1.wrapping_sub(t0) > over) {
             let s = writer.stats();
             eprintln!(
-                "slow put {i}: {:.2} ms; index capacity {}, keys to move {}, not prepared {}, arena {} MiB",
+                "slow put {i}: {:.3} ms; index capacity {}, keys to move {}, not prepared {}, arena {} MiB",
                 t1.wrapping_sub(t0) as f64 / timer.ticks_per_ns / 1e6,
                 s.index_capacity,
                 s.index_keys_to_move,
