@@ -251,6 +251,30 @@ fn main() {
         ),
     );
 
+    table.row(
+        section,
+        "disk bytes written, open .. shutdown; per byte of WAL records",
+        strict.disk.written_summary(strict.stats.wal_bytes_written),
+        "/proc/self/io write_bytes: records, preallocation, metadata".into(),
+    );
+    let empty = empty_state_footprint(&rt, &dir.join("empty"), &sizes);
+    table.row(
+        section,
+        "state directory after shutdown (allocated); an empty state's",
+        format!("{:.1} MB; {:.2} MB", mb(strict.disk.footprint), mb(empty)),
+        format!(
+            "WAL records {:.1} MB; WAL segments {} MiB at most",
+            mb(strict.stats.wal_bytes_written),
+            sizes.wal_segment >> 20
+        ),
+    );
+    table.row(
+        section,
+        "reopen after shutdown (replays every epoch) + shutdown",
+        ms(strict.disk.reopen),
+        "warm page cache".into(),
+    );
+
     // 3. W1 pipelined.
     eprintln!("W1 pipelined: {} puts, commit without waiting", sizes.puts);
     let piped = run_pipelined(
@@ -297,6 +321,12 @@ fn main() {
             piped.overflows
         ),
         format!("WAL {:.0} MB/s", piped.wal_mb_per_sec()),
+    );
+    table.row(
+        section,
+        "disk bytes written, open .. shutdown; per byte of WAL records",
+        piped.disk.written_summary(piped.stats.wal_bytes_written),
+        format!("reopen + shutdown {}", ms(piped.disk.reopen)),
     );
     table.row(
         section,
@@ -541,6 +571,21 @@ struct RunResult {
     produce_time: Duration,
     stats: ManagerStats,
     overflows: u64,
+    /// What the run left on disk, and what reopening it cost.
+    disk: DiskFigures,
+}
+
+/// Bytes the disk was asked to write, the footprint, and the reopen.
+#[derive(Debug, Clone, Copy, Default)]
+struct DiskFigures {
+    /// Bytes this process had the disk write from open to shutdown
+    /// (`write_bytes` of `/proc/self/io`), if the kernel reports it.
+    written: Option<u64>,
+    /// Allocated bytes of every file in the state directory after shutdown.
+    footprint: u64,
+    /// Opening the directory again (recovery: replay of the whole WAL) and
+    /// shutting down.
+    reopen: Duration,
 }
 
 impl RunResult {
@@ -663,13 +708,41 @@ fn produce(
     }
 }
 
+/// `write_bytes` of `/proc/self/io`: bytes this process caused to be
+/// sent to storage. `None` where the kernel does not report it.
+fn process_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Allocated bytes (blocks, not lengths) of every file under `dir`.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
+        let entry = entry.expect("reading a directory entry");
+        let meta = entry.metadata().expect("stat of a state file");
+        total += if meta.is_dir() {
+            allocated_bytes(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
+/// Shuts the manager down, measures what it left on disk, reopens the
+/// directory (timed) and removes it.
 fn finish(
     rt: &Runtime,
     manager: IncrementalCheckpointManager,
     writer: StateWriter,
     sizes: &Sizes,
     dir: &Path,
-) -> ManagerStats {
+    written_at_open: Option<u64>,
+) -> (ManagerStats, DiskFigures) {
     let stats = manager.stats();
     assert_eq!(
         stats.epochs_drained,
@@ -679,11 +752,45 @@ fn finish(
     rt.block_on(manager.shutdown())
         .unwrap_or_else(|e| panic!("shutting down the manager in {}: {e}", dir.display()));
     drop(writer);
+    let written = process_write_bytes()
+        .zip(written_at_open)
+        .map(|(now, then)| now.saturating_sub(then));
+    let footprint = allocated_bytes(dir);
+    let start = Instant::now();
+    let (manager, writer) = open(rt, dir, sizes, WalSyncMode::Always);
+    assert_eq!(
+        writer.epoch(),
+        sizes.epochs() as u64 + 1,
+        "reopening recovers every epoch"
+    );
+    rt.block_on(manager.shutdown())
+        .unwrap_or_else(|e| panic!("shutting down the reopened manager in {}: {e}", dir.display()));
+    let reopen = start.elapsed();
+    drop(writer);
     std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-    stats
+    (
+        stats,
+        DiskFigures {
+            written,
+            footprint,
+            reopen,
+        },
+    )
+}
+
+/// The footprint of a state that was opened and closed without a put.
+fn empty_state_footprint(rt: &Runtime, dir: &Path, sizes: &Sizes) -> u64 {
+    let (manager, writer) = open(rt, dir, sizes, WalSyncMode::Always);
+    rt.block_on(manager.shutdown())
+        .unwrap_or_else(|e| panic!("shutting down the manager in {}: {e}", dir.display()));
+    drop(writer);
+    let footprint = allocated_bytes(dir);
+    std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+    footprint
 }
 
 fn run_strict(rt: &Runtime, dir: &Path, sizes: &Sizes, workload: &Workload) -> RunResult {
+    let written_at_open = process_write_bytes();
     let (manager, mut writer) = open(rt, dir, sizes, WalSyncMode::Always);
     let mut latencies = Vec::with_capacity(sizes.epochs());
     let mut overflows = 0;
@@ -701,7 +808,7 @@ fn run_strict(rt: &Runtime, dir: &Path, sizes: &Sizes, workload: &Workload) -> R
         latencies.push(phase_start - committed);
     });
     let elapsed = start.elapsed();
-    let stats = finish(rt, manager, writer, sizes, dir);
+    let (stats, disk) = finish(rt, manager, writer, sizes, dir, written_at_open);
     RunResult {
         puts: sizes.puts,
         epochs: sizes.epochs(),
@@ -712,6 +819,7 @@ fn run_strict(rt: &Runtime, dir: &Path, sizes: &Sizes, workload: &Workload) -> R
         produce_time: elapsed,
         stats,
         overflows,
+        disk,
     }
 }
 
@@ -722,6 +830,7 @@ fn run_pipelined(
     workload: &Workload,
     mode: WalSyncMode,
 ) -> RunResult {
+    let written_at_open = process_write_bytes();
     let (manager, mut writer) = open(rt, dir, sizes, mode);
     let first = writer.epoch();
     let last = first + sizes.epochs() as u64 - 1;
@@ -765,7 +874,7 @@ fn run_pipelined(
         .map(|(c, d)| d.saturating_duration_since(*c))
         .collect();
     let committed_at = committed_at.iter().map(|c| *c - start).collect();
-    let stats = finish(rt, manager, writer, sizes, dir);
+    let (stats, disk) = finish(rt, manager, writer, sizes, dir, written_at_open);
     RunResult {
         puts: sizes.puts,
         epochs: sizes.epochs(),
@@ -776,11 +885,25 @@ fn run_pipelined(
         produce_time,
         stats,
         overflows,
+        disk,
     }
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+impl DiskFigures {
+    fn written_summary(&self, wal_bytes: u64) -> String {
+        match self.written {
+            Some(w) => format!("{:.1} MB; {:.2}", mb(w), w as f64 / wal_bytes.max(1) as f64),
+            None => "not reported".into(),
+        }
+    }
+}
 
 fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
