@@ -19,7 +19,7 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// | [`wal_path`](Self::with_wal_path) | `<checkpoint directory>/wal` |
 /// | [`sync_mode`](Self::with_sync_mode) | [`WalSyncMode::Always`]: an epoch is acknowledged after its `fdatasync` |
 /// | [`recovery_mode`](Self::with_recovery_mode) | [`WalRecoveryMode::TolerateCorruptedTailRecords`] |
-/// | [`wal_segment_size`](Self::with_wal_segment_size) | 64 MiB, preallocated |
+/// | [`wal_segment_size`](Self::with_wal_segment_size) | 64 MiB, preallocated; a log starts at 1 MiB and doubles up to it |
 /// | [`state`](Self::with_state) | [`StateConfig::new`] |
 /// | [`interval`](Self::with_interval) | 60 s between scheduled checkpoints |
 /// | [`wal_size_threshold`](Self::with_wal_size_threshold) | 256 MiB of WAL written since the last checkpoint triggers one |
@@ -159,7 +159,10 @@ impl CheckpointConfig {
 
     /// Size of a WAL segment. Segments are preallocated (zero-filled and
     /// synced ahead of need, off the hot path) and rotated at record
-    /// boundaries; a record must fit in one. At least 256 bytes.
+    /// boundaries; a record must fit in one. A log starts with a 1 MiB
+    /// segment (or this size, if smaller) and each next one is twice the
+    /// previous, up to this size, so a small state keeps a small footprint.
+    /// At least 256 bytes.
     pub fn with_wal_segment_size(mut self, bytes: u64) -> Self {
         self.wal = self.wal.with_segment_size(bytes);
         self

@@ -103,7 +103,7 @@ impl IoJob {
 
     fn write_and_sync(&mut self, stats: &Ring1Stats) -> std::result::Result<(), WalError> {
         if !self.batch.is_empty() {
-            self.wal.write_batch(&self.batch)?;
+            self.wal.write_batch(&mut self.batch)?;
             stats
                 .wal_bytes_written
                 .fetch_add(self.batch.len_bytes() as u64, Ordering::Relaxed);

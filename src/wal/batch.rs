@@ -4,8 +4,9 @@
 //! while [`WalWriter::write_batch`](super::WalWriter::write_batch) and
 //! [`sync`](super::WalWriter::sync) run on the previous one. A batch holds
 //! finished frames except for three header fields (CRC, sync generation,
-//! sequence number) that only the writer knows; it fills them in as it
-//! copies the frames out, so the batch itself is never modified by writing.
+//! sequence number) that only the writer knows; it fills them in where the
+//! frames lie and writes the batch's own buffer, so a value is copied once
+//! on its way from the arena to the page cache (into the batch).
 
 use super::format::{FRAME_HEADER_LEN, RecordType, push_frame_header, push_varint, varint_len};
 
@@ -117,9 +118,16 @@ impl WalBatch {
         self.records = 0;
     }
 
-    /// The encoded frames (CRC, sync generation and sequence still zero).
+    /// The encoded frames (CRC, sync generation and sequence still zero
+    /// until a writer seals them).
+    #[cfg(test)]
     pub(super) fn frames(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// The encoded frames, for the writer to seal in place.
+    pub(super) fn frames_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
     }
 }
 

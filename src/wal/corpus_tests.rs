@@ -206,7 +206,7 @@ fn build_base_with(windows: &[u64]) -> Base {
             batch.append_put(b"unfinished-1", b"never committed");
             batch.append_delete(b"k1__");
         }
-        w.write_batch(&batch).unwrap();
+        w.write_batch(&mut batch).unwrap();
         w.sync().unwrap();
     }
     drop(w);
@@ -312,6 +312,9 @@ struct Case {
     forged: bool,
     /// A future format version: refused in every mode.
     version: bool,
+    /// The header rewritten as an older format version that is still read
+    /// (same records): replays as the undamaged log.
+    old_version: bool,
 }
 
 /// What the default mode must return.
@@ -346,6 +349,12 @@ fn lost_sector_evidence(buf: &[u8], x: usize, y: usize) -> bool {
 fn verdict(base: &Base, case: &Case) -> Verdict {
     if case.version {
         return Verdict::UnsupportedVersion;
+    }
+    if case.old_version {
+        return Verdict::Ok {
+            epochs: base.epochs.len(),
+            torn: None,
+        };
     }
     let seg = &base.segments[case.seg];
     let (old, new) = (&seg.bytes, &case.bytes);
@@ -549,7 +558,7 @@ fn check_reopen(base: &Base, case: &Case, mode: WalRecoveryMode, before: &Replay
     batch.append_put(b"after-reopen", b"v");
     let payload = encode_commit_vec(epoch, Some(1), 0, &[("orders-0", 7)]);
     batch.append_commit(&payload);
-    w.write_batch(&batch).unwrap();
+    w.write_batch(&mut batch).unwrap();
     w.sync().unwrap();
     drop(w);
     let check = if mode == WalRecoveryMode::SkipAnyCorruptedRecords {
@@ -775,6 +784,7 @@ fn case(label: String, seg: usize, bytes: Vec<u8>) -> Case {
         bytes,
         forged: false,
         version: false,
+        old_version: false,
     }
 }
 
@@ -921,8 +931,16 @@ fn headers_lengths_and_counts() {
         b[0..8].copy_from_slice(b"NOTAWAL\0");
         fix_header_crc(&mut b);
         cases.push(case("wrong magic".into(), seg, b));
+        // Version 1 (no bound on unsynced bytes, same records): still read.
+        let mut b = s.bytes.clone();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        fix_header_crc(&mut b);
+        cases.push(Case {
+            old_version: true,
+            ..case("version 1".into(), seg, b)
+        });
         // A future format version, with and without a valid header CRC.
-        for version in [2u32, u32::MAX] {
+        for version in [super::format::FORMAT_VERSION + 1, u32::MAX] {
             let mut b = s.bytes.clone();
             b[8..12].copy_from_slice(&version.to_le_bytes());
             cases.push(case(

@@ -6,8 +6,21 @@ use crate::coding::{Decoder, FormatError, le_u32, le_u64};
 
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"LMNRWAL\0";
-/// The segment format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The segment format version this build writes. Version 2 has the bytes
+/// of version 1 and one more promise: its writer never has more than
+/// [`MAX_UNSYNCED_BYTES`] written to the segment since its last
+/// `fdatasync` (see there). Both are read.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest segment format version this build reads.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
+/// The most bytes a version 2 writer has written to a segment but not yet
+/// `fdatasync`ed (a single larger frame is written on its own: after a
+/// sync, and followed by one before anything else). After a crash, the
+/// bytes that differ from the segment's state at the last sync therefore
+/// lie within this distance of the last synced byte, so a reader that
+/// finds this many zeros after the last valid record has found the end of
+/// the log without reading the rest of the preallocation.
+pub(crate) const MAX_UNSYNCED_BYTES: u64 = 8 << 20;
 /// Segment header: magic, version, segment number, first sequence number,
 /// flags, CRC.
 pub(crate) const SEGMENT_HEADER_LEN: usize = 36;
@@ -93,6 +106,17 @@ pub(crate) struct SegmentHeader {
     /// was none): the segment starts at an epoch boundary. Lets replay tell
     /// whether a log whose oldest segments were removed starts mid-epoch.
     pub(crate) starts_at_epoch_boundary: bool,
+    /// The format version the segment was written in (decoding accepts
+    /// [`OLDEST_FORMAT_VERSION`] to [`FORMAT_VERSION`]; encoding always
+    /// writes [`FORMAT_VERSION`]).
+    pub(crate) version: u32,
+}
+
+impl SegmentHeader {
+    /// Whether the segment's writer kept to [`MAX_UNSYNCED_BYTES`].
+    pub(crate) fn bounds_unsynced_bytes(&self) -> bool {
+        self.version >= 2
+    }
 }
 
 const HEADER_FLAG_EPOCH_BOUNDARY: u32 = 1;
@@ -135,7 +159,7 @@ pub(crate) fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FormatE
     }
     let mut d = Decoder::new(&b[8..32], 8, "segment shorter than its header");
     let version = d.u32()?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::Version {
             found: version,
             supported: FORMAT_VERSION,
@@ -151,6 +175,7 @@ pub(crate) fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FormatE
         segment,
         first_seq,
         starts_at_epoch_boundary: flags & HEADER_FLAG_EPOCH_BOUNDARY != 0,
+        version,
     })
 }
 
@@ -233,6 +258,14 @@ pub(crate) fn seal_frame(frame: &mut [u8], sync_gen: u32, seq: u64) {
     frame[13..21].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32fast::hash(&frame[4..]);
     frame[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A sealed seal record: the last record of every segment but the newest.
+pub(crate) fn seal_record(sync_gen: u32, seq: u64) -> [u8; FRAME_HEADER_LEN] {
+    let mut frame = [0u8; FRAME_HEADER_LEN];
+    frame[8] = RecordType::Seal as u8;
+    seal_frame(&mut frame, sync_gen, seq);
+    frame
 }
 
 /// Payload length of the frame starting at `pos` of an encoded batch.
@@ -330,9 +363,28 @@ mod tests {
             segment: 5,
             first_seq: 99,
             starts_at_epoch_boundary: true,
+            version: FORMAT_VERSION,
         };
         let b = encode_segment_header(h);
         assert_eq!(decode_segment_header(&b), Ok(h));
+        // Version 1 is still read, and says its writer made no promise
+        // about unsynced bytes.
+        let mut v1 = b;
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1[0..32]);
+        v1[32..36].copy_from_slice(&crc.to_le_bytes());
+        let old = decode_segment_header(&v1).unwrap();
+        assert_eq!((old.version, old.bounds_unsynced_bytes()), (1, false));
+        assert!(h.bounds_unsynced_bytes());
+        for version in [0u32, FORMAT_VERSION + 1] {
+            let mut d = b;
+            d[8..12].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32fast::hash(&d[0..32]);
+            d[32..36].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                matches!(decode_segment_header(&d), Err(FormatError::Version { found, .. }) if found == version)
+            );
+        }
         for i in 0..SEGMENT_HEADER_LEN {
             let mut d = b;
             d[i] ^= 1;

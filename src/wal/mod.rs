@@ -90,12 +90,15 @@ pub enum WalSyncMode {
     /// flushes.
     #[default]
     Always,
-    /// `fdatasync` at most this often. An epoch is acknowledged durable only
+    /// `fdatasync` at most this often (and after every 8 MiB of log, which
+    /// bounds what a crash can tear). An epoch is acknowledged durable only
     /// after the sync that covers it, so durability waits take up to the
     /// interval; records written but not yet synced survive a process crash
     /// (they are in the page cache) but not a kernel panic or power loss.
     Interval(Duration),
-    /// Never `fdatasync` (except on close). An epoch is acknowledged once
+    /// Never `fdatasync` to acknowledge an epoch (only on close, and after
+    /// every 8 MiB of log, which bounds what a crash can tear and what
+    /// recovery reads past the log's end). An epoch is acknowledged once
     /// its records are written to the operating system: that survives a
     /// process crash while the operating system keeps running, but a kernel
     /// panic or power loss loses everything since the last checkpoint. For

@@ -21,8 +21,8 @@ use super::damage::{
     judge_missing, judge_spot,
 };
 use super::format::{
-    Frame, FrameError, RecordType, SEGMENT_HEADER_LEN, decode_put, decode_segment_header, parse_frame,
-    segment_file_name,
+    Frame, FrameError, MAX_UNSYNCED_BYTES, RecordType, SEGMENT_HEADER_LEN, decode_put, decode_segment_header,
+    parse_frame, segment_file_name,
 };
 pub(crate) use super::position::ResumePosition;
 use super::position::{ReplayFrom, ReplayRange, WalPosition, position_in_segment};
@@ -150,6 +150,9 @@ struct Cursor {
     expect: u64,
     /// The sync generation it may not be older than.
     seg_gen: Option<u32>,
+    /// The segment's writer kept to [`MAX_UNSYNCED_BYTES`] (version 2): that
+    /// many zeros after the last valid record are the end of the log.
+    bounded_tail: bool,
 }
 
 /// What taking in a valid frame led to.
@@ -243,10 +246,12 @@ where
 ///
 /// Segments are read on demand, by positional reads of growing size: a
 /// scan that stops at `until_epoch` reads little past that commit, and one
-/// starting at a position reads nothing before it. A segment whose records
-/// end early (a torn tail, the newest segment's preallocated zeros, a
-/// seal) is read to its end, to classify the damage or to know what the
-/// next writer must zero-fill.
+/// starting at a position reads nothing before it. Where the newest
+/// segment's records end, [`MAX_UNSYNCED_BYTES`] of zeros (format version
+/// 2) are its clean end: the rest of its preallocation is not read. A
+/// segment whose records end otherwise (a torn tail, damage, a seal, a
+/// version 1 segment) is read to its end, to classify the damage or to
+/// know what the next writer must zero-fill.
 ///
 /// With `until_epoch`, the resume position in the report is not meaningful
 /// (the scan stopped early) and the report's `last_epoch` tells whether that
@@ -411,6 +416,7 @@ where
                 pos: SEGMENT_HEADER_LEN,
                 expect: header.first_seq,
                 seg_gen: None,
+                bounded_tail: header.bounds_unsynced_bytes(),
             },
             Some(p) => {
                 let Some(offset) = position_in_segment(&p, header.first_seq, bytes.len()) else {
@@ -428,6 +434,7 @@ where
                     pos: offset,
                     expect: p.next_seq,
                     seg_gen: Some(p.sync_gen),
+                    bounded_tail: header.bounds_unsynced_bytes(),
                 }
             }
         };
@@ -497,6 +504,12 @@ where
                 // A CRC that holds over an unknown type is no torn write.
                 Err(e) => (e.reason(), e == FrameError::UnknownType),
             };
+            if seg.is_newest && c.bounded_tail && self.zeros_within_bound(seg, bytes, c.pos)? {
+                // What a crash can have written past the last synced record
+                // lies within MAX_UNSYNCED_BYTES of it: the rest of the
+                // preallocation is zeros, and is not read.
+                return Ok(Flow::Stop);
+            }
             let end_nz = self.read_to_end(seg, bytes, c.from)?;
             if seg.is_newest && end_nz <= c.pos {
                 // Nothing but zeros (preallocated space) from here: clean end.
@@ -660,6 +673,26 @@ where
         self.missing_segment(dir, segment)?;
         self.report.resume = ResumePosition::fresh_after(from);
         Ok(self.report)
+    }
+
+    /// Whether the [`MAX_UNSYNCED_BYTES`] after `pos` (or the rest of the
+    /// file, if shorter) are zeros; if so, notes `pos` as the end of the
+    /// segment's written bytes. Reads no further than that.
+    fn zeros_within_bound(
+        &mut self,
+        seg: &Segment<'_>,
+        bytes: &mut SegmentBytes,
+        pos: usize,
+    ) -> Result<bool, WalError> {
+        let bound = usize::try_from(MAX_UNSYNCED_BYTES).unwrap_or(usize::MAX);
+        if !bytes.zeros_after(pos, bound).map_err(io_err("read", seg.path))? {
+            return Ok(false);
+        }
+        match self.written_ends.last_mut() {
+            Some((s, end)) if *s == seg.number => *end = pos as u64,
+            _ => self.written_ends.push((seg.number, pos as u64)),
+        }
+        Ok(true)
     }
 
     /// Reads the rest of the segment and notes where its non-zero bytes

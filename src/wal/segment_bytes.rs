@@ -162,6 +162,29 @@ impl SegmentBytes {
         Ok(())
     }
 
+    /// Whether the `n` bytes from `pos` (fewer at the end of the file) are
+    /// all zero. Reads exactly as far as it needs to, not a whole
+    /// read-ahead step, and stops at the first non-zero byte found.
+    pub(super) fn zeros_after(&mut self, pos: usize, n: usize) -> io::Result<bool> {
+        let end = pos.saturating_add(n).min(self.len());
+        let mut at = pos.min(end);
+        while at < end {
+            let step = (end - at).min(FIRST_READ);
+            if self.loaded < at + step {
+                let from = self.loaded;
+                self.buf.prefault(from, at + step);
+                self.file
+                    .read_exact_at(&mut self.buf[from..at + step], from as u64)?;
+                self.loaded = at + step;
+            }
+            if end_of_nonzero(&self.buf[at..at + step]) != 0 {
+                return Ok(false);
+            }
+            at += step;
+        }
+        Ok(true)
+    }
+
     /// Reads the rest of the file; returns one past its last non-zero byte
     /// at or after `from` (`from` if there is none).
     pub(super) fn read_to_end(&mut self, from: usize) -> io::Result<usize> {

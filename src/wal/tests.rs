@@ -69,9 +69,11 @@ fn encode_epoch(batch: &mut WalBatch, model: &mut Vec<Op>, epoch: u64, n: u64, v
     model.push(Op::Commit(epoch));
 }
 
-/// A writer on a fresh directory.
+/// A writer on a fresh directory, of fixed-size segments (no growth from a small first one).
 fn fresh_writer(fs: Arc<dyn FileSystem>, dir: &Path, segment_size: u64) -> WalWriter {
-    let config = WalConfig::new().with_segment_size(segment_size);
+    let config = WalConfig::new()
+        .with_segment_size(segment_size)
+        .with_initial_segment_size(segment_size);
     WalWriter::open(fs, dir, config, &ResumePosition::fresh()).unwrap()
 }
 
@@ -87,7 +89,7 @@ fn write_epochs(
     for e in epochs {
         batch.clear();
         encode_epoch(&mut batch, model, e, n, vlen);
-        w.write_batch(&batch).unwrap();
+        w.write_batch(&mut batch).unwrap();
         w.sync().unwrap();
     }
 }
@@ -151,7 +153,7 @@ fn million_records_round_trip_across_many_segments() {
         }
         let payload = encode_commit_vec(e, None, 0, &[("s", e)]);
         batch.append_commit(&payload);
-        w.write_batch(&batch).unwrap();
+        w.write_batch(&mut batch).unwrap();
         if e % 20 == 0 {
             w.sync().unwrap();
         }
@@ -510,7 +512,7 @@ fn only_complete_epochs_are_applied() {
     for i in 0..40 {
         batch.append_put(&key(6, i), &value(6, i, 40));
     }
-    w.write_batch(&batch).unwrap();
+    w.write_batch(&mut batch).unwrap();
     w.sync().unwrap();
     let segments_before = w.current_segment();
     drop(w);
@@ -559,7 +561,7 @@ fn a_record_larger_than_a_segment_gets_its_own() {
     batch.append_put(b"big", &[7u8; 3000]);
     batch.append_put(b"after", b"v");
     batch.append_commit(&encode_commit_vec(1, None, 0, &[]));
-    w.write_batch(&batch).unwrap();
+    w.write_batch(&mut batch).unwrap();
     w.sync().unwrap();
     drop(w);
     let (ops, _) = collect(fs.as_ref(), &dir, WalRecoveryMode::AbsoluteConsistency, 0).unwrap();
@@ -581,7 +583,7 @@ fn group_commit_syncs_once_per_sync_call() {
     for e in 1..=10 {
         batch.clear();
         encode_epoch(&mut batch, &mut model, e, 1000, 100);
-        w.write_batch(&batch).unwrap();
+        w.write_batch(&mut batch).unwrap();
         w.sync().unwrap();
         w.sync().unwrap(); // nothing new: no fdatasync
     }
@@ -612,7 +614,7 @@ fn one_epoch(e: u64) -> WalBatch {
 #[test]
 fn fsync_eio_poisons_the_writer_for_good() {
     let (_tmp, dir, faulty, mut w) = faulty_writer(1 << 20);
-    w.write_batch(&one_epoch(1)).unwrap();
+    w.write_batch(&mut one_epoch(1)).unwrap();
     w.sync().unwrap();
     faulty.inject(Fault {
         kind: Some(OpKind::SyncData),
@@ -620,7 +622,7 @@ fn fsync_eio_poisons_the_writer_for_good() {
         error: FaultError::Eio,
         persistent: false,
     });
-    w.write_batch(&one_epoch(2)).unwrap();
+    w.write_batch(&mut one_epoch(2)).unwrap();
     let err = w.sync().unwrap_err();
     match &err {
         WalError::Io { op, source, .. } => {
@@ -642,7 +644,7 @@ fn fsync_eio_poisons_the_writer_for_good() {
             })
         ));
         assert!(matches!(
-            w.write_batch(&one_epoch(3)),
+            w.write_batch(&mut one_epoch(3)),
             Err(WalError::Poisoned { .. })
         ));
     }
@@ -664,12 +666,12 @@ fn write_enospc_is_an_io_error_and_poisons() {
         error: FaultError::Enospc,
         persistent: true,
     });
-    let err = w.write_batch(&one_epoch(1)).unwrap_err();
+    let err = w.write_batch(&mut one_epoch(1)).unwrap_err();
     assert!(matches!(&err, WalError::Io { op: "write", source, .. } if source.raw_os_error() == Some(28)));
     assert!(!err.is_corruption());
     faulty.clear();
     assert!(matches!(
-        w.write_batch(&one_epoch(1)),
+        w.write_batch(&mut one_epoch(1)),
         Err(WalError::Poisoned {
             raw_os_error: Some(28),
             ..
@@ -693,8 +695,8 @@ fn enospc_while_creating_the_next_segment_poisons() {
     for i in 0..40 {
         b.append_put(&key(1, i), &[1u8; 40]);
     }
-    assert!(matches!(w.write_batch(&b), Err(WalError::Io { .. })));
-    assert!(matches!(w.write_batch(&b), Err(WalError::Poisoned { .. })));
+    assert!(matches!(w.write_batch(&mut b), Err(WalError::Io { .. })));
+    assert!(matches!(w.write_batch(&mut b), Err(WalError::Poisoned { .. })));
     // The half-created segment is only a temporary file: replay ignores it,
     // the next writer removes it.
     let (_, report) = collect(&StdFs, &dir, TOLERATE, 0).unwrap();
@@ -811,7 +813,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let mut content = bytes;
         if header {
-            let h = format::encode_segment_header(format::SegmentHeader { segment: 1, first_seq: 1, starts_at_epoch_boundary: true });
+            let h = format::encode_segment_header(format::SegmentHeader { segment: 1, first_seq: 1, starts_at_epoch_boundary: true, version: format::FORMAT_VERSION });
             content.splice(0..0, h);
         }
         std::fs::write(tmp.path().join(segment_file_name(1)), &content).unwrap();
@@ -892,7 +894,7 @@ fn crash_at_any_instant_loses_no_acknowledged_epoch() {
                         let vlen = 10 + rng.below(80) as usize;
                         encode_epoch(&mut batch, &mut model, written, n, vlen);
                     }
-                    if w.write_batch(&batch).is_err() {
+                    if w.write_batch(&mut batch).is_err() {
                         break;
                     }
                     if rng.below(3) > 0 {
@@ -943,7 +945,7 @@ fn a_spare_segment_takes_zero_filling_off_the_rotation() {
         e += 1;
         batch.clear();
         encode_epoch(&mut batch, model, e, 1000, 100);
-        w.write_batch(&batch).unwrap();
+        w.write_batch(&mut batch).unwrap();
         w.sync().unwrap();
     };
     write_epoch(&mut w, &mut model);
@@ -1060,14 +1062,15 @@ fn damaged_segment_headers() {
     // A segment from a future format version is refused in every mode.
     let dir = tmp.path().join("version");
     copy_dir(&base, &dir);
+    let future = format::FORMAT_VERSION + 1;
     patch(&seg_path(&dir, 1), |b| {
-        b[8] = 2;
+        b[8..12].copy_from_slice(&future.to_le_bytes());
         let crc = crc32fast::hash(&b[0..32]);
         b[32..36].copy_from_slice(&crc.to_le_bytes());
     });
     assert!(matches!(
         collect(fs.as_ref(), &dir, WalRecoveryMode::SkipAnyCorruptedRecords, 0),
-        Err(WalError::UnsupportedVersion { found: 2, .. })
+        Err(WalError::UnsupportedVersion { found, .. }) if found == future
     ));
 }
 
@@ -1314,10 +1317,16 @@ fn replay_reads_only_what_it_needs() {
     assert_eq!(ops, model[epochs_prefix(&model, 150).len()..].to_vec());
     assert_eq!(report.last_epoch, Some(200));
     let (read, lowest) = counting.take();
-    // Nothing before the position is read (but the header); the newest
-    // segment is read to its end to see that only zeros follow.
+    // Nothing before the position is read (but the header); after the
+    // newest segment's last record, MAX_UNSYNCED_BYTES of zeros show the
+    // end of the log, and the rest of the preallocation is not read.
     assert_eq!(lowest, p.offset);
-    assert_eq!(read, SEGMENT_HEADER_LEN as u64 + segment - p.offset);
+    let end = report.resume.offset;
+    assert!(end + format::MAX_UNSYNCED_BYTES < segment);
+    assert_eq!(
+        read,
+        SEGMENT_HEADER_LEN as u64 + end + format::MAX_UNSYNCED_BYTES - p.offset
+    );
     // An incremental scan reads from the parent's position to the target.
     let q = position_after(fs.as_ref(), &dir, 160);
     counting.take();
@@ -1344,7 +1353,7 @@ fn a_writer_resuming_after_a_position_replay_continues_the_chain() {
     // An incomplete epoch after the last commit: dropped and zero-filled.
     let mut batch = WalBatch::new();
     batch.append_put(b"lost", b"never committed");
-    w.write_batch(&batch).unwrap();
+    w.write_batch(&mut batch).unwrap();
     w.sync().unwrap();
     drop(w);
     for checkpoint in [10, 7] {
@@ -1555,4 +1564,206 @@ fn point_in_time_recovery_from_a_position_stops_at_damage_after_it() {
         (q.offset, q.next_seq)
     );
     assert!(report.stopped_at.is_some());
+}
+
+/// A [`FileSystem`] over `StdFs` that records the most bytes of records
+/// (writes that are not all zeros: zero-filling is not log data) written
+/// to a file between two of its `fdatasync`s.
+#[derive(Debug, Default)]
+struct WindowFs {
+    /// (bytes since the last sync, the most seen).
+    window: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+#[derive(Debug)]
+struct WindowFile {
+    inner: Box<dyn crate::io::FsFile>,
+    window: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+impl crate::io::FsFile for WindowFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if buf.iter().any(|&b| b != 0) {
+            let mut w = self.window.lock().unwrap();
+            w.0 += buf.len() as u64;
+            w.1 = w.1.max(w.0);
+        }
+        self.inner.write_all_at(buf, offset)
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.inner.sync_data()?;
+        self.window.lock().unwrap().0 = 0;
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn file_len(&mut self) -> std::io::Result<u64> {
+        self.inner.file_len()
+    }
+}
+
+impl WindowFs {
+    fn wrap(&self, inner: Box<dyn crate::io::FsFile>) -> Box<dyn crate::io::FsFile> {
+        Box::new(WindowFile {
+            inner,
+            window: Arc::clone(&self.window),
+        })
+    }
+}
+
+impl FileSystem for WindowFs {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        Ok(self.wrap(StdFs.create(path)?))
+    }
+    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        Ok(self.wrap(StdFs.open_write(path)?))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
+        StdFs.open_read(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        StdFs.list_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+}
+
+#[test]
+fn unsynced_bytes_stay_within_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let window = Arc::new(WindowFs::default());
+    let fs: Arc<dyn FileSystem> = window.clone();
+    let mut w = fresh_writer(fs.clone(), &dir, 64 << 20);
+    let bound = format::MAX_UNSYNCED_BYTES;
+    let mut model = Vec::new();
+    // A batch of small records that is more than twice the bound...
+    let mut batch = WalBatch::new();
+    encode_epoch(&mut batch, &mut model, 1, 20_000, 1000);
+    assert!(batch.len_bytes() as u64 > 2 * bound);
+    w.write_batch(&mut batch).unwrap();
+    w.sync().unwrap();
+    // ... and one record that is larger than the bound by itself.
+    batch.clear();
+    let big = vec![7u8; 20 << 20];
+    batch.append_put(b"small-before", b"v");
+    batch.append_put(b"big", &big);
+    batch.append_put(b"small-after", b"v");
+    batch.append_commit(&encode_commit_vec(2, None, 0, &[]));
+    w.write_batch(&mut batch).unwrap();
+    w.sync().unwrap();
+    let gen_after = w.sync_generation();
+    drop(w);
+    let most = window.window.lock().unwrap().1;
+    assert!(most <= bound, "{most} bytes written between two syncs");
+    assert!(most > bound / 2, "{most}: the batches did fill the windows");
+    // The syncs in between started new write windows: later records carry
+    // newer sync generations, and the log reads back whole.
+    assert!(gen_after >= 6, "generation {gen_after}");
+    let (ops, report) = collect(fs.as_ref(), &dir, WalRecoveryMode::AbsoluteConsistency, 0).unwrap();
+    assert_eq!(report.last_epoch, Some(2));
+    assert_eq!(ops[..model.len()], model[..]);
+    assert_eq!(ops[model.len() + 1], Op::Put(b"big".to_vec(), big));
+}
+
+#[test]
+fn zeros_after_the_bound_are_not_read_in_a_version_2_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let fs = std_fs();
+    let mut model = Vec::new();
+    let mut w = fresh_writer(fs.clone(), &base, 16 << 20);
+    write_epochs(&mut w, &mut model, 1..=5, 10, 50);
+    drop(w);
+    let (_, clean) = collect(fs.as_ref(), &base, TOLERATE, 0).unwrap();
+    let end = clean.resume.offset as usize;
+    let bound = format::MAX_UNSYNCED_BYTES as usize;
+    let garbage = |b: &mut Vec<u8>, at: usize| b[at..at + 64].fill(0xab);
+    let as_version_1 = |b: &mut Vec<u8>| {
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+    };
+    // Bytes beyond the bound cannot be a crash's doing in version 2: not
+    // read, the log ends at its last record, nothing is zero-filled.
+    let far = tmp.path().join("far");
+    copy_dir(&base, &far);
+    patch(&seg_path(&far, 1), |b| garbage(b, end + bound + 512));
+    let (ops, r) = collect(fs.as_ref(), &far, TOLERATE, 0).unwrap();
+    assert_eq!(ops, model);
+    assert_eq!((r.torn_tail, r.resume.zero_until), (None, end as u64));
+    // Within the bound they are looked at: a torn tail.
+    let near = tmp.path().join("near");
+    copy_dir(&base, &near);
+    patch(&seg_path(&near, 1), |b| garbage(b, end + bound - 512));
+    let (ops, r) = collect(fs.as_ref(), &near, TOLERATE, 0).unwrap();
+    assert_eq!(ops, model);
+    let torn = r.torn_tail.expect("garbage within the bound is a torn tail");
+    assert_eq!(torn.offset, end as u64);
+    assert_eq!(r.resume.zero_until, (end + bound - 512 + 64) as u64);
+    // A version 1 segment promised no bound: read to its end.
+    let old = tmp.path().join("old");
+    copy_dir(&base, &old);
+    patch(&seg_path(&old, 1), |b| {
+        garbage(b, end + bound + 512);
+        as_version_1(b);
+    });
+    let (ops, r) = collect(fs.as_ref(), &old, TOLERATE, 0).unwrap();
+    assert_eq!(ops, model);
+    assert_eq!(r.torn_tail.map(|t| t.offset), Some(end as u64));
+    assert_eq!(r.resume.zero_until, (end + bound + 512 + 64) as u64);
+}
+
+#[test]
+fn segments_grow_from_the_initial_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let fs = std_fs();
+    let config = WalConfig::new()
+        .with_segment_size(16 << 10)
+        .with_initial_segment_size(1 << 10);
+    let mut w = WalWriter::open(fs.clone(), &dir, config, &ResumePosition::fresh()).unwrap();
+    // A fresh log holds one small segment.
+    assert_eq!(std::fs::metadata(seg_path(&dir, 1)).unwrap().len(), 1 << 10);
+    let mut model = Vec::new();
+    for e in 1..=60 {
+        // A spare made ahead of need has the size the rotation would give.
+        if e % 2 == 0
+            && let Some(job) = w.spare_job()
+        {
+            let spare = job.run();
+            w.install_spare(spare).unwrap();
+        }
+        let mut batch = WalBatch::new();
+        encode_epoch(&mut batch, &mut model, e, 5, 60);
+        w.write_batch(&mut batch).unwrap();
+        w.sync().unwrap();
+    }
+    let newest = w.current_segment();
+    drop(w);
+    let sizes: Vec<u64> = (1..=newest)
+        .map(|s| std::fs::metadata(seg_path(&dir, s)).unwrap().len())
+        .collect();
+    assert!(newest >= 6, "{sizes:?}");
+    let expected: Vec<u64> = (0..newest).map(|i| (1u64 << 10 << i.min(4))).collect();
+    assert_eq!(sizes, expected);
+    let (ops, _) = collect(fs.as_ref(), &dir, WalRecoveryMode::AbsoluteConsistency, 0).unwrap();
+    assert_eq!(ops, model);
 }

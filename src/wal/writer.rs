@@ -11,9 +11,32 @@
 //! closes its file without syncing, so unsynced records may be lost, exactly
 //! as in a crash.
 //!
+//! # Sealing in place
+//!
+//! [`write_batch`](WalWriter::write_batch) fills in each frame's sync
+//! generation, sequence number and CRC where the frame lies in the batch and
+//! writes the batch's own bytes: no copy of the records between the batch
+//! and the page cache.
+//!
+//! # At most 8 MiB unsynced
+//!
+//! The writer never has more than [`MAX_UNSYNCED_BYTES`] written but not
+//! `fdatasync`ed: a batch that would exceed it is synced part by part (a
+//! frame is never split across a sync unless it is larger than the bound by
+//! itself). That bounds what a crash can leave behind the last synced
+//! record, which lets replay stop after that many zeros instead of reading
+//! a segment's whole preallocation (format version 2).
+//!
+//! # Segment sizes
+//!
+//! A fresh log starts with a small segment ([`WalConfig::initial_segment_size`],
+//! 1 MiB) and each new segment doubles the previous one, up to
+//! [`WalConfig::segment_size`]: a small state keeps a small footprint, and
+//! a busy log reaches full-size segments after a few rotations.
+//!
 //! # Rotation off the write path
 //!
-//! Starting a segment means writing and syncing `segment_size` zeros. To keep
+//! Starting a segment means writing and syncing its size in zeros. To keep
 //! that out of `write_batch`, Ring 1 asks for a [`SpareJob`] after each
 //! rotation ([`WalWriter::spare_job`]), runs it on another blocking thread,
 //! and hands the result back ([`WalWriter::install_spare`]); the next
@@ -27,9 +50,9 @@ use std::sync::Arc;
 
 use super::batch::WalBatch;
 use super::format::{
-    FRAME_HEADER_LEN, RecordType, SEGMENT_HEADER_LEN, SegmentHeader, encode_segment_header,
-    frame_payload_len, is_temp_file_name, parse_segment_file_name, push_frame_header, seal_frame,
-    segment_file_name, spare_file_name, temp_file_name,
+    FORMAT_VERSION, FRAME_HEADER_LEN, MAX_UNSYNCED_BYTES, RecordType, SEGMENT_HEADER_LEN, SegmentHeader,
+    encode_segment_header, frame_payload_len, is_temp_file_name, parse_segment_file_name, seal_frame,
+    seal_record, segment_file_name, spare_file_name, temp_file_name,
 };
 use super::reader::ResumePosition;
 use super::{WalError, io_err};
@@ -37,14 +60,17 @@ use crate::io::{FileSystem, FsFile};
 
 /// Configuration of a [`WalWriter`].
 ///
-/// Defaults: `segment_size` = 64 MiB.
+/// Defaults: `segment_size` = 64 MiB, `initial_segment_size` = 1 MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WalConfig {
-    /// Bytes each segment is preallocated to (zero-filled). A segment is
-    /// sealed and the next one started before a record would cross it; a
-    /// single record larger than a segment gets a segment of its own that
-    /// grows past this size.
+    /// The largest size a segment is preallocated to (zero-filled). A
+    /// segment is sealed and the next one started before a record would
+    /// cross its size; a single record larger than a segment gets a segment
+    /// of its own that grows past it.
     pub(crate) segment_size: u64,
+    /// The size of the first segment a writer creates; each next one is
+    /// twice the previous, up to `segment_size` (this is capped by it).
+    pub(crate) initial_segment_size: u64,
 }
 
 /// The smallest accepted `segment_size`.
@@ -54,6 +80,7 @@ impl Default for WalConfig {
     fn default() -> Self {
         Self {
             segment_size: 64 << 20,
+            initial_segment_size: 1 << 20,
         }
     }
 }
@@ -70,6 +97,13 @@ impl WalConfig {
         self
     }
 
+    /// Sets the size of the first segment.
+    #[cfg(test)]
+    pub(crate) fn with_initial_segment_size(mut self, bytes: u64) -> Self {
+        self.initial_segment_size = bytes;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), WalError> {
         if self.segment_size < MIN_SEGMENT_SIZE {
             return Err(WalError::InvalidConfig {
@@ -77,7 +111,20 @@ impl WalConfig {
                 reason: "must be at least 256 bytes",
             });
         }
+        if self.initial_segment_size < MIN_SEGMENT_SIZE {
+            return Err(WalError::InvalidConfig {
+                field: "initial_segment_size",
+                reason: "must be at least 256 bytes",
+            });
+        }
         Ok(())
+    }
+
+    /// The size of the segment after one of `previous` bytes (`None`: the
+    /// first segment a writer creates).
+    fn next_segment_size(&self, previous: Option<u64>) -> u64 {
+        let first = self.initial_segment_size.min(self.segment_size);
+        previous.map_or(first, |p| p.saturating_mul(2).clamp(first, self.segment_size))
     }
 }
 
@@ -117,11 +164,14 @@ pub(crate) struct WalWriter {
     file: Box<dyn FsFile>,
     /// Where the next byte goes in the current segment.
     offset: u64,
+    /// The current segment's preallocated size.
+    segment_len: u64,
     next_seq: u64,
     sync_gen: u32,
     /// Bytes written to the current segment since its last `fdatasync`.
     dirty: bool,
-    buf: Vec<u8>,
+    /// How many: never more than [`MAX_UNSYNCED_BYTES`].
+    unsynced: u64,
     bytes_written: u64,
     poisoned: Option<Poison>,
     /// The next segment, preallocated ahead of need.
@@ -140,6 +190,7 @@ impl fmt::Debug for WalWriter {
             .field("config", &self.config)
             .field("segment", &self.segment)
             .field("offset", &self.offset)
+            .field("segment_len", &self.segment_len)
             .field("next_seq", &self.next_seq)
             .field("sync_gen", &self.sync_gen)
             .field("dirty", &self.dirty)
@@ -178,6 +229,7 @@ fn create_segment(
 #[derive(Debug)]
 pub(crate) struct SpareSegment {
     segment: u64,
+    size: u64,
     path: PathBuf,
     file: Box<dyn FsFile>,
 }
@@ -211,6 +263,7 @@ impl SpareJob {
         match self.fill(file.as_mut(), &path) {
             Ok(()) => Ok(SpareSegment {
                 segment: self.segment,
+                size: self.size,
                 path,
                 file,
             }),
@@ -251,6 +304,7 @@ fn activate_spare(
     let SpareSegment {
         path: tmp, mut file, ..
     } = spare;
+    debug_assert_eq!(header.version, FORMAT_VERSION);
     let path = dir.join(segment_file_name(header.segment));
     let header = encode_segment_header(header);
     file.write_all_at(&header, 0).map_err(io_err("write", &tmp))?;
@@ -321,7 +375,7 @@ impl WalWriter {
             fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
         }
 
-        let (segment, path, file, offset) = if resume.start_new_segment {
+        let (segment, path, file, offset, segment_len) = if resume.start_new_segment {
             let segment = resume.segment + 1;
             // Replay resumes at an epoch boundary: it drops records after
             // the last commit.
@@ -329,9 +383,11 @@ impl WalWriter {
                 segment,
                 first_seq: resume.next_seq,
                 starts_at_epoch_boundary: true,
+                version: FORMAT_VERSION,
             };
-            let (path, file) = create_segment(fs.as_ref(), dir, header, config.segment_size)?;
-            (segment, path, file, SEGMENT_HEADER_LEN as u64)
+            let size = config.next_segment_size(None);
+            let (path, file) = create_segment(fs.as_ref(), dir, header, size)?;
+            (segment, path, file, SEGMENT_HEADER_LEN as u64, size)
         } else {
             let path = dir.join(segment_file_name(resume.segment));
             let mut file = fs.open_write(&path).map_err(io_err("open", &path))?;
@@ -340,7 +396,8 @@ impl WalWriter {
                     .map_err(io_err("write", &path))?;
                 file.sync_data().map_err(io_err("fdatasync", &path))?;
             }
-            (resume.segment, path, file, resume.offset)
+            let len = file.file_len().map_err(io_err("stat", &path))?;
+            (resume.segment, path, file, resume.offset, len)
         };
         Ok(Self {
             fs,
@@ -350,10 +407,11 @@ impl WalWriter {
             path,
             file,
             offset,
+            segment_len,
             next_seq: resume.next_seq,
             sync_gen: resume.next_gen,
             dirty: false,
-            buf: Vec::new(),
+            unsynced: 0,
             bytes_written: 0,
             poisoned: None,
             spare: None,
@@ -390,59 +448,79 @@ impl WalWriter {
     }
 
     /// Writes every record of `batch`, in order, with as few large writes as
-    /// possible: one per segment touched. Assigns sequence numbers. When a
-    /// record would not fit in the current segment (with room left for the
-    /// seal), seals the segment, `fdatasync`s it, and creates the next one
-    /// before continuing. The records are durable only after
-    /// [`sync`](Self::sync).
+    /// possible: one per segment touched (and per [`MAX_UNSYNCED_BYTES`]).
+    /// Assigns sequence numbers, sealing each frame where it lies in the
+    /// batch (the batch's frames are modified; [`WalBatch::clear`] it before
+    /// reuse). When a record would not fit in the current segment (with
+    /// room left for the seal), seals the segment, `fdatasync`s it, and
+    /// creates the next one before continuing. When the bytes written since
+    /// the last sync would exceed [`MAX_UNSYNCED_BYTES`], syncs first. The
+    /// records are durable only after [`sync`](Self::sync).
     ///
     /// # Errors
     ///
     /// [`WalError::Io`] if a write, sync or segment creation fails (ENOSPC
     /// included); the writer is then poisoned and every later call returns
     /// [`WalError::Poisoned`]. [`WalError::Poisoned`] if it already was.
-    pub(crate) fn write_batch(&mut self, batch: &WalBatch) -> Result<(), WalError> {
+    /// [`WalError::InvalidBatch`] (poisoning too) if the batch's framing is
+    /// broken, which [`WalBatch`]'s encoders never produce.
+    pub(crate) fn write_batch(&mut self, batch: &mut WalBatch) -> Result<(), WalError> {
         self.check_poisoned()?;
-        let frames = batch.frames();
-        self.buf.clear();
-        self.buf.reserve(
-            frames
-                .len()
-                .min(usize::try_from(self.config.segment_size).unwrap_or(usize::MAX)),
-        );
+        let frames = batch.frames_mut();
+        // Frames [run, pos) are sealed and not yet written.
+        let mut run = 0;
         let mut pos = 0;
         while pos < frames.len() {
-            let frame = frame_payload_len(frames, pos)
-                .and_then(|len| frames.get(pos..pos + FRAME_HEADER_LEN + len))
-                .ok_or(WalError::InvalidBatch)?;
-            let used = self.offset + self.buf.len() as u64;
-            if used > SEGMENT_HEADER_LEN as u64
-                && used + frame.len() as u64 + SEAL_LEN > self.config.segment_size
-            {
+            let Some(len) = frame_payload_len(frames, pos)
+                .and_then(|n| n.checked_add(FRAME_HEADER_LEN))
+                .filter(|&n| n <= frames.len() - pos)
+            else {
+                return Err(self.poison(WalError::InvalidBatch));
+            };
+            let pending = (pos - run) as u64;
+            let used = self.offset + pending;
+            if used > SEGMENT_HEADER_LEN as u64 && used + len as u64 + SEAL_LEN > self.segment_len {
+                self.write_run(&frames[run..pos])?;
+                run = pos;
                 self.rotate()?;
+            } else if self.unsynced + pending > 0 && self.unsynced + pending + len as u64 > MAX_UNSYNCED_BYTES
+            {
+                // Sync before sealing the frame: it belongs to the next
+                // write window and carries that window's generation.
+                self.write_run(&frames[run..pos])?;
+                run = pos;
+                self.sync()?;
             }
-            let start = self.buf.len();
-            self.buf.extend_from_slice(frame);
-            seal_frame(&mut self.buf[start..], self.sync_gen, self.next_seq);
+            let frame = &mut frames[pos..pos + len];
+            seal_frame(frame, self.sync_gen, self.next_seq);
             self.next_seq += 1;
-            self.at_epoch_boundary = frame.get(8) == Some(&(RecordType::Commit as u8));
-            pos += frame.len();
+            self.at_epoch_boundary = frame[8] == RecordType::Commit as u8;
+            pos += len;
         }
-        self.flush_buf()
+        self.write_run(&frames[run..])
     }
 
-    fn flush_buf(&mut self) -> Result<(), WalError> {
-        if self.buf.is_empty() {
-            return Ok(());
+    /// Writes `bytes` at the current offset, syncing whenever
+    /// [`MAX_UNSYNCED_BYTES`] would be exceeded (which only a frame larger
+    /// than that needs: [`write_batch`](Self::write_batch) syncs between
+    /// frames before it comes to this).
+    fn write_run(&mut self, mut bytes: &[u8]) -> Result<(), WalError> {
+        while !bytes.is_empty() {
+            if self.unsynced >= MAX_UNSYNCED_BYTES {
+                self.sync()?;
+            }
+            let room = usize::try_from(MAX_UNSYNCED_BYTES - self.unsynced).unwrap_or(usize::MAX);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            if let Err(e) = self.file.write_all_at(now, self.offset) {
+                let err = io_err("write", &self.path)(e);
+                return Err(self.poison(err));
+            }
+            self.offset += now.len() as u64;
+            self.bytes_written += now.len() as u64;
+            self.unsynced += now.len() as u64;
+            self.dirty = true;
+            bytes = rest;
         }
-        if let Err(e) = self.file.write_all_at(&self.buf, self.offset) {
-            let err = io_err("write", &self.path)(e);
-            return Err(self.poison(err));
-        }
-        self.offset += self.buf.len() as u64;
-        self.bytes_written += self.buf.len() as u64;
-        self.dirty = true;
-        self.buf.clear();
         Ok(())
     }
 
@@ -450,36 +528,44 @@ impl WalWriter {
     /// next one. The seal must be durable before the next segment exists:
     /// the reader treats every non-newest segment without a seal as damaged.
     fn rotate(&mut self) -> Result<(), WalError> {
-        let start = self.buf.len();
-        push_frame_header(&mut self.buf, RecordType::Seal, 0);
-        seal_frame(&mut self.buf[start..], self.sync_gen, self.next_seq);
+        if self.unsynced + SEAL_LEN > MAX_UNSYNCED_BYTES {
+            self.sync()?;
+        }
+        let seal = seal_record(self.sync_gen, self.next_seq);
         self.next_seq += 1;
-        self.flush_buf()?;
+        self.write_run(&seal)?;
         if let Err(e) = self.file.sync_data() {
             let err = io_err("fdatasync", &self.path)(e);
             return Err(self.poison(err));
         }
         self.dirty = false;
+        self.unsynced = 0;
         let next = self.segment + 1;
         let header = SegmentHeader {
             segment: next,
             first_seq: self.next_seq,
             starts_at_epoch_boundary: self.at_epoch_boundary,
+            version: FORMAT_VERSION,
         };
         let created = match self.spare.take() {
             Some(spare) if spare.segment == next => {
-                activate_spare(self.fs.as_ref(), &self.dir, spare, header)
+                let size = spare.size;
+                activate_spare(self.fs.as_ref(), &self.dir, spare, header).map(|(p, f)| (p, f, size))
             }
             // Only a spare for the next segment is ever kept; anything else
             // is left for the next writer's clean-up.
-            _ => create_segment(self.fs.as_ref(), &self.dir, header, self.config.segment_size),
+            _ => {
+                let size = self.config.next_segment_size(Some(self.segment_len));
+                create_segment(self.fs.as_ref(), &self.dir, header, size).map(|(p, f)| (p, f, size))
+            }
         };
         match created {
-            Ok((path, file)) => {
+            Ok((path, file, size)) => {
                 self.segment = next;
                 self.path = path;
                 self.file = file;
                 self.offset = SEGMENT_HEADER_LEN as u64;
+                self.segment_len = size;
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),
@@ -505,6 +591,7 @@ impl WalWriter {
             return Err(self.poison(err));
         }
         self.dirty = false;
+        self.unsynced = 0;
         self.sync_gen = self.sync_gen.wrapping_add(1);
         Ok(())
     }
@@ -530,7 +617,7 @@ impl WalWriter {
             fs: Arc::clone(&self.fs),
             dir: self.dir.clone(),
             segment: next,
-            size: self.config.segment_size,
+            size: self.config.next_segment_size(Some(self.segment_len)),
         })
     }
 
@@ -572,6 +659,12 @@ impl WalWriter {
     #[cfg(test)]
     pub(crate) fn current_segment(&self) -> u64 {
         self.segment
+    }
+
+    /// The sync generation of the records written next.
+    #[cfg(test)]
+    pub(crate) fn sync_generation(&self) -> u32 {
+        self.sync_gen
     }
 
     /// The sequence number the next record gets.
