@@ -962,7 +962,8 @@ fn a_spare_segment_takes_zero_filling_off_the_rotation() {
     assert_eq!(faulty.count(OpKind::SyncData) - syncs, batches + 2);
     assert!(temp_files(&dir).is_empty());
 
-    // A spare that arrives after the writer rotated without it is removed.
+    // A spare that arrives after the writer rotated without it (late) is
+    // kept, and becomes the segment after.
     let job = w.spare_job().unwrap();
     let spare = job.run();
     assert!(!temp_files(&dir).is_empty());
@@ -970,6 +971,13 @@ fn a_spare_segment_takes_zero_filling_off_the_rotation() {
         write_epoch(&mut w, &mut model);
     }
     w.install_spare(spare).unwrap();
+    assert_eq!(temp_files(&dir).len(), 1);
+    assert!(w.spare_job().is_none(), "already preallocated");
+    let creates = faulty.count(OpKind::Create);
+    while w.current_segment() == 3 {
+        write_epoch(&mut w, &mut model);
+    }
+    assert_eq!(faulty.count(OpKind::Create), creates, "the late spare was used");
     assert!(temp_files(&dir).is_empty());
     drop(w);
     let (ops, _) = collect(fs.as_ref(), &dir, WalRecoveryMode::AbsoluteConsistency, 0).unwrap();

@@ -41,7 +41,8 @@
 //! rotation ([`WalWriter::spare_job`]), runs it on another blocking thread,
 //! and hands the result back ([`WalWriter::install_spare`]); the next
 //! rotation then only writes and syncs a 36-byte header. Without a spare the
-//! writer creates the segment itself.
+//! writer creates the segment itself (a late spare becomes the segment after
+//! that one).
 
 use std::fmt;
 use std::io;
@@ -166,6 +167,10 @@ pub(crate) struct WalWriter {
     offset: u64,
     /// The current segment's preallocated size.
     segment_len: u64,
+    /// The largest segment size this writer has reached: the next segment
+    /// doubles it (a spare made earlier, and so smaller, does not set the
+    /// log back).
+    grown_to: u64,
     next_seq: u64,
     sync_gen: u32,
     /// Bytes written to the current segment since its last `fdatasync`.
@@ -191,6 +196,7 @@ impl fmt::Debug for WalWriter {
             .field("segment", &self.segment)
             .field("offset", &self.offset)
             .field("segment_len", &self.segment_len)
+            .field("grown_to", &self.grown_to)
             .field("next_seq", &self.next_seq)
             .field("sync_gen", &self.sync_gen)
             .field("dirty", &self.dirty)
@@ -408,6 +414,7 @@ impl WalWriter {
             file,
             offset,
             segment_len,
+            grown_to: segment_len,
             next_seq: resume.next_seq,
             sync_gen: resume.next_gen,
             dirty: false,
@@ -548,14 +555,15 @@ impl WalWriter {
             version: FORMAT_VERSION,
         };
         let created = match self.spare.take() {
-            Some(spare) if spare.segment == next => {
+            // A spare becomes whichever segment comes next.
+            Some(spare) => {
                 let size = spare.size;
                 activate_spare(self.fs.as_ref(), &self.dir, spare, header).map(|(p, f)| (p, f, size))
             }
-            // Only a spare for the next segment is ever kept; anything else
-            // is left for the next writer's clean-up.
-            _ => {
-                let size = self.config.next_segment_size(Some(self.segment_len));
+            // No spare (late, or none asked for): create it here. A late
+            // spare becomes the segment after this one.
+            None => {
+                let size = self.config.next_segment_size(Some(self.grown_to));
                 create_segment(self.fs.as_ref(), &self.dir, header, size).map(|(p, f)| (p, f, size))
             }
         };
@@ -566,6 +574,7 @@ impl WalWriter {
                 self.file = file;
                 self.offset = SEGMENT_HEADER_LEN as u64;
                 self.segment_len = size;
+                self.grown_to = self.grown_to.max(size);
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),
@@ -596,8 +605,9 @@ impl WalWriter {
         Ok(())
     }
 
-    /// A job that preallocates the next segment, or `None` if it is already
-    /// preallocated, a job for it is out, or the writer is poisoned.
+    /// A job that preallocates the next segment (sized to follow the
+    /// current one), or `None` if a spare is already held, a job is out, or
+    /// the writer is poisoned.
     ///
     /// Rotation then costs a seal, two small syncs, a rename and a directory
     /// sync instead of writing and syncing `segment_size` zeros on the
@@ -606,10 +616,7 @@ impl WalWriter {
     /// hands the result to [`install_spare`](Self::install_spare).
     pub(crate) fn spare_job(&mut self) -> Option<SpareJob> {
         let next = self.segment + 1;
-        if self.poisoned.is_some()
-            || self.spare.as_ref().is_some_and(|s| s.segment == next)
-            || self.spare_job_out == Some(next)
-        {
+        if self.poisoned.is_some() || self.spare.is_some() || self.spare_job_out.is_some() {
             return None;
         }
         self.spare_job_out = Some(next);
@@ -617,12 +624,13 @@ impl WalWriter {
             fs: Arc::clone(&self.fs),
             dir: self.dir.clone(),
             segment: next,
-            size: self.config.next_segment_size(Some(self.segment_len)),
+            size: self.config.next_segment_size(Some(self.grown_to)),
         })
     }
 
-    /// Takes the result of a [`SpareJob`]. A spare that is no longer the
-    /// next segment (the writer rotated without it) is removed.
+    /// Takes the result of a [`SpareJob`]: the next rotation uses it, even
+    /// if the writer rotated without it meanwhile (it was late). A spare is
+    /// removed only if the writer already holds one or is poisoned.
     ///
     /// # Errors
     ///
@@ -631,7 +639,7 @@ impl WalWriter {
     pub(crate) fn install_spare(&mut self, spare: Result<SpareSegment, WalError>) -> Result<(), WalError> {
         self.spare_job_out = None;
         let spare = spare?;
-        if spare.segment == self.segment + 1 && self.spare.is_none() && self.poisoned.is_none() {
+        if self.spare.is_none() && self.poisoned.is_none() {
             self.spare = Some(spare);
             return Ok(());
         }
