@@ -684,14 +684,16 @@ where
         bytes: &mut SegmentBytes,
         pos: usize,
     ) -> Result<bool, WalError> {
+        if self.written_ends.last().is_some_and(|(s, _)| *s == seg.number) {
+            // Already read to its end (an earlier bad spot): what is known
+            // decides, as for a version 1 segment.
+            return Ok(false);
+        }
         let bound = usize::try_from(MAX_UNSYNCED_BYTES).unwrap_or(usize::MAX);
         if !bytes.zeros_after(pos, bound).map_err(io_err("read", seg.path))? {
             return Ok(false);
         }
-        match self.written_ends.last_mut() {
-            Some((s, end)) if *s == seg.number => *end = pos as u64,
-            _ => self.written_ends.push((seg.number, pos as u64)),
-        }
+        self.written_ends.push((seg.number, pos as u64));
         Ok(true)
     }
 

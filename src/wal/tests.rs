@@ -1770,7 +1770,7 @@ fn segments_grow_from_the_initial_size() {
         .map(|s| std::fs::metadata(seg_path(&dir, s)).unwrap().len())
         .collect();
     assert!(newest >= 6, "{sizes:?}");
-    let expected: Vec<u64> = (0..newest).map(|i| (1u64 << 10 << i.min(4))).collect();
+    let expected: Vec<u64> = (0..newest).map(|i| 1u64 << 10 << i.min(4)).collect();
     assert_eq!(sizes, expected);
     let (ops, _) = collect(fs.as_ref(), &dir, WalRecoveryMode::AbsoluteConsistency, 0).unwrap();
     assert_eq!(ops, model);
