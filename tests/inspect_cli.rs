@@ -7,6 +7,8 @@
 
 #![cfg(feature = "cli")]
 
+#[path = "common/moto.rs"]
+mod moto;
 #[path = "common/mount.rs"]
 mod mount;
 
@@ -508,7 +510,15 @@ fn usage_errors_exit_two() {
         let o = run(args, tmp.path());
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
+    // A store URL needs the WAL directory; a memory:// store is empty in
+    // another process.
     let o = run(&["list"], Path::new("s3://bucket/prefix"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--wal-dir"), "{}", stderr(&o));
+    let o = run(
+        &["list", "--wal-dir", tmp.path().to_str().unwrap()],
+        Path::new("memory://"),
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
@@ -593,4 +603,152 @@ fn recovery_beside_a_live_manager_reads_a_published_state() {
         manager.checkpoint().await.unwrap();
         manager.shutdown().await.unwrap();
     });
+}
+
+/// Runs on a checkpoint-store URL with the S3 endpoint in the child's
+/// environment, and asserts the exit code.
+fn expect_s3(args: &[&str], url: &str, endpoint: &str, code: i32) -> Output {
+    let o = Command::new(BIN)
+        .args(args)
+        .arg(url)
+        .env("AWS_ENDPOINT", endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("run laminar-inspect");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "laminar-inspect {args:?} {url}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Checkpoints on S3 (a real `moto_server`), the WAL on the node's disk:
+/// `list`, `validate` and `recover --dry-run` on `s3://bucket/prefix
+/// --wal-dir DIR` read them, write nothing to the store, and a corrupted
+/// object is damage named by its object name.
+#[test]
+fn a_checkpoint_store_url_is_read_through_the_store() {
+    use futures::TryStreamExt;
+    use laminar_storage::ObjectStoreCheckpointStore;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+    use std::sync::Arc;
+
+    let Some(moto) = moto::Moto::start() else {
+        assert!(
+            std::env::var_os("LAMINAR_REQUIRE_MOTO").is_none(),
+            "LAMINAR_REQUIRE_MOTO is set and moto_server is not on PATH (pip install 'moto[server]')"
+        );
+        eprintln!("skipped: moto_server is not on PATH (pip install 'moto[server]' to run it)");
+        return;
+    };
+    moto.create_bucket("inspect");
+    let bucket = moto.bucket("inspect");
+    let node = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = ObjectStoreCheckpointStore::new(Arc::clone(&bucket), "node-a");
+    let (model, last) = rt.block_on(async {
+        let config = config(node.path()).with_checkpoint_store(Arc::new(store));
+        let (manager, mut writer) = IncrementalCheckpointManager::open(config).await.unwrap();
+        let mut model = Model::new();
+        let mut last = 0;
+        for i in 1..=12 {
+            last = epoch(&mut writer, &mut model);
+            if i % 5 == 0 {
+                manager.checkpoint().await.unwrap();
+            }
+        }
+        manager.wait_durable(last).await.unwrap();
+        manager.shutdown().await.unwrap();
+        (model, last)
+    });
+    let objects = || {
+        rt.block_on(async {
+            let mut objects: Vec<(String, u64)> = bucket
+                .list(None)
+                .map_ok(|m| (m.location.to_string(), m.size))
+                .try_collect()
+                .await
+                .unwrap();
+            objects.sort();
+            objects
+        })
+    };
+    let before = objects();
+    assert!(!before.is_empty());
+    let url = "s3://inspect/node-a";
+    let wal = node.path().join("wal");
+    let wal = wal.to_str().unwrap();
+    let ep = moto.endpoint.as_str();
+
+    let listing = json(&expect_s3(&["list", "--json", "--wal-dir", wal], url, ep, 0));
+    assert_eq!(listing["checkpoints"].as_array().unwrap().len(), 2, "{listing:#}");
+    let newest = newest_checkpoint(&listing).clone();
+    expect_s3(&["validate", "--wal-dir", wal], url, ep, 0);
+    let d = json(&expect_s3(
+        &["recover", "--dry-run", "--json", "--wal-dir", wal],
+        url,
+        ep,
+        0,
+    ));
+    assert_eq!(d["epoch"], last, "{d:#}");
+    assert_eq!(d["keys"], model.len() as u64, "{d:#}");
+    // The store alone, as a fresh node restores it: an empty WAL directory.
+    let fresh = tempfile::tempdir().unwrap();
+    let empty = fresh.path().to_str().unwrap();
+    let d = json(&expect_s3(
+        &["recover", "--dry-run", "--json", "--wal-dir", empty],
+        url,
+        ep,
+        0,
+    ));
+    assert_eq!(d["epoch"], newest["epoch"], "{d:#}");
+    // No WAL directory: a usage error, nothing read or written.
+    let o = expect_s3(&["list"], url, ep, 2);
+    assert!(stderr(&o).contains("--wal-dir"), "{}", stderr(&o));
+    assert_eq!(objects(), before, "the store is unchanged");
+    assert_eq!(fs::read_dir(fresh.path()).unwrap().count(), 0);
+
+    // A bit flip in the newest checkpoint's last data file.
+    let name = newest["files"].as_array().unwrap().last().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let location = ObjectPath::from(format!("node-a/{name}"));
+    rt.block_on(async {
+        let mut bytes = bucket
+            .get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        bucket.put(&location, PutPayload::from(bytes)).await.unwrap();
+    });
+    let o = expect_s3(&["validate", "--wal-dir", wal], url, ep, 1);
+    let text = stdout(&o);
+    let problem = text
+        .lines()
+        .find(|l| l.starts_with("PROBLEM"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(problem.contains(&format!("{url}/{name}")), "{problem}");
+    // Recovery skips it and replays the WAL from the older one.
+    let d = json(&expect_s3(
+        &["recover", "--dry-run", "--json", "--wal-dir", wal],
+        url,
+        ep,
+        0,
+    ));
+    assert_eq!(d["epoch"], last, "{d:#}");
+    assert_eq!(d["checkpoints_skipped"][0]["id"], newest["id"], "{d:#}");
 }

@@ -12,7 +12,14 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use laminar_storage::{IncrementalCheckpointError, Inspector, RecoveryConfig, WalError};
 
-const EXIT_CODES: &str = "\
+const AFTER_HELP: &str = "\
+Checkpoint stores (a build with `--features object-store`):
+  laminar-inspect list s3://bucket/prefix --wal-dir DIR
+  reads the checkpoints in the store (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+  AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP, ...) and the WAL in DIR,
+  which is required and must exist (an empty one shows what a fresh node would restore).
+  Nothing is written to the store. file:///path is a local state directory.
+
 Exit codes:
   0  done; the state is sound (a torn WAL tail, what a crash leaves, is reported and still 0)
   1  damage: a checksum, size, sequence or key count does not match, or a file is missing
@@ -24,7 +31,7 @@ Exit codes:
 /// what is in it. Never creates, locks, changes or deletes anything: safe
 /// on a read-only mount of a backup and beside a running manager.
 #[derive(Debug, Parser)]
-#[command(name = "laminar-inspect", version, after_help = EXIT_CODES)]
+#[command(name = "laminar-inspect", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +41,8 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Options {
-    /// The WAL directory [default: the wal directory in STATE].
+    /// The WAL directory [default: the wal directory in STATE; required
+    /// with a store URL].
     #[arg(long, global = true, value_name = "DIR")]
     wal_dir: Option<PathBuf>,
     /// Print JSON for scripts (one document; `dump`: one object per line).
@@ -75,7 +83,10 @@ enum Command {
 #[derive(Debug, Args)]
 struct Target {
     /// The state directory (the checkpoint directory; the WAL is in
-    /// `<STATE>/wal` unless `--wal-dir` says otherwise).
+    /// `<STATE>/wal` unless `--wal-dir` says otherwise), or, in a build
+    /// with the `object-store` feature, a checkpoint-store URL such as
+    /// `s3://bucket/prefix` (with `--wal-dir`; credentials, region and
+    /// endpoint from the `AWS_*` environment variables).
     #[arg(value_name = "STATE")]
     state: String,
 }
@@ -235,25 +246,61 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     result
 }
 
-/// The inspector for `target`: a state directory, or (once a checkpoint
-/// store for it is built in) a store URL with `--wal-dir`.
+/// The inspector for `target`: a state directory (`file://` or a plain
+/// path), or a checkpoint-store URL with `--wal-dir`.
 fn inspector(target: &Target, o: &Options) -> Result<Inspector, Failure> {
     let state = &target.state;
-    let dir = match state.split_once("://") {
-        None => PathBuf::from(state),
-        Some(("file", path)) => PathBuf::from(path),
-        Some((scheme, _)) => {
+    let config = match state.split_once("://") {
+        None => local(PathBuf::from(state), o),
+        Some(("file", path)) => local(PathBuf::from(path), o),
+        Some(("memory", _)) => {
             return Err(Failure::Usage(format!(
-                "`{state}`: {scheme}:// checkpoint stores are not supported by this build; \
-                 give a local state directory"
+                "`{state}`: a memory:// store lives and dies with the process that wrote it; \
+                 there is nothing in it to inspect"
             )));
         }
+        Some(_) => store_config(state, o)?,
     };
-    let wal = o.wal_dir.clone().unwrap_or_else(|| dir.join("wal"));
-    let mut inspector = Inspector::from_config(RecoveryConfig::new(&dir, wal));
+    let mut inspector = Inspector::from_config(config);
     let show = o.progress || (!o.quiet && std::io::stderr().is_terminal());
     if show {
         inspector = inspector.with_progress(|p| eprintln!("laminar-inspect: {p}"));
     }
     Ok(inspector)
+}
+
+/// A local state directory: checkpoints in `dir`, the WAL in `dir/wal`
+/// unless `--wal-dir` says otherwise.
+fn local(dir: PathBuf, o: &Options) -> RecoveryConfig {
+    let wal = o.wal_dir.clone().unwrap_or_else(|| dir.join("wal"));
+    RecoveryConfig::new(dir, wal)
+}
+
+/// Checkpoints in the object store `url` names, the WAL in `--wal-dir`.
+/// Read-only recovery needs a WAL directory that exists, and the store
+/// holds none, so there is no default: an empty directory shows what a
+/// fresh node would restore from the store alone.
+#[cfg(feature = "object-store")]
+fn store_config(url: &str, o: &Options) -> Result<RecoveryConfig, Failure> {
+    let Some(wal) = o.wal_dir.clone() else {
+        return Err(Failure::Usage(format!(
+            "`{url}`: a checkpoint-store URL needs `--wal-dir DIR` (the node's WAL directory; \
+             an empty directory shows what a fresh node would restore from the store alone)"
+        )));
+    };
+    // A URL that does not parse or names no store this build has is a bad
+    // argument.
+    let store = laminar_storage::ObjectStoreCheckpointStore::from_url(url)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    // The URL names the store in messages: `s3://bucket/prefix/<file>`.
+    Ok(RecoveryConfig::new(url, wal).with_checkpoint_store(std::sync::Arc::new(store)))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn store_config(url: &str, _: &Options) -> Result<RecoveryConfig, Failure> {
+    let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+    Err(Failure::Usage(format!(
+        "`{url}`: this build reads no {scheme}:// checkpoint stores; build \
+         laminar-inspect with `--features object-store`, or give a local state directory"
+    )))
 }
