@@ -120,20 +120,7 @@ fn refuse_unreadable(inventory: &mut Inventory) -> Result<()> {
 /// nothing replayed, the next writer starting a new segment after the
 /// checkpoint's position.
 fn without_wal(m: &Manifest) -> ReplayReport {
-    ReplayReport {
-        last_epoch: None,
-        last_commit: None,
-        last_commit_end: None,
-        epochs_applied: 0,
-        records_replayed: 0,
-        records_discarded: 0,
-        segments_read: 0,
-        torn_tail: None,
-        skipped: Vec::new(),
-        stopped_at: None,
-        resume: ResumePosition::fresh_after(m.replay_from()),
-        segments: Vec::new(),
-    }
+    ReplayReport::empty(ResumePosition::fresh_after(m.replay_from()))
 }
 
 /// Checkpoint `id` and nothing else, loaded, for

@@ -82,6 +82,27 @@ pub(crate) struct ReplayReport {
     pub(crate) segments: Vec<SegmentSpan>,
 }
 
+impl ReplayReport {
+    /// A replay that has read nothing yet; the next writer resumes at
+    /// `resume`.
+    pub(crate) fn empty(resume: ResumePosition) -> Self {
+        Self {
+            last_epoch: None,
+            last_commit: None,
+            last_commit_end: None,
+            epochs_applied: 0,
+            records_replayed: 0,
+            records_discarded: 0,
+            segments_read: 0,
+            torn_tail: None,
+            skipped: Vec::new(),
+            stopped_at: None,
+            resume,
+            segments: Vec::new(),
+        }
+    }
+}
+
 /// The valid records one replay found in one segment: what an operator's
 /// listing of the log shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,20 +311,7 @@ where
         head_partial: false,
         pending: Vec::new(),
         pending_ops: Vec::new(),
-        report: ReplayReport {
-            last_epoch: None,
-            last_commit: None,
-            last_commit_end: None,
-            epochs_applied: 0,
-            records_replayed: 0,
-            records_discarded: 0,
-            segments_read: 0,
-            torn_tail: None,
-            skipped: Vec::new(),
-            stopped_at: None,
-            resume: ResumePosition::fresh(),
-            segments: Vec::new(),
-        },
+        report: ReplayReport::empty(ResumePosition::fresh()),
     };
     let Some(&newest) = segments.last() else {
         return r.no_segments(range.from, dir);
