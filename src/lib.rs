@@ -110,7 +110,7 @@
 //
 //   sync, error, coding         primitives: the loom shim, the errors, the byte codec
 //   io                          the file-system seam, the directory lock, stored files
-//   changelog, state            Ring 0: the SPSC ring and the state store on it
+//   changelog, status, state    Ring 0: the SPSC ring, Ring 1's status as Ring 0 sees it, the state store
 //   wal, checkpoint             the on-disk formats, their writers and readers
 //   recovery                    opening state: recovery (read-only, or for a manager's open)
 //   inspect                     read-only inspection of a state's directories
@@ -145,7 +145,9 @@ pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpoint
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::inspect::Inspector;
 pub use crate::io::StoredFile;
-pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats};
+pub use crate::manager::{
+    CheckpointConfig, DurableEpoch, DurableEpochs, IncrementalCheckpointManager, ManagerStats, StateSink,
+};
 pub use crate::recovery::{
     RecoveredState, RecoveryConfig, RecoveryManager, RecoveryReport, SkippedCheckpoint, SkippedCheckpoints,
     TornTail, WalDamage, validate_checkpoint,

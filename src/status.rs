@@ -60,4 +60,17 @@ impl Ring1Watch {
         }
         Ok(())
     }
+
+    /// The error for an update refused because Ring 1 closed the
+    /// changelog: how Ring 1 ended, or
+    /// [`ShutDown`](IncrementalCheckpointError::ShutDown) while a shutdown
+    /// it was asked for is under way.
+    pub(crate) fn stopped_error(&self) -> IncrementalCheckpointError {
+        match self.check() {
+            Err(e) => e,
+            Ok(()) => IncrementalCheckpointError::ShutDown {
+                durable_epoch: self.0.borrow().durable_epoch,
+            },
+        }
+    }
 }

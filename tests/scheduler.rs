@@ -21,11 +21,21 @@ async fn interval_ticks_take_checkpoints_only_of_new_epochs_and_end_at_shutdown(
         .await
         .unwrap();
     let mut scheduler = CheckpointScheduler::new(manager.clone());
+    // No checkpoint yet: the first is due as soon as an epoch is committed,
+    // not an interval after open (a process that restarts more often than
+    // the interval must still checkpoint).
     let start = Instant::now();
     writer.put(b"a", b"1").unwrap();
     let e1 = writer.commit_epoch().unwrap();
     let m = scheduler.next().await.unwrap().unwrap();
     assert_eq!((m.epoch, m.id), (e1, 1));
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+
+    // The next is due an interval after it.
+    writer.put(b"a", b"2").unwrap();
+    let e2 = writer.commit_epoch().unwrap();
+    let m = scheduler.next().await.unwrap().unwrap();
+    assert_eq!((m.epoch, m.id), (e2, 2));
     assert!(
         start.elapsed() >= Duration::from_secs(60),
         "{:?}",
@@ -35,12 +45,13 @@ async fn interval_ticks_take_checkpoints_only_of_new_epochs_and_end_at_shutdown(
     // Nothing committed since: ten intervals pass without a checkpoint.
     let idle = tokio::time::timeout(Duration::from_secs(600), scheduler.next()).await;
     assert!(idle.is_err(), "{idle:?}");
-    assert_eq!(manager.stats().checkpoints, 1);
+    assert_eq!(manager.stats().checkpoints, 2);
 
+    // The interval is long past: the next committed epoch triggers one.
     writer.put(b"b", b"2").unwrap();
-    let e2 = writer.commit_epoch().unwrap();
+    let e3 = writer.commit_epoch().unwrap();
     let m = scheduler.next().await.unwrap().unwrap();
-    assert_eq!((m.epoch, m.parent_id), (e2, Some(1)));
+    assert_eq!((m.epoch, m.parent_id), (e3, Some(2)));
 
     manager.shutdown().await.unwrap();
     assert!(scheduler.next().await.is_none());

@@ -7,9 +7,12 @@
 //! or pop in the common case touches no cache line the other side writes.
 
 use std::fmt;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
 
 use super::StateChangelogEntry;
-use crate::sync::{Arc, AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Ordering, UnsafeCell, fence};
 
 /// A bounded single-producer single-consumer ring of changelog entries.
 ///
@@ -42,8 +45,38 @@ struct Shared {
     tail: CachePadded<AtomicUsize>,
     /// Pushes refused because the ring was full. Written by the producer only.
     overflows: CachePadded<AtomicU64>,
+    /// A producer waiting for room ([`ChangelogProducer::poll_room`]) and
+    /// whether the consumer has closed the ring. Written rarely (only when
+    /// a producer waits, and once at the end), so the producer's relaxed
+    /// read of `closed` on every update stays a cache hit.
+    room: CachePadded<RoomSignal>,
     mask: usize,
     slots: Box<[UnsafeCell<StateChangelogEntry>]>,
+}
+
+/// How the consumer wakes a producer waiting for room, paying nothing when
+/// none waits: the producer registers its waker and sets `wanted`, the
+/// consumer looks at `wanted` (one load) after each release of slots.
+///
+/// Lost wake-ups are excluded the Dekker way: the producer stores `wanted`
+/// and then re-reads `head`; the consumer stores `head` and then reads
+/// `wanted`; a `SeqCst` fence between each pair means at least one of them
+/// sees the other's store.
+#[derive(Default)]
+struct RoomSignal {
+    wanted: AtomicBool,
+    waker: AtomicWaker,
+    /// Set once by the consumer's owner: no entry pushed from now on will
+    /// be logged.
+    closed: AtomicBool,
+}
+
+impl RoomSignal {
+    fn wake(&self) {
+        if self.wanted.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
 }
 
 // SAFETY: the slots are only accessed under the SPSC protocol: the producer
@@ -75,6 +108,7 @@ impl StateChangelogBuffer {
                 head: CachePadded(AtomicUsize::new(0)),
                 tail: CachePadded(AtomicUsize::new(0)),
                 overflows: CachePadded(AtomicU64::new(0)),
+                room: CachePadded(RoomSignal::default()),
                 mask: capacity - 1,
                 slots,
             }),
@@ -201,6 +235,40 @@ impl ChangelogProducer {
         free(self.cached_head) >= n
     }
 
+    /// Resolves once `n` pushes in a row would all succeed, registering
+    /// `cx`'s waker for the consumer to wake when it releases slots.
+    /// `Ready` at once when there is room (no registration then), or when
+    /// the ring is closed (the caller asks [`is_closed`](Self::is_closed)).
+    /// `n` must not exceed the capacity, or it never resolves.
+    ///
+    /// Room only grows until this producer pushes again, so after `Ready`
+    /// the next `n` pushes succeed.
+    pub(crate) fn poll_room(&mut self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        debug_assert!(n <= self.capacity(), "room for more than the ring holds");
+        if self.has_room_for(n) || self.is_closed() {
+            return Poll::Ready(());
+        }
+        let shared = Arc::clone(&self.shared);
+        let room = &shared.room;
+        room.waker.register(cx.waker());
+        room.wanted.store(true, Ordering::Relaxed);
+        // Pairs with the consumer's fence after it stores `head`: either it
+        // sees `wanted`, or this re-read sees its `head`.
+        fence(Ordering::SeqCst);
+        if self.has_room_for(n) || self.is_closed() {
+            room.wanted.store(false, Ordering::Relaxed);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Whether the consumer's owner has closed the ring: nothing pushed
+    /// from now on will be logged. One relaxed load of a line written once.
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.room.closed.load(Ordering::Relaxed)
+    }
+
     /// Counts an update refused for lack of room, for callers that check
     /// [`has_room`](Self::has_room) before preparing an entry.
     #[inline]
@@ -315,8 +383,24 @@ impl ChangelogConsumer {
         if n > 0 {
             self.head = self.head.wrapping_add(n);
             self.shared.head.store(self.head, Ordering::Release);
+            // Pairs with the fence in `poll_room`: a producer that
+            // registered before this release is seen here and woken.
+            fence(Ordering::SeqCst);
+            if self.shared.room.wanted.load(Ordering::Relaxed) {
+                self.shared.room.wake();
+            }
         }
         n
+    }
+
+    /// Closes the ring: the producer's updates will be refused from now on
+    /// (its owner checks [`ChangelogProducer::is_closed`]), and a producer
+    /// waiting for room is woken to see it. Entries already pushed can
+    /// still be drained. Idempotent.
+    pub(crate) fn close(&self) {
+        self.shared.room.closed.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.shared.room.wake();
     }
 
     /// Entries waiting to be drained (reads the producer's position).

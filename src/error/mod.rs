@@ -135,6 +135,15 @@ pub enum IncrementalCheckpointError {
         /// The highest durable epoch at shutdown.
         durable_epoch: u64,
     },
+    /// A durability wait for an epoch that was never committed: it would
+    /// wait forever. `committed` is the newest committed epoch at the call.
+    #[error("epoch {epoch} was never committed (the newest committed epoch is {committed})")]
+    EpochNotCommitted {
+        /// The epoch waited for.
+        epoch: u64,
+        /// The newest epoch committed when the wait was asked for.
+        committed: u64,
+    },
     /// The Ring 1 task ended without reporting why (it panicked, or its
     /// runtime shut down). Reopen to recover what was durable.
     #[error("the Ring 1 task ended unexpectedly")]

@@ -80,7 +80,9 @@ pub use crate::checkpoint::ObjectStoreCheckpointStore;
 pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::io::StoredFile;
-pub use crate::manager::{CheckpointConfig, IncrementalCheckpointManager, ManagerStats};
+pub use crate::manager::{
+    CheckpointConfig, DurableEpoch, DurableEpochs, IncrementalCheckpointManager, ManagerStats, StateSink,
+};
 #[allow(deprecated)]
 pub use crate::recovery::RecoverySummary;
 pub use crate::recovery::{
@@ -104,6 +106,8 @@ const _: () = {
     const fn spawnable_stream<T: Send + Unpin + 'static>() {}
     const fn error<T: std::error::Error + Send + Sync + 'static>() {}
     shared::<IncrementalCheckpointManager>();
+    spawnable_stream::<DurableEpochs>();
+    sendable::<StateSink>();
     shared::<CheckpointConfig>();
     shared::<RecoveryConfig>();
     sendable::<StateWriter>();
@@ -127,6 +131,7 @@ fn _futures_are_send(
     send(&manager.wait_durable(1));
     send(&manager.checkpoint());
     send(&manager.shutdown());
+    send(&manager.closed());
     send(&recovery.recover());
     send(&validate_checkpoint("checkpoint_0000000000000001"));
     send(&wal_size("wal"));

@@ -23,6 +23,9 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// | [`state`](Self::with_state) | [`StateConfig::new`] |
 /// | [`interval`](Self::with_interval) | 60 s between scheduled checkpoints |
 /// | [`wal_size_threshold`](Self::with_wal_size_threshold) | 256 MiB of WAL written since the last checkpoint triggers one |
+/// | [`automatic_checkpoints`](Self::with_automatic_checkpoints) | off: checkpoints are taken when asked, or by a [`CheckpointScheduler`](crate::incremental::CheckpointScheduler) you poll |
+/// | [`create_if_missing`](Self::with_create_if_missing) | on: missing directories are created |
+/// | [`slow_fsync_threshold`](Self::with_slow_fsync_threshold) | 500 ms: a slower WAL `fdatasync` logs a warning |
 /// | [`max_retained`](Self::with_max_retained) | 3 checkpoints kept |
 /// | [`max_chain_length`](Self::with_max_chain_length) | 8 files (a base and 7 deltas) before a new base |
 /// | [`checkpoint_store`](Self::with_checkpoint_store) | [`LocalDirStore`](crate::incremental::LocalDirStore) in the checkpoint directory |
@@ -42,6 +45,9 @@ pub struct CheckpointConfig {
     pub(crate) wal_size_threshold: u64,
     pub(crate) max_retained: usize,
     pub(crate) max_chain_length: usize,
+    pub(crate) automatic_checkpoints: bool,
+    pub(crate) create_if_missing: bool,
+    pub(crate) slow_fsync_threshold: Duration,
 }
 
 impl CheckpointConfig {
@@ -56,7 +62,57 @@ impl CheckpointConfig {
             wal_size_threshold: 256 << 20,
             max_retained: 3,
             max_chain_length: 8,
+            automatic_checkpoints: false,
+            create_if_missing: true,
+            slow_fsync_threshold: Duration::from_millis(500),
         }
+    }
+
+    /// Whether the manager takes checkpoints on its own, on the configured
+    /// [`interval`](Self::with_interval) and
+    /// [`WAL growth`](Self::with_wal_size_threshold) (default: off).
+    ///
+    /// On, `open` spawns a scheduler task beside Ring 1. It holds no
+    /// manager handle (it ends when the last one is dropped, and does not
+    /// keep the state open), times each interval from the newest
+    /// checkpoint's timestamp, not from `open` (so a process that restarts
+    /// more often than the interval still checkpoints: the first one is due
+    /// at once if the newest is older than the interval), skips intervals
+    /// with no new epoch, and logs failed checkpoints as warnings (the next
+    /// interval tries again). Don't also poll a
+    /// [`CheckpointScheduler`](crate::incremental::CheckpointScheduler).
+    pub fn with_automatic_checkpoints(mut self, on: bool) -> Self {
+        self.automatic_checkpoints = on;
+        self
+    }
+
+    /// Whether `open` creates the checkpoint and WAL directories when they
+    /// do not exist (default: on). Off, a missing directory is an error
+    /// ([`NotFound`](IncrementalCheckpointError::NotFound) naming it), so
+    /// that a mistyped path does not silently start an empty state at
+    /// offset 0. (RocksDB's `create_if_missing` defaults to off; ours stays
+    /// on so that existing code keeps working.)
+    pub fn with_create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    /// A WAL `fdatasync` that takes at least this long is logged as a
+    /// `tracing` warning with its duration (default: 500 ms): a slow disk
+    /// shows up in the logs before it shows up as backpressure.
+    pub fn with_slow_fsync_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_fsync_threshold = threshold;
+        self
+    }
+
+    /// Whether the manager takes checkpoints on its own.
+    pub fn automatic_checkpoints(&self) -> bool {
+        self.automatic_checkpoints
+    }
+
+    /// Whether `open` creates missing directories.
+    pub fn create_if_missing(&self) -> bool {
+        self.create_if_missing
     }
 
     /// How often the [`CheckpointScheduler`](crate::incremental::CheckpointScheduler)

@@ -5,17 +5,22 @@
 
 mod checkpoint_task;
 mod config;
+mod durable;
 mod ring1;
+mod sink;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use checkpoint_task::{CheckpointTask, Request};
 pub use config::CheckpointConfig;
+pub use durable::{DurableEpoch, DurableEpochs};
 use ring1::{Command, Ring1, Ring1Stats};
+pub use sink::StateSink;
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::catalog::Catalog;
@@ -62,10 +67,43 @@ use crate::wal::WalWriter;
 /// epochs already acknowledged durable stay durable, later ones may be
 /// lost. So let the runtime outlive the handles, or await `shutdown`.
 ///
+/// After `shutdown` (from its first poll), every update and commit of the
+/// writer returns [`ShutDown`](IncrementalCheckpointError::ShutDown): an
+/// update that can never become durable is refused, not accepted.
+///
+/// To reopen the same directories in the same process after dropping the
+/// handles without `shutdown`, wait for the background flush:
+/// [`closed`](Self::closed) resolves once both tasks have ended and the
+/// lock is released (`open` before that returns
+/// [`Locked`](IncrementalCheckpointError::Locked)). Dropping the last
+/// handle without `shutdown` while Ring 1 runs logs a `tracing` warning,
+/// because nothing then reports whether that flush succeeded.
+///
 /// After an I/O error on the WAL, Ring 1 stops for good (a failed `fsync`
-/// is never retried): every waiter, the writer's next commit and
+/// is never retried): every waiter, every update of the writer and
 /// `shutdown` report [`Failed`](IncrementalCheckpointError::Failed) with
 /// the first error. Reopen to recover what was durable.
+///
+/// # On a `current_thread` runtime
+///
+/// Ring 1 is a task on the same runtime as the writer, so it runs only
+/// when the writer's task yields. A loop that always finds its next event
+/// ready never yields on its own: await [`StateWriter::ready`] before
+/// updates (it yields exactly when Ring 1 must drain), and await something
+/// after each commit ([`wait_durable`](Self::wait_durable), the next event
+/// from a real source, or `tokio::task::yield_now()`), or Ring 1 only runs
+/// when the changelog is full and commit-to-durable latency is measured in
+/// tens of milliseconds. [`StateSink`](crate::incremental::StateSink)
+/// does both. On a multi-threaded runtime Ring 1 runs on another worker.
+///
+/// # Tracing
+///
+/// `open` and recovery, Ring 1, the checkpoint task and the automatic
+/// scheduler run in `tracing` spans named `laminar_storage` carrying the
+/// `wal` and `checkpoints` directories, so the logs of several managers in
+/// one process can be told apart. A WAL `fdatasync` slower than
+/// [`with_slow_fsync_threshold`](CheckpointConfig::with_slow_fsync_threshold)
+/// logs a warning.
 #[derive(Debug, Clone)]
 pub struct IncrementalCheckpointManager {
     inner: Arc<Inner>,
@@ -78,6 +116,16 @@ struct Inner {
     checkpoints: mpsc::UnboundedSender<Request>,
     latest: watch::Receiver<Option<IncrementalCheckpointMetadata>>,
     checkpoint_task_done: watch::Receiver<bool>,
+    /// `true` once the automatic scheduler task has ended (at once when
+    /// there is none).
+    scheduler_done: watch::Receiver<bool>,
+    /// The newest durable epoch with its offsets, for `durable_epochs()`.
+    durable: watch::Receiver<Arc<DurableEpoch>>,
+    /// Dropped with the last handle: schedulers end when it closes.
+    alive: watch::Sender<()>,
+    shutdown_requested: AtomicBool,
+    /// The span every task of this manager runs in.
+    span: tracing::Span,
     committed: Arc<AtomicU64>,
     stats: Arc<Ring1Stats>,
     checkpoint_stats: Arc<CheckpointStats>,
@@ -188,6 +236,20 @@ impl IncrementalCheckpointManager {
         fs: Arc<dyn FileSystem>,
     ) -> Result<(Self, StateWriter)> {
         config.validate()?;
+        let span = tracing::info_span!(
+            "laminar_storage",
+            wal = %config.wal_path().display(),
+            checkpoints = %config.checkpoint_dir().display(),
+        );
+        let open = tracing::info_span!(parent: &span, "open");
+        Self::open_in(config, fs, span).instrument(open).await
+    }
+
+    async fn open_in(
+        config: CheckpointConfig,
+        fs: Arc<dyn FileSystem>,
+        span: tracing::Span,
+    ) -> Result<(Self, StateWriter)> {
         let locks = Arc::new(lock_dirs_of(&config).await?);
         let store = config.custom_store().cloned().unwrap_or_else(|| {
             Arc::new(crate::checkpoint::LocalDirStore::with_fs(
@@ -227,8 +289,24 @@ impl IncrementalCheckpointManager {
             report: recovery,
             mut writer,
         } = state;
-        let (ring1, ring1_handles) =
-            Ring1::new(drain, wal, config.sync_mode, Arc::clone(&locks), recovery.epoch);
+        tracing::info!(
+            epoch = recovery.epoch,
+            checkpoint = ?recovery.checkpoint_id,
+            wal_entries_replayed = recovery.wal_entries_replayed,
+            "recovered"
+        );
+        let recovered = DurableEpoch {
+            epoch: recovery.epoch,
+            source_offsets: recovery.source_offsets.clone(),
+            watermark: recovery.watermark,
+        };
+        let (ring1, ring1_handles) = Ring1::new(
+            drain,
+            wal,
+            (config.sync_mode, config.slow_fsync_threshold),
+            Arc::clone(&locks),
+            recovered,
+        );
         writer.attach_ring1(Ring1Watch(ring1_handles.status.clone()));
 
         let checkpoint_stats = Arc::new(CheckpointStats::default());
@@ -255,8 +333,17 @@ impl IncrementalCheckpointManager {
         let (task, task_handles) =
             CheckpointTask::new(checkpointer, ring1_handles.status.clone(), latest, locks);
         let committed = writer.committed_epoch();
-        tokio::spawn(ring1.run());
-        tokio::spawn(task.run());
+        tokio::spawn(
+            ring1
+                .run()
+                .instrument(tracing::info_span!(parent: &span, "ring1")),
+        );
+        tokio::spawn(
+            task.run()
+                .instrument(tracing::info_span!(parent: &span, "checkpoint_task")),
+        );
+        let (scheduler_done_tx, scheduler_done) = watch::channel(!config.automatic_checkpoints);
+        let automatic = config.automatic_checkpoints;
         let manager = Self {
             inner: Arc::new(Inner {
                 status: ring1_handles.status,
@@ -264,6 +351,11 @@ impl IncrementalCheckpointManager {
                 checkpoints: task_handles.requests,
                 latest: task_handles.latest,
                 checkpoint_task_done: task_handles.done,
+                scheduler_done,
+                durable: ring1_handles.durable,
+                alive: watch::channel(()).0,
+                shutdown_requested: AtomicBool::new(false),
+                span: span.clone(),
                 committed,
                 stats: ring1_handles.stats,
                 checkpoint_stats,
@@ -272,6 +364,13 @@ impl IncrementalCheckpointManager {
                 recovery,
             }),
         };
+        if automatic {
+            let scheduler = crate::scheduler::CheckpointScheduler::new(manager.clone());
+            tokio::spawn(
+                run_automatic(scheduler, scheduler_done_tx)
+                    .instrument(tracing::info_span!(parent: &span, "scheduler")),
+            );
+        }
         Ok((manager, writer))
     }
 
@@ -281,11 +380,11 @@ impl IncrementalCheckpointManager {
     /// every byte has been `fdatasync`ed. Returns at once for an epoch that
     /// already is (0 included).
     ///
-    /// An epoch that is never committed is never durable: this then waits
-    /// until shutdown.
-    ///
     /// # Errors
     ///
+    /// [`EpochNotCommitted`](IncrementalCheckpointError::EpochNotCommitted)
+    /// at once if `epoch` is above [`committed_epoch`](Self::committed_epoch)
+    /// (it would never become durable);
     /// [`Failed`](IncrementalCheckpointError::Failed) if the WAL failed
     /// before the epoch was durable (it never will be);
     /// [`ShutDown`](IncrementalCheckpointError::ShutDown) if the manager shut
@@ -296,7 +395,105 @@ impl IncrementalCheckpointManager {
     ///
     /// Cancel safe: it only watches. Dropping it changes nothing.
     pub async fn wait_durable(&self, epoch: u64) -> Result<()> {
+        let committed = self.committed_epoch();
+        if epoch > committed {
+            return Err(IncrementalCheckpointError::EpochNotCommitted { epoch, committed });
+        }
         ring1::wait_durable(self.inner.status.clone(), epoch).await
+    }
+
+    /// Each epoch as it becomes durable, with the source offsets and
+    /// watermark committed with it ([`DurableEpoch`]): what a pipeline
+    /// needs to acknowledge its sources once their events can no longer be
+    /// lost, without keeping its own queue of epochs.
+    ///
+    /// The first item is the newest epoch durable when the stream is first
+    /// polled (if any: the recovered one counts), then each newer one in
+    /// increasing order. A consumer slower than Ring 1 gets the newest
+    /// durable epoch when it polls, skipping those in between (their
+    /// offsets are superseded by the newer ones); it never gets one that is
+    /// not durable yet, nor one older than the last it got.
+    ///
+    /// The stream ends once Ring 1 has ended, after yielding the last
+    /// durable epoch: after [`shutdown`](Self::shutdown), after every
+    /// handle was dropped and the flush finished, or after a WAL failure.
+    /// To tell these apart, await [`shutdown`](Self::shutdown) when it
+    /// ends (idempotent): `Ok` for a clean shutdown,
+    /// [`Failed`](IncrementalCheckpointError::Failed) with the first error
+    /// after a failure. The stream holds no manager handle.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), laminar_storage::IncrementalCheckpointError> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// use futures::StreamExt;
+    /// use laminar_storage::{CheckpointConfig, IncrementalCheckpointManager};
+    ///
+    /// let (manager, mut writer) = IncrementalCheckpointManager::open(CheckpointConfig::new(dir.path())).await?;
+    /// let mut durable = manager.durable_epochs();
+    /// writer.put(b"k", b"v")?;
+    /// writer.set_source_offset("orders-0", 43); // the next offset to read
+    /// writer.commit_epoch()?;
+    /// let acked = durable.next().await.expect("Ring 1 runs");
+    /// assert_eq!(acked.source_offsets["orders-0"], 43); // commit 43 to the source
+    /// manager.shutdown().await?;
+    /// assert_eq!(durable.next().await, None); // ended by the shutdown
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// `next()` is cancel safe: an epoch not taken is still the newest, or
+    /// superseded by a newer one, on the next poll.
+    pub fn durable_epochs(&self) -> DurableEpochs {
+        DurableEpochs::new(self.inner.durable.clone())
+    }
+
+    /// Resolves once this manager's tasks have ended (Ring 1, the
+    /// checkpoint task and the automatic scheduler) and the directories'
+    /// lock is released: after [`shutdown`](Self::shutdown), after a WAL
+    /// failure, or after the writer and every handle were dropped and the
+    /// background flush finished. Then the directories can be opened again.
+    ///
+    /// The future holds no handle, so it can outlive them; "drop, then
+    /// reopen" in one process is:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), laminar_storage::IncrementalCheckpointError> {
+    /// # let dir = tempfile::tempdir().expect("a temporary directory");
+    /// use laminar_storage::{CheckpointConfig, IncrementalCheckpointManager};
+    ///
+    /// let config = CheckpointConfig::new(dir.path());
+    /// let (manager, writer) = IncrementalCheckpointManager::open(config.clone()).await?;
+    /// let closed = manager.closed();
+    /// drop((manager, writer)); // no shutdown: Ring 1 flushes in the background
+    /// closed.await;
+    /// let (manager, _writer) = IncrementalCheckpointManager::open(config).await?;
+    /// # manager.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// It does not say how Ring 1 ended: [`shutdown`](Self::shutdown) does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut status = self.inner.status.clone();
+        let mut tasks = [
+            self.inner.checkpoint_task_done.clone(),
+            self.inner.scheduler_done.clone(),
+        ];
+        async move {
+            // An error means the sender is gone: the task has ended too.
+            let _ = status.wait_for(|s| !matches!(s.state, Ring1State::Running)).await;
+            for done in &mut tasks {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        }
     }
 
     /// The highest durable epoch (0 if none). Never goes down.
@@ -384,6 +581,17 @@ impl IncrementalCheckpointManager {
         self.inner.status.clone()
     }
 
+    /// A handle that does not keep the manager open.
+    pub(crate) fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.inner))
+    }
+
+    /// Resolves once every handle is gone (it holds none).
+    pub(crate) fn dropped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut alive = self.inner.alive.subscribe();
+        async move { while alive.changed().await.is_ok() {} }
+    }
+
     /// The newest epoch committed by the writer (pushed to Ring 1; not
     /// necessarily durable yet).
     pub fn committed_epoch(&self) -> u64 {
@@ -412,12 +620,15 @@ impl IncrementalCheckpointManager {
     /// Cancel safe: the request is sent when the future is first polled and
     /// Ring 1 finishes the flush whether or not the future is still there.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown_requested.store(true, Ordering::Relaxed);
         // A closed channel means Ring 1 already ended; the status says how.
         let _ = self.inner.commands.send(Command::Shutdown);
         let mut status = self.inner.status.clone();
         let s = ring1::settle(&mut status, |_| false).await?;
         // A checkpoint in flight finishes before the lock is released.
         let mut done = self.inner.checkpoint_task_done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        let mut done = self.inner.scheduler_done.clone();
         let _ = done.wait_for(|d| *d).await;
         match s.terminal_error() {
             Some(IncrementalCheckpointError::ShutDown { .. }) | None => Ok(()),
@@ -520,16 +731,82 @@ impl IncrementalCheckpointManager {
     }
 }
 
+/// A manager handle that does not keep it open (schedulers hold one).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakManager(Weak<Inner>);
+
+impl WeakManager {
+    /// The manager, if a handle to it is still held.
+    pub(crate) fn upgrade(&self) -> Option<IncrementalCheckpointManager> {
+        self.0
+            .upgrade()
+            .map(|inner| IncrementalCheckpointManager { inner })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.shutdown_requested.load(Ordering::Relaxed)
+            && matches!(self.status.borrow().state, Ring1State::Running)
+        {
+            let _entered = self.span.enter();
+            tracing::warn!(
+                "manager dropped without shutdown(): Ring 1 flushes committed epochs in the background \
+                 once the writer is gone too, and nothing reports whether that succeeds; await \
+                 shutdown() instead, or closed() before reopening"
+            );
+        }
+    }
+}
+
+/// The automatic checkpoint scheduler's task: drives `scheduler` until it
+/// ends (the manager shut down or every handle dropped), logging failures.
+async fn run_automatic(mut scheduler: crate::scheduler::CheckpointScheduler, done: watch::Sender<bool>) {
+    use futures::StreamExt;
+    while let Some(result) = scheduler.next().await {
+        match result {
+            Ok(meta) => tracing::debug!(id = meta.id, epoch = meta.epoch, "automatic checkpoint"),
+            Err(e) => {
+                tracing::warn!(error = %e, "automatic checkpoint failed; the next interval tries again")
+            }
+        }
+    }
+    drop(scheduler);
+    let _ = done.send(true);
+}
+
 /// Takes the directories' locks for `config`, off the runtime's threads:
 /// the WAL directory's, and the checkpoint directory's unless checkpoints
-/// go to a custom store.
+/// go to a custom store. With `create_if_missing` off, a directory that
+/// does not exist is `NotFound`, naming it.
 async fn lock_dirs_of(config: &CheckpointConfig) -> Result<DirLocks> {
-    let (c, w, custom) = (
+    let (c, w, custom, create) = (
         config.checkpoint_dir().to_path_buf(),
         config.wal_path().to_path_buf(),
         config.custom_store().is_some(),
+        config.create_if_missing,
     );
-    blocking("lock", config.wal_path(), move || lock_dirs_for(&c, &w, !custom)).await
+    blocking("lock", config.wal_path(), move || {
+        if !create {
+            let dirs = if custom { vec![&w] } else { vec![&c, &w] };
+            for dir in dirs {
+                match std::fs::metadata(dir) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(IncrementalCheckpointError::NotFound { path: dir.clone() });
+                    }
+                    Err(source) => {
+                        return Err(IncrementalCheckpointError::Io {
+                            path: dir.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        lock_dirs_for(&c, &w, !custom)
+    })
+    .await
 }
 
 #[cfg(test)]

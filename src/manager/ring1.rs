@@ -29,16 +29,19 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::changelog::commit::CommitRecord;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::io::DirLocks;
 use crate::state::{Change, StateDrain};
 use crate::status::{DurableStatus, Ring1State};
 use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
+
+use super::durable::DurableEpoch;
 
 /// Stop draining once a batch holds this much: backpressure to Ring 0.
 pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
@@ -76,8 +79,9 @@ pub(crate) enum Command {
 struct IoJob {
     wal: WalWriter,
     batch: WalBatch,
-    /// The last epoch whose commit is in `batch`.
+    /// The last epoch whose commit is in `batch`, and that commit's payload.
     epoch: Option<u64>,
+    commit: Vec<u8>,
     sync: bool,
 }
 
@@ -85,23 +89,33 @@ struct IoDone {
     wal: WalWriter,
     batch: WalBatch,
     epoch: Option<u64>,
+    commit: Vec<u8>,
     synced: bool,
+    /// How long the `fdatasync` took, if one ran.
+    sync_time: Option<Duration>,
     result: std::result::Result<(), WalError>,
 }
 
 impl IoJob {
     fn run(mut self, stats: &Ring1Stats) -> IoDone {
-        let result = self.write_and_sync(stats);
+        let mut sync_time = None;
+        let result = self.write_and_sync(stats, &mut sync_time);
         IoDone {
             wal: self.wal,
             batch: self.batch,
             epoch: self.epoch,
+            commit: self.commit,
             synced: self.sync,
+            sync_time,
             result,
         }
     }
 
-    fn write_and_sync(&mut self, stats: &Ring1Stats) -> std::result::Result<(), WalError> {
+    fn write_and_sync(
+        &mut self,
+        stats: &Ring1Stats,
+        sync_time: &mut Option<Duration>,
+    ) -> std::result::Result<(), WalError> {
         if !self.batch.is_empty() {
             self.wal.write_batch(&mut self.batch)?;
             stats
@@ -112,7 +126,9 @@ impl IoJob {
         if self.sync {
             let start = Instant::now();
             self.wal.sync()?;
-            let nanos = start.elapsed().as_nanos() as u64;
+            let took = start.elapsed();
+            *sync_time = Some(took);
+            let nanos = took.as_nanos() as u64;
             stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             stats.fsync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
             stats.fsync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
@@ -179,6 +195,14 @@ pub(crate) struct Ring1 {
     /// Highest epoch whose commit is written / synced.
     pub(crate) written_epoch: u64,
     pub(crate) synced_epoch: u64,
+    /// The payload of the last commit in `batch`, and of `written_epoch`'s.
+    pub(crate) batch_commit: Vec<u8>,
+    pub(crate) written_commit: Vec<u8>,
+    /// The newest durable epoch with its offsets and watermark, for
+    /// `durable_epochs()`.
+    pub(crate) durable: watch::Sender<Arc<DurableEpoch>>,
+    /// An `fdatasync` slower than this is logged as a warning.
+    pub(crate) slow_fsync: Duration,
 }
 
 /// The manager's ends of Ring 1's channels.
@@ -188,22 +212,25 @@ pub(crate) struct Ring1Handles {
     pub(crate) status: watch::Receiver<DurableStatus>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) stats: Arc<Ring1Stats>,
+    pub(crate) durable: watch::Receiver<Arc<DurableEpoch>>,
 }
 
 impl Ring1 {
     /// Ring 1 over `drain` and `wal`, after a recovery that made
-    /// `durable_epoch` durable; it holds `lock` while it runs.
+    /// `recovered` durable; it holds `lock` while it runs.
     pub(crate) fn new(
         drain: StateDrain,
         wal: WalWriter,
-        sync_mode: WalSyncMode,
+        (sync_mode, slow_fsync): (WalSyncMode, Duration),
         lock: Arc<DirLocks>,
-        durable_epoch: u64,
+        recovered: DurableEpoch,
     ) -> (Self, Ring1Handles) {
+        let durable_epoch = recovered.epoch;
         let (status_tx, status_rx) = watch::channel(DurableStatus {
             durable_epoch,
             state: Ring1State::Running,
         });
+        let (durable_tx, durable_rx) = watch::channel(Arc::new(recovered));
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Ring1Stats::default());
         let ring1 = Self {
@@ -219,11 +246,16 @@ impl Ring1 {
             spare_batch: None,
             written_epoch: durable_epoch,
             synced_epoch: durable_epoch,
+            batch_commit: Vec::new(),
+            written_commit: Vec::new(),
+            durable: durable_tx,
+            slow_fsync,
         };
         let handles = Ring1Handles {
             status: status_rx,
             commands: commands_tx,
             stats,
+            durable: durable_rx,
         };
         (ring1, handles)
     }
@@ -348,6 +380,9 @@ impl Ring1 {
                 }));
             }
             Event::Command(Some(Command::Shutdown)) => {
+                // The writer refuses updates from now on: they could never
+                // become durable.
+                self.drain.close();
                 if l.stop_after.is_none() {
                     l.stop_after = Some(self.drain.drained() + self.drain.pending() as u64);
                 }
@@ -360,6 +395,7 @@ impl Ring1 {
 
     fn drain_into_batch(&mut self) {
         let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
+        let batch_commit = &mut self.batch_commit;
         loop {
             let mut epochs = 0;
             let n = self.drain.drain(DRAIN_CHUNK, |change| match change {
@@ -368,6 +404,8 @@ impl Ring1 {
                 Change::Commit { epoch, payload } => {
                     batch.append_commit(payload);
                     *batch_epoch = Some(epoch);
+                    batch_commit.clear();
+                    batch_commit.extend_from_slice(payload);
                     epochs += 1;
                 }
             });
@@ -402,10 +440,16 @@ impl Ring1 {
             self.spare_batch.take().unwrap_or_default()
         };
         let epoch = if write { self.batch_epoch.take() } else { None };
+        let commit = if epoch.is_some() {
+            std::mem::take(&mut self.batch_commit)
+        } else {
+            Vec::new()
+        };
         Some(IoJob {
             wal: self.wal.take()?,
             batch,
             epoch,
+            commit,
             sync,
         })
     }
@@ -416,15 +460,29 @@ impl Ring1 {
             wal,
             mut batch,
             epoch,
+            commit,
             synced,
+            sync_time,
             result,
         } = done;
         self.wal = Some(wal);
         batch.clear();
         self.spare_batch = Some(batch);
+        if let Some(took) = sync_time
+            && took >= self.slow_fsync
+        {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                threshold_ms = self.slow_fsync.as_millis() as u64,
+                "slow fdatasync of the WAL"
+            );
+        }
         result?;
         if let Some(epoch) = epoch {
             self.written_epoch = epoch;
+            // Keep the emptied buffer for the next batch's commit.
+            self.batch_commit = std::mem::replace(&mut self.written_commit, commit);
+            self.batch_commit.clear();
         }
         if synced {
             self.synced_epoch = self.written_epoch;
@@ -438,14 +496,39 @@ impl Ring1 {
     }
 
     fn publish(&self, durable_epoch: u64, state: Ring1State) {
+        // Offsets first: a `durable_epochs()` stream that sees the status
+        // change finds the epoch's offsets already there.
+        if durable_epoch > self.durable.borrow().epoch && durable_epoch == self.written_epoch {
+            self.publish_offsets(durable_epoch);
+        }
         self.status.send_modify(|s| {
             s.durable_epoch = s.durable_epoch.max(durable_epoch);
             s.state = state;
         });
     }
 
+    /// Publishes `epoch`'s source offsets and watermark, decoded from the
+    /// commit record Ring 1 wrote for it.
+    fn publish_offsets(&self, epoch: u64) {
+        match CommitRecord::decode(&self.written_commit) {
+            Ok(record) if record.epoch == epoch => {
+                self.durable.send_replace(Arc::new(DurableEpoch {
+                    epoch,
+                    source_offsets: record.sources.into_iter().collect(),
+                    watermark: record.watermark,
+                }));
+            }
+            // Ring 0 encoded it moments ago: this would be a bug, not damage.
+            other => debug_assert!(
+                false,
+                "commit payload of epoch {epoch} does not decode: {other:?}"
+            ),
+        }
+    }
+
     fn fail(&mut self, error: WalError) {
         tracing::error!(%error, durable_epoch = self.synced_epoch, "Ring 1 stopped: the WAL failed");
+        self.drain.close();
         self.lock = None;
         // `publish` keeps the highest durable epoch already published.
         self.publish(0, Ring1State::Failed(Arc::new(error)));
@@ -465,6 +548,16 @@ impl Ring1 {
             Ok(Err(e)) => self.fail(e),
             Err(join) => self.fail(task_failed("close", &join)),
         }
+    }
+}
+
+impl Drop for Ring1 {
+    /// However the task ends (cancelled with its runtime too): the lock
+    /// goes first, so that whoever sees the status channel close can
+    /// reopen, and the writer learns that nothing more will be logged.
+    fn drop(&mut self) {
+        self.lock = None;
+        self.drain.close();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::error::{IncrementalCheckpointError, Result};
-use crate::manager::IncrementalCheckpointManager;
+use crate::manager::{IncrementalCheckpointManager, WeakManager};
 
 /// Drives checkpoints while it is polled: one when the interval has passed
 /// since the last, or earlier once the WAL has grown by the size threshold
@@ -19,11 +19,25 @@ use crate::manager::IncrementalCheckpointManager;
 /// overridable here). It yields each new checkpoint's metadata, or the
 /// error of one that failed (scheduling then goes on).
 ///
+/// The first interval is counted from the newest checkpoint's timestamp,
+/// not from when the scheduler is made: after a restart, a checkpoint
+/// older than the interval is due at once, and with no checkpoint at all
+/// the first is due as soon as an epoch is committed. So a process that
+/// restarts more often than the interval still checkpoints.
+///
 /// Checkpoints never overlap: a tick that comes while one runs is not
 /// queued, and ticks missed meanwhile coalesce into the next interval, which
 /// starts when the running checkpoint ends. No checkpoint is taken while no
-/// epoch was committed since the last one. The stream ends once the manager
-/// has shut down (after the checkpoint in flight, if any).
+/// epoch was committed since the last one: once the interval is up, the
+/// next committed epoch triggers it. The stream ends once the manager
+/// has shut down (after the checkpoint in flight, if any), or once every
+/// manager handle is dropped: the scheduler does not keep the manager
+/// open (it holds a weak handle), so dropping your handles lets Ring 1
+/// flush and release the directories even while a scheduler task runs.
+///
+/// [`CheckpointConfig::with_automatic_checkpoints`](crate::incremental::CheckpointConfig::with_automatic_checkpoints)
+/// runs one of these inside the manager, for applications that do not want
+/// to drive it.
 ///
 /// ```no_run
 /// # async fn f(manager: laminar_storage::incremental::IncrementalCheckpointManager) {
@@ -47,7 +61,9 @@ use crate::manager::IncrementalCheckpointManager;
 /// background if the scheduler is dropped, as for
 /// [`checkpoint`](IncrementalCheckpointManager::checkpoint)).
 pub struct CheckpointScheduler {
-    manager: IncrementalCheckpointManager,
+    manager: WeakManager,
+    /// Resolves when every manager handle is gone.
+    dropped: BoxFuture<'static, ()>,
     interval: Duration,
     wal_size_threshold: u64,
     tick: Pin<Box<Sleep>>,
@@ -71,7 +87,10 @@ impl std::fmt::Debug for CheckpointScheduler {
 
 impl CheckpointScheduler {
     /// A scheduler for `manager` with the interval and WAL size threshold
-    /// of its configuration. The first interval starts now.
+    /// of its configuration. The first interval ends `interval` after the
+    /// newest checkpoint was taken (at once if there is none, or it is
+    /// older). It keeps no strong handle: dropping `manager` here is fine
+    /// as long as you hold another.
     ///
     /// # Panics
     ///
@@ -83,11 +102,13 @@ impl CheckpointScheduler {
             rx.changed().await.ok().map(|()| ((), rx))
         })
         .boxed();
+        let latest = manager.latest_checkpoint();
         Self {
             wal_bytes_at_last: manager.stats().wal_bytes_written,
-            last_epoch: manager.latest_checkpoint().map_or(0, |m| m.epoch),
-            tick: Box::pin(tokio::time::sleep(interval)),
-            manager,
+            last_epoch: latest.as_ref().map_or(0, |m| m.epoch),
+            tick: Box::pin(tokio::time::sleep_until(first_due(interval, latest.as_ref()))),
+            dropped: Box::pin(manager.dropped()),
+            manager: manager.downgrade(),
             interval,
             wal_size_threshold,
             changes,
@@ -109,10 +130,21 @@ impl CheckpointScheduler {
         self
     }
 
-    fn restart(&mut self) {
+    fn restart(&mut self, manager: &IncrementalCheckpointManager) {
         self.tick.as_mut().reset(Instant::now() + self.interval);
-        self.wal_bytes_at_last = self.manager.stats().wal_bytes_written;
+        self.wal_bytes_at_last = manager.stats().wal_bytes_written;
     }
+}
+
+/// When the first interval ends: `interval` after the newest checkpoint
+/// (its timestamp is wall-clock seconds), now if there is none.
+fn first_due(interval: Duration, latest: Option<&IncrementalCheckpointMetadata>) -> Instant {
+    let now = Instant::now();
+    let Some(meta) = latest else { return now };
+    let taken = UNIX_EPOCH + Duration::from_secs(meta.timestamp);
+    // A timestamp in the future (the clock was set back) counts as now.
+    let age = SystemTime::now().duration_since(taken).unwrap_or(Duration::ZERO);
+    now + interval.saturating_sub(age)
 }
 
 impl Stream for CheckpointScheduler {
@@ -126,7 +158,9 @@ impl Stream for CheckpointScheduler {
                     return Poll::Pending;
                 };
                 this.running = None;
-                this.restart();
+                if let Some(manager) = this.manager.upgrade() {
+                    this.restart(&manager);
+                }
                 match result {
                     Ok(meta) if meta.epoch > this.last_epoch => {
                         this.last_epoch = meta.epoch;
@@ -138,17 +172,25 @@ impl Stream for CheckpointScheduler {
                         return Poll::Ready(None);
                     }
                     Err(e) => {
-                        if !this.manager.is_running() {
+                        if !this.manager.upgrade().is_some_and(|m| m.is_running()) {
                             this.ended = true;
                         }
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
             }
-            if this.ended || !this.manager.is_running() {
+            if this.ended || this.dropped.as_mut().poll(cx).is_ready() {
                 this.ended = true;
                 return Poll::Ready(None);
             }
+            let Some(manager) = this
+                .manager
+                .upgrade()
+                .filter(IncrementalCheckpointManager::is_running)
+            else {
+                this.ended = true;
+                return Poll::Ready(None);
+            };
             // Wake on every durable epoch to look at the WAL's growth.
             while let Poll::Ready(change) = this.changes.poll_next_unpin(cx) {
                 if change.is_none() {
@@ -156,8 +198,7 @@ impl Stream for CheckpointScheduler {
                     return Poll::Ready(None);
                 }
             }
-            let grown = this
-                .manager
+            let grown = manager
                 .stats()
                 .wal_bytes_written
                 .saturating_sub(this.wal_bytes_at_last);
@@ -165,12 +206,11 @@ impl Stream for CheckpointScheduler {
             if !due {
                 return Poll::Pending;
             }
-            if this.manager.committed_epoch() <= this.last_epoch {
-                // Nothing new to checkpoint: start the next interval.
-                this.restart();
-                continue;
+            if manager.committed_epoch() <= this.last_epoch {
+                // Nothing new to checkpoint: the next committed epoch
+                // triggers one (its durability wakes `changes`).
+                return Poll::Pending;
             }
-            let manager = this.manager.clone();
             this.running = Some(Box::pin(async move { manager.checkpoint().await }));
         }
     }

@@ -220,6 +220,9 @@ impl StateWriter {
     /// for a put, its value (`None`: a delete).
     #[inline]
     fn apply_each<T>(&mut self, items: &[T], view: impl Fn(&T) -> (&[u8], Option<&[u8]>)) -> Result<usize> {
+        if self.log.is_closed() {
+            return Err(self.log.stopped());
+        }
         // The batch goes behind every single update made before it.
         self.flush();
         if items.is_empty() {

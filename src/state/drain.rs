@@ -102,6 +102,13 @@ impl StateDrain {
         self.doorbell.notified().await;
     }
 
+    /// Closes the changelog: the writer refuses every later update (its
+    /// error says how Ring 1 ended) and a writer waiting in
+    /// [`StateWriter::ready`](super::StateWriter::ready) is woken.
+    pub(crate) fn close(&self) {
+        self.consumer.close();
+    }
+
     /// Changes pushed and not yet drained.
     pub fn pending(&mut self) -> usize {
         self.consumer.len()

@@ -3,6 +3,7 @@
 //! a stopped one when the ring is full.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 
@@ -51,6 +52,33 @@ impl Publisher {
             Some(ring1) => ring1.check(),
             None => Ok(()),
         }
+    }
+
+    /// Whether Ring 1 has closed the changelog (asked to shut down, failed,
+    /// or gone): nothing pushed from now on would be logged, so every update
+    /// and commit is refused with [`stopped`](Self::stopped). One relaxed
+    /// load of a flag written once.
+    #[inline]
+    pub(super) fn is_closed(&self) -> bool {
+        self.producer.is_closed()
+    }
+
+    /// The error for an update refused because Ring 1 closed the changelog:
+    /// how Ring 1 ended, or `ShutDown` while a requested shutdown is under
+    /// way.
+    #[cold]
+    pub(super) fn stopped(&self) -> IncrementalCheckpointError {
+        match &self.ring1 {
+            Some(ring1) => ring1.stopped_error(),
+            None => IncrementalCheckpointError::ShutDown { durable_epoch: 0 },
+        }
+    }
+
+    /// `Ready` once the ring has room for `n` more entries or is closed;
+    /// otherwise `cx`'s waker is woken when Ring 1 releases slots. `n` must
+    /// not exceed the [`capacity`](Self::capacity).
+    pub(super) fn poll_room(&mut self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        self.producer.poll_room(n, cx)
     }
 
     /// The ring's capacity, in entries.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 
@@ -16,7 +17,7 @@ use super::probe::Probe;
 use super::publish::Publisher;
 use super::store::{StateStore, Written};
 use crate::changelog::{StateChangelogBuffer, StateChangelogEntry, StateOp};
-use crate::error::Result;
+use crate::error::{IncrementalCheckpointError, Result};
 use crate::status::Ring1Watch;
 
 /// The Ring 0 handle: synchronous, allocation-free updates of the keyed
@@ -34,8 +35,41 @@ use crate::status::Ring1Watch;
 /// Updates never block. When Ring 1 has fallen behind by a whole changelog
 /// ring, an update returns
 /// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow) and changes
-/// nothing; retry it once Ring 1 has caught up (the error
-/// [`is_transient`](crate::incremental::IncrementalCheckpointError::is_transient)).
+/// nothing. In async code, await [`ready`](Self::ready) before a group of
+/// updates instead: it returns once the changelog has room for them, woken
+/// by Ring 1 as it drains (no polling, no spinning, and on a
+/// `current_thread` runtime the wait is what lets Ring 1 run), after which
+/// those updates cannot overflow. [`StateSink`](crate::incremental::StateSink)
+/// does this for a stream of updates.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), laminar_storage::IncrementalCheckpointError> {
+/// # let dir = tempfile::tempdir().expect("a temporary directory");
+/// use laminar_storage::{CheckpointConfig, IncrementalCheckpointManager};
+///
+/// let (manager, mut writer) = IncrementalCheckpointManager::open(CheckpointConfig::new(dir.path())).await?;
+/// for i in 0..100_000u32 {
+///     writer.ready(1).await?; // waits only while Ring 1 is a whole ring behind
+///     writer.put(&i.to_be_bytes(), b"value")?; // cannot overflow now
+///     if i % 1_000 == 999 {
+///         writer.ready(1).await?;
+///         writer.commit_epoch()?;
+///     }
+/// }
+/// manager.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # After shutdown
+///
+/// Once the manager was asked to shut down, or Ring 1 stopped on an I/O
+/// error, every update and commit returns an error at once, having changed
+/// nothing: [`ShutDown`](crate::incremental::IncrementalCheckpointError::ShutDown) or
+/// [`Failed`](crate::incremental::IncrementalCheckpointError::Failed) (an update that could
+/// never become durable is not accepted). The check is one relaxed load of
+/// a flag Ring 1 sets.
 ///
 /// # Cache misses, write-behind and batches
 ///
@@ -160,9 +194,15 @@ impl StateWriter {
     /// size limit; [`RecordTooLarge`](crate::incremental::IncrementalCheckpointError::RecordTooLarge)
     /// when key and value do not fit in one arena segment;
     /// [`Io`](crate::incremental::IncrementalCheckpointError::Io) when a new arena segment,
-    /// or the larger index a new key needs, cannot be mapped.
+    /// or the larger index a new key needs, cannot be mapped;
+    /// [`ShutDown`](crate::incremental::IncrementalCheckpointError::ShutDown) or
+    /// [`Failed`](crate::incremental::IncrementalCheckpointError::Failed) once the manager was
+    /// asked to shut down or Ring 1 stopped (see "After shutdown" above).
     #[inline]
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.log.is_closed() {
+            return Err(self.log.stopped());
+        }
         if !fits(key.len(), value.len()) {
             return self.apply_now(key, Some(value)).map(drop);
         }
@@ -309,6 +349,9 @@ impl StateWriter {
     ///
     /// As for [`put`](Self::put); nothing is changed on error.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        if self.log.is_closed() {
+            return Err(self.log.stopped());
+        }
         if !fits(key.len(), 0) {
             return self.apply_now(key, None);
         }
@@ -366,6 +409,9 @@ impl StateWriter {
     /// [`ShutDown`](crate::incremental::IncrementalCheckpointError::ShutDown) when the manager's
     /// Ring 1 has stopped, since the epoch could never become durable.
     pub fn commit_epoch(&mut self) -> Result<u64> {
+        if self.log.is_closed() {
+            return Err(self.log.stopped());
+        }
         self.log.check_ring1()?;
         // Every update of the epoch goes before its commit.
         self.flush();
@@ -434,6 +480,75 @@ impl StateWriter {
             index_capacity: self.store.index().capacity() as u64,
             index_keys_to_move: self.store.index().keys_to_move() as u64,
             maps_not_prepared: arena.inline_maps() + self.store.index().inline_maps(),
+        }
+    }
+
+    /// Waits until the changelog has room for `n` more entries, then
+    /// returns: the next `n` updates and commits cannot fail with
+    /// [`BufferOverflow`](crate::incremental::IncrementalCheckpointError::BufferOverflow).
+    ///
+    /// Ready at once when there is room, which is nearly always: then it
+    /// costs a comparison and does not yield. Otherwise it makes every
+    /// update made so far visible to Ring 1, wakes it, and sleeps until
+    /// Ring 1 has drained enough (Ring 1 wakes it; nothing polls). Room
+    /// only grows while the writer waits, and only this writer uses it, so
+    /// the room it found stays reserved for it: each update takes one entry
+    /// (a delete of an absent key none, a commit one). On a
+    /// `current_thread` runtime, awaiting this is what lets Ring 1 run while
+    /// a producer outruns the disk.
+    ///
+    /// Other limits still apply: the arena's size limit
+    /// ([`ArenaFull`](crate::incremental::IncrementalCheckpointError::ArenaFull)) and record
+    /// sizes are checked by the update itself.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchTooLarge`](crate::incremental::IncrementalCheckpointError::BatchTooLarge) when
+    /// `n` exceeds the ring ([`max_batch_len`](Self::max_batch_len)), which
+    /// no wait could satisfy; [`ShutDown`](crate::incremental::IncrementalCheckpointError::ShutDown),
+    /// [`Failed`](crate::incremental::IncrementalCheckpointError::Failed) or
+    /// [`Ring1Gone`](crate::incremental::IncrementalCheckpointError::Ring1Gone) once the
+    /// manager was asked to shut down or Ring 1 stopped, including while
+    /// it waits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes no state, so dropping it and calling it
+    /// again later loses nothing.
+    pub fn ready(&mut self, n: usize) -> impl Future<Output = Result<()>> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_ready(n, cx))
+    }
+
+    /// [`ready`](Self::ready) as a poll function, for hand-written futures
+    /// and sinks: `Ready(Ok(()))` once the changelog has room for `n` more
+    /// entries; otherwise `cx`'s waker is woken when Ring 1 has drained.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ready`](Self::ready).
+    pub fn poll_ready(&mut self, n: usize, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let max = self.log.capacity();
+        if n > max {
+            return Poll::Ready(Err(IncrementalCheckpointError::BatchTooLarge { len: n, max }));
+        }
+        if self.log.is_closed() {
+            return Poll::Ready(Err(self.log.stopped()));
+        }
+        // Updates still queued have their slots reserved already.
+        if self.log.has_room_for(self.pending.len() + n) {
+            return Poll::Ready(Ok(()));
+        }
+        // Apply them so that Ring 1 can drain them (and `n` alone then
+        // counts), and let Ring 1 see everything there is to drain.
+        self.flush();
+        self.log.ring_doorbell();
+        if let Err(stopped) = self.log.check_ring1() {
+            return Poll::Ready(Err(stopped));
+        }
+        match self.log.poll_room(n, cx) {
+            Poll::Ready(()) if self.log.is_closed() => Poll::Ready(Err(self.log.stopped())),
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
