@@ -11,7 +11,7 @@ use super::IncrementalCheckpointManager;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::state::{BatchOp, StateWriter};
 
-/// A [`Sink`] of updates ([`BatchOp`]s) into durable state: it owns the
+/// A [`Sink`] of updates (`BatchOp<Vec<u8>, Vec<u8>>`) into durable state: it owns the
 /// [`StateWriter`] and a manager handle, so
 /// `events.map(to_update).forward(&mut sink)` materializes a stream.
 ///
@@ -120,7 +120,7 @@ impl StateSink {
     }
 }
 
-impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Sink<BatchOp<K, V>> for StateSink {
+impl Sink<BatchOp<Vec<u8>, Vec<u8>>> for StateSink {
     type Error = IncrementalCheckpointError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -129,7 +129,7 @@ impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Sink<BatchOp<K, V>> for StateSink {
         this.writer.poll_ready(room, cx)
     }
 
-    fn start_send(self: Pin<&mut Self>, update: BatchOp<K, V>) -> Result<()> {
+    fn start_send(self: Pin<&mut Self>, update: BatchOp<Vec<u8>, Vec<u8>>) -> Result<()> {
         let this = self.get_mut();
         match update.value() {
             Some(value) => this.writer.put(update.key(), value)?,
@@ -174,7 +174,7 @@ impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Sink<BatchOp<K, V>> for StateSink {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        <Self as Sink<BatchOp<K, V>>>::poll_flush(self, cx)
+        <Self as Sink<BatchOp<Vec<u8>, Vec<u8>>>>::poll_flush(self, cx)
     }
 }
 
