@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, StateConfig, StateWriter,
+    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, StateConfig,
 };
 
 const SOURCE: &str = "events-0";
@@ -46,15 +46,20 @@ async fn main() -> Result<(), IncrementalCheckpointError> {
     // 2. Ingest: W1's shape, 100-byte values over 200,000 16-byte keys, an
     //    epoch every 1,000 events. Ring 0 is synchronous; Ring 1 makes each
     //    committed epoch durable in the background (group commit).
+    //    `ready(1)` returns at once while the changelog has room; when Ring 1
+    //    is a whole ring behind, it sleeps until Ring 1 has drained (no
+    //    retry loop, no spinning), and the update after it cannot overflow.
     let start = Instant::now();
     let mut last_epoch = 0;
     for offset in resume_from..resume_from + EVENTS {
         let key = event_key(offset);
-        put(&mut writer, &key, &[(offset % 251) as u8; 100]).await?;
+        writer.ready(1).await?;
+        writer.put(&key, &[(offset % 251) as u8; 100])?;
         if (offset + 1) % EVENTS_PER_EPOCH == 0 {
-            writer.set_source_offset(SOURCE, offset + 1);
+            writer.set_source_offset(SOURCE, offset + 1); // the next offset to read
             writer.set_watermark(offset as i64);
-            last_epoch = commit(&mut writer).await?;
+            writer.ready(1).await?;
+            last_epoch = writer.commit_epoch()?;
         }
     }
     let ingest = start.elapsed();
@@ -136,25 +141,6 @@ fn event_key(offset: u64) -> [u8; 16] {
     let spread = offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) % KEYS;
     key[..8].copy_from_slice(&spread.to_be_bytes());
     key
-}
-
-/// Ring 0 never blocks: on backpressure, let Ring 1 run and retry.
-async fn put(writer: &mut StateWriter, key: &[u8], value: &[u8]) -> Result<(), IncrementalCheckpointError> {
-    loop {
-        match writer.put(key, value) {
-            Err(e) if e.is_transient() => tokio::task::yield_now().await,
-            other => return other,
-        }
-    }
-}
-
-async fn commit(writer: &mut StateWriter) -> Result<u64, IncrementalCheckpointError> {
-    loop {
-        match writer.commit_epoch() {
-            Err(e) if e.is_transient() => tokio::task::yield_now().await,
-            other => return other,
-        }
-    }
 }
 
 fn ms(start: Instant) -> f64 {

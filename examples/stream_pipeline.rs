@@ -9,8 +9,14 @@
 //!    │ a barrier every N events: source offsets + watermark, commit_epoch()
 //!    ▼
 //! Ring 1 makes each epoch durable (group commit, in the background)
-//! CheckpointScheduler, in its own task, checkpoints every interval
+//!    │ durable_epochs(): each durable epoch with its offsets, in a task
+//!    ▼  (where a real pipeline would acknowledge its sources)
+//! automatic checkpoints every interval, inside the manager
 //! ```
+//!
+//! Backpressure is awaited, never spun on: `writer.ready(1).await` before
+//! each update returns at once while the changelog has room, and sleeps
+//! until Ring 1 has drained when it does not.
 //!
 //! Offsets are committed in the same epoch as the state they produced, and
 //! recovery returns a whole epoch with exactly its offsets; a restart
@@ -27,15 +33,14 @@
 //! Every setting is a flag or an environment variable (`--events 1000` or
 //! `PIPELINE_EVENTS=1000`); `--help` lists them.
 
-use std::collections::VecDeque;
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use laminar_storage::incremental::{
-    CheckpointConfig, CheckpointScheduler, IncrementalCheckpointError, IncrementalCheckpointManager,
-    StateConfig, StateWriter,
+    CheckpointConfig, DurableEpoch, IncrementalCheckpointError, IncrementalCheckpointManager, StateConfig,
+    StateWriter,
 };
 use tokio::time::Instant;
 
@@ -65,6 +70,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // 1. Open: recover the last durable epoch, with the offsets it committed.
     let config = CheckpointConfig::new(&args.dir)
+        .with_automatic_checkpoints(true)
         .with_interval(args.checkpoint_interval)
         .with_wal_size_threshold(64 << 20)
         .with_wal_segment_size(args.wal_segment_mib << 20)
@@ -86,23 +92,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         offsets(&names, &resume)
     );
 
-    // 2. Checkpoints run concurrently, driven by the scheduler stream in a
-    //    task of their own; the stream ends when the manager shuts down.
-    let scheduler = CheckpointScheduler::new(manager.clone());
-    let checkpoints = tokio::spawn(scheduler.for_each(|result| async move {
-        match result {
-            Ok(m) => println!(
-                "checkpoint id={} epoch={} kind={} keys={} delta_bytes={}",
-                m.id,
-                m.epoch,
-                if m.is_incremental { "incremental" } else { "full" },
-                m.key_count,
-                m.delta_bytes
-            ),
-            // The published checkpoints are intact; the next tick retries.
-            Err(e) => eprintln!("checkpoint failed: {e}"),
-        }
-    }));
+    // 2. Checkpoints are automatic (the manager's own scheduler task).
+    //    Durable epochs come as a stream, with the offsets committed with
+    //    them: this is where a pipeline acknowledges its sources (commits
+    //    its consumer offsets). The offsets are "next to read". The stream
+    //    ends when the manager shuts down.
+    let acknowledger = tokio::spawn(acknowledge(manager.durable_epochs(), names.clone()));
 
     // 3. The sources, resumed where the recovered epoch left them, merged,
     //    and cut short by Ctrl-C.
@@ -121,8 +116,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut in_epoch = 0u64;
     let mut processed = 0u64;
     let mut last_epoch = None;
-    let mut undurable: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
-    let mut last_progress = Instant::now();
     while let Some(event) = events.next().await {
         aggregate(&mut writer, &event).await?;
         next[event.source] = event.offset + 1;
@@ -131,24 +124,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
         if in_epoch == args.epoch_events {
             let epoch = barrier(&mut writer, &names, &next, args.events).await?;
             (last_epoch, in_epoch) = (Some(epoch), 0);
-            undurable.push_back((epoch, next.clone()));
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                report_durable(&manager, &names, &mut undurable, processed);
-                last_progress = Instant::now();
-            }
         }
     }
     let interrupted = events.take_result().is_some();
     if in_epoch > 0 {
         // What was read so far is consistent with `next`: commit it too.
-        let epoch = barrier(&mut writer, &names, &next, args.events).await?;
-        last_epoch = Some(epoch);
-        undurable.push_back((epoch, next.clone()));
+        last_epoch = Some(barrier(&mut writer, &names, &next, args.events).await?);
     }
     if let Some(epoch) = last_epoch {
         manager.wait_durable(epoch).await?;
-        report_durable(&manager, &names, &mut undurable, processed);
     }
+    println!("read_this_run={processed}");
 
     if interrupted {
         println!(
@@ -177,10 +163,39 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     }
 
-    // 6. Shut down: flush, stop Ring 1; the scheduler's stream then ends.
+    // 6. Shut down: flush, stop Ring 1 and the checkpoints; the durable
+    //    epochs' stream then ends, after the last one.
     manager.shutdown().await?;
-    checkpoints.await?;
+    acknowledger.await?;
     Ok(())
+}
+
+/// Acknowledges durable epochs: prints the newest with the offsets it
+/// committed, at most every `PROGRESS_EVERY` and once more at the end. The
+/// stream coalesces: while this task sleeps, newer epochs replace older
+/// ones, so it never falls behind.
+async fn acknowledge(mut durable: impl futures::Stream<Item = DurableEpoch> + Unpin, names: Vec<String>) {
+    let print = |d: &DurableEpoch| {
+        let next: Vec<u64> = names
+            .iter()
+            .map(|name| d.source_offsets.get(name).copied().unwrap_or(0))
+            .collect();
+        println!("durable epoch={} offsets={}", d.epoch, offsets(&names, &next));
+    };
+    let mut last_print = Instant::now();
+    let mut unprinted = None;
+    while let Some(d) = durable.next().await {
+        if last_print.elapsed() >= PROGRESS_EVERY {
+            print(&d);
+            last_print = Instant::now();
+            unprinted = None;
+        } else {
+            unprinted = Some(d);
+        }
+    }
+    if let Some(d) = unprinted {
+        print(&d);
+    }
 }
 
 /// One order event of a source.
@@ -241,14 +256,10 @@ async fn aggregate(writer: &mut StateWriter, event: &Event) -> Result<(), Increm
     let key = customer_key(event.customer);
     let (count, sum) = writer.get(&key).map_or((0, 0), decode);
     let value = encode(count + 1, sum + event.amount);
-    loop {
-        match writer.put(&key, &value) {
-            // Backpressure: Ring 1 is a whole ring behind. Nothing changed;
-            // give it the thread and retry.
-            Err(e) if e.is_transient() => tokio::task::yield_now().await,
-            other => return other,
-        }
-    }
+    // Backpressure: if Ring 1 is a whole ring behind, sleep until it has
+    // drained (it wakes this task); otherwise this returns at once.
+    writer.ready(1).await?;
+    writer.put(&key, &value)
 }
 
 fn encode(count: u64, sum: i64) -> [u8; 16] {
@@ -277,13 +288,12 @@ async fn barrier(
     if let Some(watermark) = watermark(next, events) {
         writer.set_watermark(watermark);
     }
-    let epoch = loop {
-        match writer.commit_epoch() {
-            Err(e) if e.is_transient() => tokio::task::yield_now().await,
-            other => break other?,
-        }
-    };
-    // A barrier is also where the pipeline gives the runtime a turn.
+    writer.ready(1).await?;
+    let epoch = writer.commit_epoch()?;
+    // A barrier is also where the pipeline gives the runtime a turn: with
+    // an always-ready source, this loop would otherwise yield only when
+    // the changelog fills, and on a `current_thread` runtime Ring 1 would
+    // make epochs durable only then.
     tokio::task::yield_now().await;
     Ok(epoch)
 }
@@ -297,26 +307,6 @@ fn watermark(next: &[u64], events: u64) -> Option<i64> {
         .min()
         .unwrap_or(Some(events.saturating_sub(1)))
         .map(|last| EVENT_TIME_BASE_MS + last as i64 * EVENT_TIME_STEP_MS)
-}
-
-/// Prints the newest epoch known durable, with the offsets it committed.
-fn report_durable(
-    manager: &IncrementalCheckpointManager,
-    names: &[String],
-    undurable: &mut VecDeque<(u64, Vec<u64>)>,
-    processed: u64,
-) {
-    let durable = manager.durable_epoch();
-    let mut newest = None;
-    while undurable.front().is_some_and(|(epoch, _)| *epoch <= durable) {
-        newest = undurable.pop_front();
-    }
-    if let Some((epoch, next)) = newest {
-        println!(
-            "durable epoch={epoch} offsets={} read_this_run={processed}",
-            offsets(names, &next)
-        );
-    }
 }
 
 fn offsets(names: &[String], next: &[u64]) -> String {

@@ -624,6 +624,46 @@ mod loom_tests {
         });
     }
 
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl futures::task::ArcWake for Counter {
+        fn wake_by_ref(this: &std::sync::Arc<Self>) {
+            this.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// No lost wake-up: a producer that finds the ring full and registers
+    /// while the consumer drains either sees the room at once or is woken,
+    /// in every interleaving. The same for the consumer's `close`.
+    #[test]
+    fn loom_waiting_for_room_is_never_left_asleep() {
+        for close in [false, true] {
+            loom::model(move || {
+                let (mut p, mut c) = StateChangelogBuffer::with_capacity(1).split();
+                p.push(entry(0)).unwrap();
+                let t = loom::thread::spawn(move || {
+                    if close {
+                        c.close();
+                    } else {
+                        assert_eq!(c.pop(), Some(entry(0)));
+                    }
+                });
+                let counter = std::sync::Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
+                let waker = futures::task::waker(std::sync::Arc::clone(&counter));
+                let mut cx = Context::from_waker(&waker);
+                let first = p.poll_room(1, &mut cx);
+                t.join().unwrap();
+                if first.is_pending() {
+                    assert!(counter.0.load(std::sync::atomic::Ordering::SeqCst) > 0, "left asleep");
+                    assert!(p.poll_room(1, &mut cx).is_ready());
+                }
+                assert_eq!(p.has_room(), !close);
+                assert_eq!(p.is_closed(), close);
+            });
+        }
+    }
+
     /// A full ring refuses the push and hands the entry back, whatever the
     /// consumer is doing at that moment.
     #[test]
