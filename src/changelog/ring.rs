@@ -655,7 +655,10 @@ mod loom_tests {
                 let first = p.poll_room(1, &mut cx);
                 t.join().unwrap();
                 if first.is_pending() {
-                    assert!(counter.0.load(std::sync::atomic::Ordering::SeqCst) > 0, "left asleep");
+                    assert!(
+                        counter.0.load(std::sync::atomic::Ordering::SeqCst) > 0,
+                        "left asleep"
+                    );
                     assert!(p.poll_room(1, &mut cx).is_ready());
                 }
                 assert_eq!(p.has_room(), !close);
