@@ -54,7 +54,10 @@
 //! | --- | --- |
 //! | open durable state, wait for durability, checkpoint, shut down | [`IncrementalCheckpointManager`], configured by [`CheckpointConfig`] |
 //! | update and read the state | [`StateWriter`] (Ring 0), sized by [`StateConfig`] |
-//! | take checkpoints by time and WAL growth | [`CheckpointScheduler`] (a `Stream`) |
+//! | wait for room instead of retrying on backpressure | [`StateWriter::ready`] |
+//! | materialize a stream of updates into durable state | [`StateSink`] (a `Sink`) |
+//! | acknowledge sources once their epoch is durable | [`IncrementalCheckpointManager::durable_epochs`], [`DurableEpoch`] |
+//! | take checkpoints by time and WAL growth | [`CheckpointConfig::with_automatic_checkpoints`], or [`CheckpointScheduler`] (a `Stream`) you poll |
 //! | see what opening recovered | [`RecoveryReport`] from [`IncrementalCheckpointManager::recovery`] |
 //! | recover, inspect or export state without opening it | [`RecoveryManager`], [`RecoveryConfig`], [`RecoveredState`] |
 //! | check a checkpoint, measure the WAL | [`validate_checkpoint`], [`wal_size`] |
@@ -93,8 +96,12 @@
 //! tokio runtime `open` was called on: Ring 1 and the checkpoint task.
 //! [`shutdown`](IncrementalCheckpointManager::shutdown), or dropping the
 //! writer and every manager handle, makes every committed epoch durable and
-//! releases the directories, provided the runtime is still running; see
-//! [`IncrementalCheckpointManager`].
+//! releases the directories, provided the runtime is still running;
+//! [`closed`](IncrementalCheckpointManager::closed) says when that is done.
+//! After `shutdown`, the writer refuses every update. On a `current_thread`
+//! runtime Ring 1 runs only when the writer's task yields: await
+//! [`StateWriter::ready`] before updates and something after each commit.
+//! See [`IncrementalCheckpointManager`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(

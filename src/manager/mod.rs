@@ -67,9 +67,10 @@ use crate::wal::WalWriter;
 /// epochs already acknowledged durable stay durable, later ones may be
 /// lost. So let the runtime outlive the handles, or await `shutdown`.
 ///
-/// After `shutdown` (from its first poll), every update and commit of the
-/// writer returns [`ShutDown`](IncrementalCheckpointError::ShutDown): an
-/// update that can never become durable is refused, not accepted.
+/// Once `shutdown` has been taken by Ring 1 (before it returns), every
+/// update and commit of the writer returns
+/// [`ShutDown`](IncrementalCheckpointError::ShutDown): an update that can
+/// never become durable is refused, not accepted.
 ///
 /// To reopen the same directories in the same process after dropping the
 /// handles without `shutdown`, wait for the background flush:
@@ -602,11 +603,11 @@ impl IncrementalCheckpointManager {
     /// Ring 1 and releases the directories' lock. Idempotent: later calls
     /// return the first one's outcome.
     ///
-    /// Updates made after the request may or may not be logged; epochs
-    /// committed after it are not acknowledged
-    /// ([`commit_epoch`](StateWriter::commit_epoch) returns
-    /// [`ShutDown`](IncrementalCheckpointError::ShutDown) once Ring 1 has
-    /// stopped).
+    /// Once Ring 1 takes the request (before this returns), every update,
+    /// commit and [`ready`](StateWriter::ready) of the writer returns
+    /// [`ShutDown`](IncrementalCheckpointError::ShutDown), changing
+    /// nothing. Updates made between the call and that moment may or may
+    /// not be logged; an epoch committed then is not acknowledged.
     ///
     /// # Errors
     ///
