@@ -121,7 +121,7 @@
 //   wal, checkpoint             the on-disk formats, their writers and readers
 //   recovery                    opening state: recovery (read-only, or for a manager's open)
 //   inspect                     read-only inspection of a state's directories
-//   manager, scheduler          Rings 1 and the checkpoint task, scheduling
+//   manager                     Rings 1, the checkpoint task and its scheduler
 //   incremental, fuzzing, testing the public facade and entry points that see everything
 mod changelog;
 mod checkpoint;
@@ -135,7 +135,6 @@ pub mod inspect;
 mod io;
 mod manager;
 mod recovery;
-mod scheduler;
 mod state;
 mod status;
 mod sync;
@@ -153,13 +152,13 @@ pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::inspect::Inspector;
 pub use crate::io::StoredFile;
 pub use crate::manager::{
-    CheckpointConfig, DurableEpoch, DurableEpochs, IncrementalCheckpointManager, ManagerStats, StateSink,
+    CheckpointConfig, CheckpointScheduler, DurableEpoch, DurableEpochs, IncrementalCheckpointManager,
+    ManagerStats, StateSink,
 };
 pub use crate::recovery::{
     RecoveredState, RecoveryConfig, RecoveryManager, RecoveryReport, SkippedCheckpoint, SkippedCheckpoints,
     TornTail, WalDamage, validate_checkpoint,
 };
-pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{
     ArenaBacking, BatchOp, Change, StateConfig, StateDrain, StateWriter, StateWriterStats,
 };

@@ -42,12 +42,11 @@ const LAYERS: &[&[&str]] = &[
     &["wal"],
     &["checkpoint"],
     // Opening state: recovery, read-only inspection built on it, then the
-    // manager that runs Rings 1 and the checkpoint task, then the scheduler
-    // that drives it.
+    // manager that runs Rings 1, the checkpoint task and the scheduler that
+    // drives it.
     &["recovery"],
     &["inspect"],
     &["manager"],
-    &["scheduler"],
     // Entry points that may see everything: the public facade, the fuzz
     // entry points and the test doubles.
     &["incremental", "fuzzing", "testing"],

@@ -51,7 +51,7 @@ async fn interval_ticks_take_checkpoints_only_of_new_epochs_and_end_at_shutdown(
     writer.put(b"b", b"2").unwrap();
     let e3 = writer.commit_epoch().unwrap();
     let m = scheduler.next().await.unwrap().unwrap();
-    assert_eq!((m.epoch, m.parent_id), (e3, Some(2)));
+    assert_eq!((m.epoch, m.id), (e3, 3));
 
     manager.shutdown().await.unwrap();
     assert!(scheduler.next().await.is_none());

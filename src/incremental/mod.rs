@@ -81,7 +81,8 @@ pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpoint
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::io::StoredFile;
 pub use crate::manager::{
-    CheckpointConfig, DurableEpoch, DurableEpochs, IncrementalCheckpointManager, ManagerStats, StateSink,
+    CheckpointConfig, CheckpointScheduler, DurableEpoch, DurableEpochs, IncrementalCheckpointManager,
+    ManagerStats, StateSink,
 };
 #[allow(deprecated)]
 pub use crate::recovery::RecoverySummary;
@@ -89,7 +90,6 @@ pub use crate::recovery::{
     RecoveredState, RecoveryConfig, RecoveryManager, RecoveryReport, SkippedCheckpoint, SkippedCheckpoints,
     TornTail, WalDamage, validate_checkpoint,
 };
-pub use crate::scheduler::CheckpointScheduler;
 pub use crate::state::{
     ArenaBacking, BatchOp, Change, StateConfig, StateDrain, StateWriter, StateWriterStats,
 };

@@ -7,6 +7,7 @@ mod checkpoint_task;
 mod config;
 mod durable;
 mod ring1;
+mod scheduler;
 mod sink;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use checkpoint_task::{CheckpointTask, Request};
 pub use config::CheckpointConfig;
 pub use durable::{DurableEpoch, DurableEpochs};
 use ring1::{Command, Ring1, Ring1Stats};
+pub use scheduler::CheckpointScheduler;
 pub use sink::StateSink;
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
@@ -366,7 +368,7 @@ impl IncrementalCheckpointManager {
             }),
         };
         if automatic {
-            let scheduler = crate::scheduler::CheckpointScheduler::new(manager.clone());
+            let scheduler = CheckpointScheduler::new(manager.clone());
             tokio::spawn(
                 run_automatic(scheduler, scheduler_done_tx)
                     .instrument(tracing::info_span!(parent: &span, "scheduler")),
@@ -385,7 +387,8 @@ impl IncrementalCheckpointManager {
     ///
     /// [`EpochNotCommitted`](IncrementalCheckpointError::EpochNotCommitted)
     /// at once if `epoch` is above [`committed_epoch`](Self::committed_epoch)
-    /// (it would never become durable);
+    /// (it would never become durable) while Ring 1 runs (once it has
+    /// stopped, its `ShutDown` or `Failed` instead);
     /// [`Failed`](IncrementalCheckpointError::Failed) if the WAL failed
     /// before the epoch was durable (it never will be);
     /// [`ShutDown`](IncrementalCheckpointError::ShutDown) if the manager shut
@@ -398,6 +401,10 @@ impl IncrementalCheckpointManager {
     pub async fn wait_durable(&self, epoch: u64) -> Result<()> {
         let committed = self.committed_epoch();
         if epoch > committed {
+            // How Ring 1 ended says more than "not committed", once it has.
+            if let Some(stopped) = self.inner.status.borrow().terminal_error() {
+                return Err(stopped);
+            }
             return Err(IncrementalCheckpointError::EpochNotCommitted { epoch, committed });
         }
         ring1::wait_durable(self.inner.status.clone(), epoch).await
@@ -762,7 +769,7 @@ impl Drop for Inner {
 
 /// The automatic checkpoint scheduler's task: drives `scheduler` until it
 /// ends (the manager shut down or every handle dropped), logging failures.
-async fn run_automatic(mut scheduler: crate::scheduler::CheckpointScheduler, done: watch::Sender<bool>) {
+async fn run_automatic(mut scheduler: CheckpointScheduler, done: watch::Sender<bool>) {
     use futures::StreamExt;
     while let Some(result) = scheduler.next().await {
         match result {

@@ -37,9 +37,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use super::CheckpointScheduler;
 use super::*;
 use crate::io::FileSystem;
-use crate::scheduler::CheckpointScheduler;
 use crate::testing::sim::{Rng, SimFs};
 use crate::testing::workload::{Model, Snapshot, Step, key};
 

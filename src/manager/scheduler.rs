@@ -1,5 +1,6 @@
 //! [`CheckpointScheduler`]: a stream that takes checkpoints by interval and
-//! by WAL growth, and yields each one.
+//! by WAL growth, and yields each one. It lives with the manager because
+//! the manager runs one itself (`with_automatic_checkpoints`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,9 +10,9 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 
+use super::{IncrementalCheckpointManager, WeakManager};
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::error::{IncrementalCheckpointError, Result};
-use crate::manager::{IncrementalCheckpointManager, WeakManager};
 
 /// Drives checkpoints while it is polled: one when the interval has passed
 /// since the last, or earlier once the WAL has grown by the size threshold
