@@ -202,24 +202,28 @@ async fn invalid_config_is_refused() {
     manager.shutdown().await.unwrap();
 }
 
-/// A wait for an epoch that is never committed ends at shutdown with the
-/// durable epoch then; a wait for a durable one succeeds even after it.
+/// A wait for an epoch that was never committed is an error at once
+/// (it would never become durable); after shutdown, it reports the
+/// shutdown with the durable epoch then; a wait for a durable epoch
+/// succeeds even after it.
 #[tokio::test]
-async fn wait_durable_for_an_epoch_never_committed_ends_at_shutdown() {
+async fn wait_durable_for_an_epoch_never_committed_fails_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir.path()))
         .await
         .unwrap();
-    let waiter = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.wait_durable(1_000).await }
-    });
+    match manager.wait_durable(1_000).await {
+        Err(IncrementalCheckpointError::EpochNotCommitted {
+            epoch: 1_000,
+            committed: 0,
+        }) => {}
+        other => panic!("expected EpochNotCommitted, got {other:?}"),
+    }
     writer.put(b"k", b"v").unwrap();
     let epoch = writer.commit_epoch().unwrap();
     manager.wait_durable(epoch).await.unwrap();
-    assert!(!waiter.is_finished());
     manager.shutdown().await.unwrap();
-    match waiter.await.unwrap() {
+    match manager.wait_durable(1_000).await {
         Err(IncrementalCheckpointError::ShutDown { durable_epoch }) => assert_eq!(durable_epoch, epoch),
         other => panic!("expected ShutDown, got {other:?}"),
     }
