@@ -480,9 +480,13 @@ impl Ring1 {
         result?;
         if let Some(epoch) = epoch {
             self.written_epoch = epoch;
-            // Keep the emptied buffer for the next batch's commit.
-            self.batch_commit = std::mem::replace(&mut self.written_commit, commit);
-            self.batch_commit.clear();
+            let mut spare = std::mem::replace(&mut self.written_commit, commit);
+            // Keep the emptied buffer for the next batch's commit, unless a
+            // commit drained while this job ran already fills that one.
+            if self.batch_epoch.is_none() {
+                spare.clear();
+                self.batch_commit = spare;
+            }
         }
         if synced {
             self.synced_epoch = self.written_epoch;
