@@ -4,6 +4,9 @@
 //! SIGINT that loses nothing.
 #![cfg(unix)]
 
+#[path = "common/example.rs"]
+mod example;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,39 +16,13 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use example::example_binary;
+
 /// Client threads, each incrementing its own counter by 1, one request at
 /// a time: its acknowledged values are 1, 2, 3, ...
 const CLIENTS: usize = 4;
 /// Acknowledged increments (all clients) before the kill.
 const ACKED_BEFORE_KILL: u64 = 400;
-
-/// The example binary, built with this test's profile (a no-op when
-/// `cargo test` has built the examples already).
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "--example", "service", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile_dir.parent().unwrap());
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            build.arg("--release");
-        }
-        Some(other) => {
-            build.args(["--profile", other]);
-        }
-        None => panic!("unexpected test binary path {}", exe.display()),
-    }
-    let status = build.status().expect("running cargo build --example service");
-    assert!(status.success(), "building the example failed: {status}");
-    profile_dir
-        .join("examples")
-        .join(format!("service{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// A running service; killed if the test panics.
 struct Service {
@@ -146,7 +123,7 @@ fn counter(addr: &str, client: usize) -> u64 {
 
 #[test]
 fn acknowledged_writes_survive_sigkill_and_graceful_shutdown_loses_nothing() {
-    let binary = example_binary();
+    let binary = example_binary("service");
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(&binary, dir.path());
 

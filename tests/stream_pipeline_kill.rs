@@ -15,12 +15,17 @@
 mod common;
 
 use std::collections::BTreeMap;
+#[path = "common/example.rs"]
+mod example;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use example::example_binary;
 
 use common::Rng;
 use laminar_storage::incremental::{RecoveryConfig, RecoveryManager};
@@ -76,46 +81,6 @@ fn digest(aggregates: &BTreeMap<u64, (u64, i64)>) -> u64 {
         }
     }
     digest
-}
-
-/// The example binary, built with this test's profile (a no-op when
-/// `cargo test` has built the examples already).
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<this test>
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "stream_pipeline",
-            "--manifest-path",
-        ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            build.arg("--release");
-        }
-        Some(other) => {
-            build.args(["--profile", other]);
-        }
-        None => panic!("unexpected test binary path {}", exe.display()),
-    }
-    let status = build
-        .status()
-        .expect("running cargo build --example stream_pipeline");
-    assert!(status.success(), "building the example failed: {status}");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("stream_pipeline{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} missing", binary.display());
-    binary
 }
 
 /// A running child whose output lines are collected as they come; killed
@@ -263,7 +228,7 @@ fn killed_and_restarted_pipeline_counts_every_event_once() {
     let first_seed = seed();
     let kills = env_number("PIPELINE_KILLS", 6);
     let rounds = env_number("PIPELINE_KILL_ROUNDS", 1);
-    let binary = example_binary();
+    let binary = example_binary("stream_pipeline");
     let expected = model();
     let expected_digest = digest(&expected);
     let expected_sum: i64 = expected.values().map(|a| a.1).sum();
