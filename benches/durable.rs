@@ -34,6 +34,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use laminar_storage::incremental::{
     CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, ManagerStats, StateConfig,
     StateWriter, WalSyncMode,
@@ -836,18 +837,23 @@ fn run_pipelined(
     let last = first + sizes.epochs() as u64 - 1;
 
     // Timestamps each epoch as it becomes durable; every epoch covered by one
-    // group commit gets the same time.
+    // group commit gets the same time. (`wait_durable` would not do: an epoch
+    // the producer has not committed yet is an error, not a wait.)
     let watcher = rt.spawn({
         let manager = manager.clone();
+        let mut durable_epochs = manager.durable_epochs();
         let epochs = sizes.epochs();
         async move {
             let mut durable_at = Vec::with_capacity(epochs);
             let mut next = first;
             while next <= last {
-                manager.wait_durable(next).await?;
-                let durable = manager.durable_epoch().min(last);
+                let Some(durable) = durable_epochs.next().await else {
+                    // Ring 1 ended first: `wait_durable` says why.
+                    manager.wait_durable(next).await?;
+                    panic!("Ring 1 ended before epoch {next} was durable");
+                };
                 let now = Instant::now();
-                while next <= durable {
+                while next <= durable.epoch.min(last) {
                     durable_at.push(now);
                     next += 1;
                 }
