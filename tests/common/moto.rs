@@ -73,16 +73,49 @@ impl Moto {
     }
 
     pub fn bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        Arc::new(
-            object_store::aws::AmazonS3Builder::new()
-                .with_endpoint(&self.endpoint)
-                .with_allow_http(true)
-                .with_region("us-east-1")
-                .with_bucket_name(bucket)
-                .with_access_key_id("testing")
-                .with_secret_access_key("testing")
-                .build()
-                .unwrap(),
-        )
+        bucket_at(&self.endpoint, bucket)
     }
+
+    /// The keys of `bucket`'s unfinished multipart uploads (S3's
+    /// `ListMultipartUploads`, which `object_store` does not offer), over
+    /// plain HTTP.
+    pub fn multipart_uploads(&self, bucket: &str) -> Vec<String> {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET /{bucket}?uploads HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "listing the uploads of {bucket}: {response}"
+        );
+        response
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|upload| {
+                let key = upload.split_once("<Key>")?.1.split_once("</Key>")?.0;
+                Some(key.to_owned())
+            })
+            .collect()
+    }
+}
+
+/// The bucket `bucket` of the server at `endpoint` (another process's
+/// `Moto`).
+pub fn bucket_at(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(bucket)
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap(),
+    )
 }
