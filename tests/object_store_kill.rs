@@ -48,15 +48,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use laminar_storage::{
-    CheckpointConfig, IncrementalCheckpointManager, ObjectStoreCheckpointStore, StateWriter,
+    CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata,
+    ObjectStoreCheckpointStore, StateWriter,
 };
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
 use moto::Moto;
@@ -74,6 +75,10 @@ const PREFIX: &str = "app";
 const KEYS: u64 = 48_000;
 const VALUE_LEN: usize = 1_000;
 const PUTS_PER_EPOCH: u64 = 1_000;
+/// Objects over this size are spilled to a temporary file by a restore.
+const SPILLED_OVER: u64 = 8 << 20;
+/// Set in the child: where its restore spills large objects.
+const CHILD_SPILL_DIR: &str = "LAMINAR_OBJKILL_SPILL";
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 type Backend = Arc<dyn ObjectStore>;
@@ -195,13 +200,17 @@ fn say(line: &str) {
 /// acknowledged. With `hold_parts`, every part after the first is sent at
 /// once but its acknowledgement reaches the uploader only 30 s later (a
 /// slow link); with `hold_completion`, a completed upload is reported and
-/// then never returned to the uploader. Both make the kill land at the
-/// point named, not a little later.
+/// then never returned to the uploader; with `hold_downloads`, the
+/// download of an object large enough to be spilled to a temporary file
+/// stops once the spill writer surely has its file (it has taken a chunk
+/// from the full queue) and says so. All make the kill land at the point
+/// named, not a little later.
 #[derive(Debug)]
 struct Watched {
     inner: Backend,
     hold_parts: bool,
     hold_completion: bool,
+    hold_downloads: bool,
 }
 
 impl std::fmt::Display for Watched {
@@ -276,7 +285,34 @@ impl ObjectStore for Watched {
     }
 
     async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
+        let got = self.inner.get_opts(location, options).await?;
+        if !self.hold_downloads || got.meta.size <= SPILLED_OVER {
+            return Ok(got);
+        }
+        let (meta, range) = (got.meta.clone(), got.range.clone());
+        let (attributes, extensions) = (got.attributes.clone(), got.extensions.clone());
+        let location = location.clone();
+        let mut chunks = got.into_stream();
+        let mut asked = 0;
+        let held = futures::stream::poll_fn(move |cx| {
+            asked += 1;
+            // The spill queue holds 4 chunks: when the 6th is asked for,
+            // the 5th was queued, so the writer took the 1st.
+            if asked == 6 {
+                say(&format!("DOWNLOADING {location}"));
+            }
+            if asked >= 6 {
+                return std::task::Poll::Pending;
+            }
+            chunks.poll_next_unpin(cx)
+        });
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(held.boxed()),
+            meta,
+            range,
+            attributes,
+            extensions,
+        })
     }
 
     async fn get_ranges(
@@ -326,14 +362,18 @@ fn object_store_kill_child() {
         inner: spec.backend(),
         hold_parts: kill_at == "part",
         hold_completion: kill_at == "uploaded",
+        hold_downloads: kill_at == "download",
     });
+    let spill_dir = PathBuf::from(std::env::var_os(CHILD_SPILL_DIR).expect("spill dir"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (manager, mut writer) = IncrementalCheckpointManager::open(node(Path::new(&dir), &backend))
+        let store = ObjectStoreCheckpointStore::new(Arc::clone(&backend), PREFIX).with_spill_dir(spill_dir);
+        let config = CheckpointConfig::new(Path::new(&dir)).with_checkpoint_store(Arc::new(store));
+        let (manager, mut writer) = IncrementalCheckpointManager::open(config)
             .await
             .unwrap_or_else(|e| panic!("child open: {e}"));
         let mut model = state_of(&writer);
@@ -352,7 +392,13 @@ fn object_store_kill_child() {
 
 /// Runs the child on `dir` until it prints a line starting with `kill_on`,
 /// then kills it; returns its stdout lines.
-fn run_child_and_kill(dir: &Path, spec: &Spec, kill_at: &str, kill_on: &str) -> Vec<String> {
+fn run_child_and_kill(
+    dir: &Path,
+    spill_dir: &Path,
+    spec: &Spec,
+    kill_at: &str,
+    kill_on: &str,
+) -> Vec<String> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "object_store_kill_child",
@@ -363,6 +409,7 @@ fn run_child_and_kill(dir: &Path, spec: &Spec, kill_at: &str, kill_on: &str) -> 
         .env(CHILD_DIR, dir)
         .env(CHILD_STORE, spec.encode())
         .env(CHILD_KILL_AT, kill_at)
+        .env(CHILD_SPILL_DIR, spill_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -414,15 +461,10 @@ fn run_child_and_kill(dir: &Path, spec: &Spec, kill_at: &str, kill_on: &str) -> 
     seen
 }
 
-/// The whole scenario on one backend, the child killed at `kill_at`.
-/// `unlisted` checks, after the kill, what the store holds that no
-/// listing shows.
-async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[String])) {
-    let backend = spec.backend();
-    let a = tempfile::tempdir().unwrap();
-
-    // The node before the child: a published checkpoint, then more WAL.
-    let (manager, mut writer) = IncrementalCheckpointManager::open(node(a.path(), &backend))
+/// The node the child continues: a published checkpoint (a base of
+/// about 48 MiB), then more WAL. Returns the checkpoint and its state.
+async fn node_before_the_child(dir: &Path, backend: &Backend) -> (IncrementalCheckpointMetadata, Model) {
+    let (manager, mut writer) = IncrementalCheckpointManager::open(node(dir, backend))
         .await
         .unwrap();
     let mut model = Model::new();
@@ -436,11 +478,48 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     let last = churn(&mut writer, &mut model, 0..KEYS / 5, 2);
     manager.wait_durable(last).await.unwrap();
     manager.shutdown().await.unwrap();
-    drop(writer);
+    (published, at_published)
+}
+
+/// The child killed while its recovery downloads the base into a spill
+/// file: the spill directory is empty afterwards (the file never had a
+/// name), and a fresh node restores the checkpoint.
+async fn killed_mid_download(spec: Spec) {
+    let backend = spec.backend();
+    let a = tempfile::tempdir().unwrap();
+    let (published, at_published) = node_before_the_child(a.path(), &backend).await;
+    let spill = tempfile::tempdir().unwrap();
+    run_child_and_kill(a.path(), spill.path(), &spec, "download", "DOWNLOADING ");
+    let left: Vec<_> = std::fs::read_dir(spill.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "a killed restore left spill files: {left:?}");
+
+    let b = tempfile::tempdir().unwrap();
+    let (manager, writer) = IncrementalCheckpointManager::open(node(b.path(), &backend))
+        .await
+        .unwrap();
+    assert_eq!(manager.recovery().checkpoint_id, Some(published.id));
+    assert!(
+        state_of(&writer) == at_published,
+        "restored state differs from the checkpoint"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+/// The whole scenario on one backend, the child killed at `kill_at`.
+/// `unlisted` checks, after the kill, what the store holds that no
+/// listing shows.
+async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[String])) {
+    let backend = spec.backend();
+    let a = tempfile::tempdir().unwrap();
+    let (published, at_published) = node_before_the_child(a.path(), &backend).await;
     let before: BTreeSet<String> = object_names(&backend).await.into_iter().collect();
 
     let kill_on = if kill_at == "part" { "PART 1 " } else { "UPLOADED " };
-    let seen = run_child_and_kill(a.path(), &spec, kill_at, kill_on);
+    let spill = tempfile::tempdir().unwrap();
+    let seen = run_child_and_kill(a.path(), spill.path(), &spec, kill_at, kill_on);
     let killed_object = seen
         .iter()
         .find_map(|l| l.split_once(kill_on).map(|(_, rest)| rest.trim().to_owned()))
@@ -560,6 +639,8 @@ async fn local_file_system_killed_mid_upload() {
         })
         .await;
     }
+    let root = tempfile::tempdir().unwrap();
+    killed_mid_download(Spec::Local(root.path().to_path_buf())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,4 +674,10 @@ async fn s3_on_moto_server_killed_mid_upload() {
         })
         .await;
     }
+    moto.create_bucket("laminar-kill-download");
+    killed_mid_download(Spec::S3 {
+        endpoint: moto.endpoint.clone(),
+        bucket: "laminar-kill-download".to_owned(),
+    })
+    .await;
 }

@@ -29,7 +29,6 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::object_store::path::Path as ObjectPath;
 use ::object_store::{
@@ -40,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::store::{CheckpointStore, FileContents};
 use crate::error::IncrementalCheckpointError;
-use crate::io::{FileSystem, StdFs, StoredFile};
+use crate::io::StoredFile;
 
 /// Size of a multipart upload's parts, and the size below which a file is
 /// uploaded with one request (S3's parts are at least 5 MiB).
@@ -157,7 +156,9 @@ impl ObjectStoreCheckpointStore {
 
     /// Where objects too large to read into memory are spilled while a
     /// restore reads them (default: the system's temporary directory).
-    /// Each is unlinked as soon as it is created and memory-mapped.
+    /// Each is created without a name (`O_TMPFILE` on Linux) and
+    /// memory-mapped, so none outlives the process, even one killed
+    /// mid-restore.
     pub fn with_spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spill_dir = dir.into();
         self
@@ -187,33 +188,37 @@ impl ObjectStoreCheckpointStore {
     }
 
     /// Streams object `location` into an unlinked temporary file (written
-    /// on a blocking thread) and maps it.
-    async fn spill(&self, location: &ObjectPath, name: &str) -> io::Result<StoredFile> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = self.spill_dir.join(format!(
-            "laminar-restore-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+    /// on a blocking thread) and maps it. The file has no name from the
+    /// start (`O_TMPFILE` where the file system has it, else created and
+    /// unlinked at once), so a process killed mid-download leaves nothing
+    /// in the spill directory: its blocks are freed with the last handle.
+    async fn spill(&self, location: &ObjectPath) -> io::Result<StoredFile> {
+        let dir = self.spill_dir.clone();
         let mut stream = self.store.get(location).await.map_err(to_io)?.into_stream();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<::object_store::Result<bytes::Bytes>>(CHUNKS_QUEUED);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<StoredFile> {
-            let _unlink = scopeguard({
-                let path = path.clone();
-                move || {
-                    let _ = std::fs::remove_file(&path);
-                }
-            });
-            let mut file = StdFs.create(&path)?;
-            let mut offset = 0u64;
+            let mut file = tempfile::tempfile_in(&dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("creating a spill file in {}: {e}", dir.display()),
+                )
+            })?;
+            let mut len = 0u64;
             // No sync: the file is scratch, gone once unmapped.
             while let Some(chunk) = rx.blocking_recv() {
                 let chunk = chunk.map_err(to_io)?;
-                file.write_all_at(&chunk, offset)?;
-                offset += chunk.len() as u64;
+                file.write_all(&chunk)?;
+                len += chunk.len() as u64;
             }
-            drop(file);
-            StdFs.map(&path)
+            if len == 0 {
+                // A zero-length map is an error on some platforms.
+                return Ok(StoredFile::from_vec(Vec::new()));
+            }
+            // SAFETY: the file has no name and this process holds its only
+            // handle, so nothing else can truncate or change it while
+            // mapped; it is never written again.
+            let map = unsafe { memmap2::Mmap::map(&file)? };
+            Ok(StoredFile::from_mmap(map))
         });
         while let Some(chunk) = stream.next().await {
             let failed = chunk.is_err();
@@ -228,19 +233,6 @@ impl ObjectStoreCheckpointStore {
             )))
         })
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// An `object_store` error as an `io::Error` of the matching kind.
@@ -370,7 +362,7 @@ impl CheckpointStore for ObjectStoreCheckpointStore {
         let location = self.path(name);
         let meta = self.store.head(&location).await.map_err(to_io)?;
         if meta.size > SPILL_OVER {
-            return self.spill(&location, name).await;
+            return self.spill(&location).await;
         }
         let bytes: Vec<u8> = self
             .store
