@@ -63,7 +63,11 @@ impl std::ops::DerefMut for ZeroedBuf {
 
 /// A segment's buffer handed on to the next segment read: only the bytes
 /// read from that segment are ever looked at.
-pub(super) struct Spare(ZeroedBuf);
+pub(super) struct Spare {
+    buf: ZeroedBuf,
+    /// `buf[dirty..]` is still zero: never written since it was mapped.
+    dirty: usize,
+}
 
 /// The first read of a segment's records; later reads double, up to
 /// [`MAX_READ`].
@@ -84,6 +88,9 @@ pub(super) struct SegmentBytes {
     buf: ZeroedBuf,
     loaded: usize,
     next_read: usize,
+    /// How far an earlier segment's reads wrote into a reused `buf`
+    /// (0 for fresh memory): beyond it, `buf` is still zero.
+    dirty: usize,
 }
 
 impl SegmentBytes {
@@ -94,15 +101,16 @@ impl SegmentBytes {
     pub(super) fn open(fs: &dyn FileSystem, path: &Path, spare: Option<Spare>) -> io::Result<Self> {
         let mut file = fs.open_read(path)?;
         let len = usize::try_from(file.file_len()?).map_err(io::Error::other)?;
-        let buf = match spare {
-            Some(Spare(buf)) if buf.len() == len => buf,
-            _ => ZeroedBuf::new(len)?,
+        let (buf, dirty) = match spare {
+            Some(Spare { buf, dirty }) if buf.len() == len => (buf, dirty),
+            _ => (ZeroedBuf::new(len)?, 0),
         };
         let mut bytes = Self {
             file,
             buf,
             loaded: 0,
             next_read: SEGMENT_HEADER_LEN,
+            dirty,
         };
         bytes.ensure(SEGMENT_HEADER_LEN)?;
         bytes.next_read = FIRST_READ;
@@ -120,19 +128,29 @@ impl SegmentBytes {
     }
 
     /// Leaves the bytes before `offset` unread (called once, right after
-    /// the header); they read as zeros, also in a reused buffer.
+    /// the header); they read as zeros, also in a reused buffer. Only what
+    /// an earlier segment wrote is cleared: writing zeros over fresh
+    /// memory would fault in every page of the skipped range (tens of
+    /// MiB when a checkpoint scans from its parent's position) for
+    /// nothing.
     pub(super) fn skip_to(&mut self, offset: usize) {
         let to = offset.min(self.len());
         if to > self.loaded {
             let from = self.loaded;
-            self.buf[from..to].fill(0);
+            let stale = to.min(self.dirty);
+            if stale > from {
+                self.buf[from..stale].fill(0);
+            }
             self.loaded = to;
         }
     }
 
     /// The buffer, for the next segment's [`open`](Self::open).
     pub(super) fn into_spare(self) -> Spare {
-        Spare(self.buf)
+        Spare {
+            dirty: self.dirty.max(self.loaded),
+            buf: self.buf,
+        }
     }
 
     /// Reads at least up to `upto` (or the end of the file).
@@ -207,4 +225,43 @@ pub(crate) fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>,
         .collect();
     segments.sort_unstable();
     Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdFs;
+
+    /// A skipped range reads as zeros in a buffer an earlier segment
+    /// filled, and in fresh memory (which skipping leaves untouched).
+    #[test]
+    fn skipped_bytes_read_as_zeros_in_fresh_and_reused_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 << 20;
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![0xa5; len]).unwrap();
+        std::fs::write(&b, vec![0x5a; len]).unwrap();
+        let skip = (2 << 20) + 123;
+
+        let mut first = SegmentBytes::open(&StdFs, &a, None).unwrap();
+        first.skip_to(skip);
+        first.ensure(len).unwrap();
+        assert!(first.bytes()[SEGMENT_HEADER_LEN..skip].iter().all(|&x| x == 0));
+        assert!(first.bytes()[skip..].iter().all(|&x| x == 0xa5));
+        first.read_to_end(0).unwrap();
+
+        // Reused: `a`'s bytes fill the buffer beyond the skip, and its
+        // whole length once read from the start.
+        let mut whole = SegmentBytes::open(&StdFs, &a, Some(first.into_spare())).unwrap();
+        whole.ensure(len).unwrap();
+        let mut second = SegmentBytes::open(&StdFs, &b, Some(whole.into_spare())).unwrap();
+        second.skip_to(skip);
+        second.ensure(skip + 10).unwrap();
+        assert!(second.bytes()[..SEGMENT_HEADER_LEN].iter().all(|&x| x == 0x5a));
+        assert!(
+            second.bytes()[SEGMENT_HEADER_LEN..skip].iter().all(|&x| x == 0),
+            "a stale byte of the earlier segment shows through"
+        );
+        assert!(second.bytes()[skip..].iter().all(|&x| x == 0x5a));
+    }
 }
