@@ -69,8 +69,8 @@ use std::time::{Duration, Instant};
 
 use laminar_storage::ObjectStoreCheckpointStore;
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata, RecoveredState,
-    RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
+    CheckpointConfig, Compression, IncrementalCheckpointManager, IncrementalCheckpointMetadata,
+    RecoveredState, RecoveryConfig, RecoveryManager, StateConfig, StateWriter, wal_size,
 };
 use support::w1::{KEY_LEN, PUTS_PER_EPOCH, VALUE_LEN};
 use support::{Distribution, FigureTable, Timer, clock, retrying, verdict};
@@ -397,10 +397,22 @@ struct Round {
 struct ChurnRun {
     full: Round,
     rounds: Vec<Round>,
+    /// `RecoveryManager::recover` of the final chain, warm page cache.
+    restore: Duration,
 }
 
-fn churn_run(rt: &Runtime, dir: &Path, sizes: &Sizes, chain: usize, seed: u64) -> ChurnRun {
-    let (manager, mut writer) = open(rt, config(dir, sizes, sizes.keys).with_max_chain_length(chain));
+fn churn_run(
+    rt: &Runtime,
+    dir: &Path,
+    sizes: &Sizes,
+    chain: usize,
+    compression: Compression,
+    seed: u64,
+) -> ChurnRun {
+    let config = config(dir, sizes, sizes.keys)
+        .with_max_chain_length(chain)
+        .with_compression(compression);
+    let (manager, mut writer) = open(rt, config);
     let mut values = Values::new(VALUE_LEN);
     write_keys(rt, &manager, &mut writer, &mut values, 0..sizes.keys, 0);
     let round = |rt: &Runtime, manager: &IncrementalCheckpointManager| {
@@ -423,8 +435,19 @@ fn churn_run(rt: &Runtime, dir: &Path, sizes: &Sizes, chain: usize, seed: u64) -
         rounds.push(round(rt, &manager));
     }
     shutdown(rt, manager, writer);
+    let start = Instant::now();
+    let state = rt
+        .block_on(RecoveryManager::new(RecoveryConfig::new(dir, dir.join("wal"))).recover())
+        .unwrap_or_else(|e| panic!("recovering {}: {e}", dir.display()));
+    let restore = start.elapsed();
+    assert_eq!(state.len() as u64, sizes.keys, "every key recovered");
+    drop(state);
     std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-    ChurnRun { full, rounds }
+    ChurnRun {
+        full,
+        rounds,
+        restore,
+    }
 }
 
 fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTable) {
@@ -435,16 +458,44 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTabl
     let mut full = Vec::new();
     let mut incremental = Vec::new();
     let mut merged = Vec::new();
+    // The same runs with compression off, alternating with the default's.
+    let mut raw = Vec::new();
+    let mut lz4_restores = Vec::new();
     for rep in 0..sizes.churn_reps {
-        let run = churn_run(rt, &dir.join(format!("churn-{rep}")), sizes, 8, rep as u64);
+        let run = churn_run(
+            rt,
+            &dir.join(format!("churn-{rep}")),
+            sizes,
+            8,
+            Compression::Lz4,
+            rep as u64,
+        );
         assert!(run.rounds.iter().all(|r| r.incremental), "chain 8: deltas");
         full.push(run.full);
         incremental.extend(run.rounds.iter().map(|r| (*r, run.full.bytes)));
-        let run = churn_run(rt, &dir.join(format!("merged-{rep}")), sizes, 1, rep as u64);
+        lz4_restores.push(run.restore);
+        let run = churn_run(
+            rt,
+            &dir.join(format!("raw-{rep}")),
+            sizes,
+            8,
+            Compression::None,
+            rep as u64,
+        );
+        raw.push(run);
+        let run = churn_run(
+            rt,
+            &dir.join(format!("merged-{rep}")),
+            sizes,
+            1,
+            Compression::Lz4,
+            rep as u64,
+        );
         assert!(run.rounds.iter().all(|r| !r.incremental), "chain 1: bases");
         full.push(run.full);
         merged.extend(run.rounds);
     }
+    compression_rows(table, sizes, &full, &incremental, &lz4_restores, &raw);
 
     let section = "1. churn";
     let full_bytes = median_u64(full.iter().map(|r| r.bytes));
@@ -525,6 +576,89 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTabl
             "{:.1} % of the first full",
             100.0 * median_u64(merged.iter().map(|r| r.bytes)) as f64 / full_bytes as f64
         ),
+    );
+}
+
+/// W1's full and incremental checkpoints, LZ4 (the default) beside
+/// compression off, from runs alternating in one process: bytes, times,
+/// and the restore of the final chain (base and deltas).
+fn compression_rows(
+    table: &mut FigureTable,
+    sizes: &Sizes,
+    full: &[Round],
+    incremental: &[(Round, u64)],
+    lz4_restores: &[Duration],
+    raw: &[ChurnRun],
+) {
+    let section = "1. churn";
+    let raw_full: Vec<Round> = raw.iter().map(|r| r.full).collect();
+    let raw_incremental: Vec<Round> = raw.iter().flat_map(|r| r.rounds.iter().copied()).collect();
+    let lz4_full_bytes = median_u64(full.iter().map(|r| r.bytes));
+    let raw_full_bytes = median_u64(raw_full.iter().map(|r| r.bytes));
+    let lz4_inc_bytes = median_u64(incremental.iter().map(|(r, _)| r.bytes));
+    let raw_inc_bytes = median_u64(raw_incremental.iter().map(|r| r.bytes));
+    let values = "values: 16 B of index and version, then an 84 B filler of random bytes that is the same in \
+                  every value";
+    table.row(
+        section,
+        &format!(
+            "first checkpoint, {} keys: bytes LZ4 (default) vs raw",
+            sizes.keys
+        ),
+        format!("{} vs {}", mb(lz4_full_bytes), mb(raw_full_bytes)),
+        format!(
+            "{:.1} % of raw; {values}",
+            100.0 * lz4_full_bytes as f64 / raw_full_bytes as f64
+        ),
+    );
+    table.row(
+        section,
+        &format!(
+            "incremental after 1% churn ({} keys): bytes LZ4 vs raw",
+            sizes.churn_keys
+        ),
+        format!("{} vs {}", mb(lz4_inc_bytes), mb(raw_inc_bytes)),
+        format!(
+            "{:.1} % of raw",
+            100.0 * lz4_inc_bytes as f64 / raw_inc_bytes as f64
+        ),
+    );
+    table.row(
+        section,
+        "first checkpoint time: LZ4 vs raw (min..max)",
+        format!(
+            "{} vs {}",
+            timing_spread(full.iter().map(|r| r.time)),
+            timing_spread(raw_full.iter().map(|r| r.time))
+        ),
+        format!(
+            "n = {} vs {} (LZ4: the chain-8 and chain-1 runs' first checkpoints)",
+            full.len(),
+            raw_full.len()
+        ),
+    );
+    table.row(
+        section,
+        "incremental checkpoint time: LZ4 vs raw (min..max)",
+        format!(
+            "{} vs {}",
+            timing_spread(incremental.iter().map(|(r, _)| r.time)),
+            timing_spread(raw_incremental.iter().map(|r| r.time))
+        ),
+        format!("n = {} vs {}", incremental.len(), raw_incremental.len()),
+    );
+    table.row(
+        section,
+        &format!(
+            "restore (recover) of the final chain, a base and {} deltas, warm cache: LZ4 vs raw (min..max)",
+            sizes.churn_rounds
+        ),
+        format!(
+            "{} vs {}",
+            timing_spread(lz4_restores.iter().copied()),
+            timing_spread(raw.iter().map(|r| r.restore))
+        ),
+        format!("n = {} vs {}", lz4_restores.len(), raw.len()),
     );
 }
 

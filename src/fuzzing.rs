@@ -440,7 +440,7 @@ pub fn fuzz_commit_payload(data: &[u8]) {
 ///
 /// When the reader panics, or yields what its format forbids.
 pub fn fuzz_data_file(data: &[u8]) {
-    use crate::checkpoint::data_file::{DataFile, DataKind};
+    use crate::checkpoint::data_file::{Cursor, DataFile, DataKind};
     let file = match DataFile::open(data) {
         Ok(f) => f,
         Err(e) => {
@@ -449,16 +449,20 @@ pub fn fuzz_data_file(data: &[u8]) {
         }
     };
     let base = file.kind == DataKind::Base;
-    let mut last: Option<&[u8]> = None;
+    let _ = file.block_stats();
+    let mut last: Option<Vec<u8>> = None;
     let mut n = 0u64;
-    for entry in file.entries() {
-        match entry {
-            Ok((key, value)) => {
-                assert!(last.is_none_or(|l| l < key), "keys not increasing");
+    let mut entries = file.entries();
+    loop {
+        match entries.advance() {
+            Ok(true) => {
+                let (key, value) = entries.entry();
+                assert!(last.as_deref().is_none_or(|l| l < key), "keys not increasing");
                 assert!(!base || value.is_some(), "a tombstone in a base");
-                last = Some(key);
+                last = Some(key.to_vec());
                 n += 1;
             }
+            Ok(false) => break,
             Err(e) => {
                 assert!(e.offset() <= data.len() as u64, "{e:?}");
                 return;

@@ -65,6 +65,7 @@
 //! | trade durability for speed, or choose what recovery accepts | [`WalSyncMode`], [`WalRecoveryMode`] |
 //! | keep checkpoints on S3 or another object store, restore on a new node | `ObjectStoreCheckpointStore` (feature `object-store`), [`CheckpointConfig::with_restore_from`] |
 //! | list, pin and unpin checkpoints | [`IncrementalCheckpointManager::list_checkpoints`], [`pin`](IncrementalCheckpointManager::pin) |
+//! | compress checkpoint files (LZ4 by default) or store them raw | [`CheckpointConfig::with_compression`], [`Compression`] |
 //! | keep checkpoints somewhere else | [`CheckpointStore`] (with [`StoredFile`], [`FileContents`]), [`LocalDirStore`] |
 //! | Ring 0 without durability, feeding your own log | [`StateWriter::standalone`], [`StateDrain`], [`Change`] |
 //! | the changelog ring on its own | [`StateChangelogBuffer`] |
@@ -147,7 +148,9 @@ pub use crate::changelog::{
 };
 #[cfg(feature = "object-store")]
 pub use crate::checkpoint::ObjectStoreCheckpointStore;
-pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
+pub use crate::checkpoint::{
+    CheckpointStore, Compression, FileContents, IncrementalCheckpointMetadata, LocalDirStore,
+};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::inspect::Inspector;
 pub use crate::io::StoredFile;

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use laminar_storage::Inspector;
 use laminar_storage::incremental::{
-    CheckpointConfig, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
+    CheckpointConfig, Compression, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
     RecoveryManager, StateWriter, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
 };
 
@@ -62,9 +63,10 @@ async fn recover(dir: &Path) -> laminar_storage::incremental::RecoveredState {
 #[tokio::test]
 async fn incremental_chain_recovers_with_offsets_and_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let (manager, mut writer) = IncrementalCheckpointManager::open(config(dir.path()))
-        .await
-        .unwrap();
+    // Raw files, so that bytes measure entries (a block of 20 keys does
+    // not compress as well as 2,000 keys do).
+    let raw = config(dir.path()).with_compression(Compression::None);
+    let (manager, mut writer) = IncrementalCheckpointManager::open(raw).await.unwrap();
     let mut model = Model::new();
     churn(&mut writer, &mut model, 0..2000, 1);
     let full = manager.checkpoint().await.unwrap();
@@ -245,6 +247,23 @@ async fn checkpointed_history(cfg: CheckpointConfig) -> (Model, u64, u64) {
     (model, last, removed)
 }
 
+/// Blocks and compressed blocks of every data file of `dir`'s checkpoints.
+async fn blocks(dir: &Path) -> Vec<(String, u64, u64)> {
+    let listing = Inspector::new(dir, dir.join("wal")).list().await.unwrap();
+    let mut out: Vec<(String, u64, u64)> = listing
+        .checkpoints
+        .iter()
+        .flat_map(|c| &c.files)
+        .map(|f| {
+            let b = f.blocks.unwrap();
+            (f.name.clone(), b.blocks, b.compressed)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Damages every checkpoint file of `dir` in every way of
 /// [`damaged_copies`], one copy at a time, and checks that recovery returns
 /// exactly `model` at `last` every time: a fallback always exists. Damage
@@ -278,12 +297,21 @@ async fn every_damage_is_survived(dir: &Path, newest: &[&str], model: &Model, la
 /// and loses nothing, even when the damaged file is the base every
 /// retained checkpoint shares. In the first chain that base has no older
 /// checkpoint to stand in for it, so the WAL is kept whole and the
-/// fallback is the empty state plus the WAL.
+/// fallback is the empty state plus the WAL. Here the files are written
+/// raw (`Compression::None`; compressed, the small deltas of this history
+/// outweigh the base sooner, and the chain is cut short).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_to_any_file_of_the_first_chain_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path()).with_wal_segment_size(16 << 10);
+    let cfg = config(dir.path())
+        .with_wal_segment_size(16 << 10)
+        .with_compression(Compression::None);
     let (model, last, removed) = checkpointed_history(cfg).await;
+    let blocks = blocks(dir.path()).await;
+    assert!(
+        blocks.iter().all(|(_, n, compressed)| *n > 0 && *compressed == 0),
+        "every block raw: {blocks:?}"
+    );
     // Checkpoint 1 is kept beyond the 3 retained: it stands in for delta 2.
     assert_eq!(
         names(dir.path()),
@@ -312,7 +340,9 @@ async fn damage_to_any_file_of_the_first_chain_loses_nothing() {
 
 /// The same once a second chain exists: the WAL is truncated, and the
 /// newest checkpoint of the previous chain is kept to stand in for the new
-/// base that every retained checkpoint shares.
+/// base that every retained checkpoint shares. Here the files are
+/// compressed (the default): damage to compressed blocks is caught the
+/// same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_to_any_file_of_a_later_chain_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,6 +351,11 @@ async fn damage_to_any_file_of_a_later_chain_loses_nothing() {
         .with_max_chain_length(2)
         .with_max_retained(2);
     let (model, last, removed) = checkpointed_history(cfg).await;
+    let blocks = blocks(dir.path()).await;
+    assert!(
+        blocks.iter().all(|(_, n, compressed)| compressed == n),
+        "every block compressed: {blocks:?}"
+    );
     // 1 base, 2 delta, 3 a merged base, 4 delta. Retained: 3 and 4, both on
     // base 3; 2 is kept for it.
     assert_eq!(

@@ -25,6 +25,7 @@ fn the_root_and_incremental_name_the_same_items() {
         ChangelogProducer,
         CheckpointConfig,
         CheckpointScheduler,
+        Compression,
         DurableEpoch,
         DurableEpochs,
         FileContents,
@@ -74,6 +75,12 @@ fn the_old_names_of_this_release_still_work() {
     let summary: &inc::RecoverySummary = &report;
     assert_eq!(summary.checkpoints_skipped, 0);
     assert_eq!(summary.torn_tail_bytes, 0);
+}
+
+#[test]
+fn compression_is_set_on_the_config_and_lz4_by_default() {
+    assert_eq!(root::Compression::default(), inc::Compression::Lz4);
+    let _ = root::CheckpointConfig::new("/state").with_compression(root::Compression::None);
 }
 
 #[test]

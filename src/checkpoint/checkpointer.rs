@@ -37,7 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::catalog::{Catalog, pinned};
-use super::data_file::{DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN};
+use super::compression::Compression;
+use super::data_file::{Cursor, DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN, IterCursor};
 use super::delta::DeltaBuilder;
 use super::manifest::{
     FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
@@ -52,7 +53,7 @@ use crate::wal::{
     ReplayFrom, ReplayOp, ReplayRange, WalPosition, WalRecoveryMode, remove_segments_before, replay_range,
 };
 
-/// Retention and compaction settings.
+/// Retention, compaction and file settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
     /// Published checkpoints kept (at least 1).
@@ -60,6 +61,8 @@ pub(crate) struct Policy {
     /// Files in a chain (base plus deltas) before the next checkpoint is a
     /// new base (at least 1: 1 means every checkpoint is a base).
     pub(crate) max_chain_length: usize,
+    /// How the data files' blocks are stored.
+    pub(crate) compression: Compression,
 }
 
 /// Counters for the manager's stats.
@@ -117,6 +120,10 @@ pub(crate) struct Checkpointer {
     /// a new owner of a shared store, so that nothing it publishes
     /// depends on files a fenced predecessor might still delete.
     force_base: bool,
+    /// Stored bytes per raw byte of the last data file written (1 before
+    /// any, or without compression): scales the new delta's raw size to
+    /// compare it with the stored sizes of the chain's files.
+    stored_per_raw: f64,
     stats: Arc<CheckpointStats>,
 }
 
@@ -148,6 +155,7 @@ impl Checkpointer {
             listing: Some(inventory.names.clone()),
             next_id: inventory.next_id().max(lease.map_or(0, |l| l.first_id())),
             force_base: lease.is_some(),
+            stored_per_raw: 1.0,
             stats,
         }
     }
@@ -279,6 +287,9 @@ impl Checkpointer {
         let summary = self
             .write_data_file(&data_name, kind, id, epoch, scan.delta)
             .await?;
+        if summary.raw_len > 0 {
+            self.stored_per_raw = summary.len as f64 / summary.raw_len as f64;
+        }
         if base && summary.entries != scan.live_keys {
             // The merge and the WAL disagree about the state: never publish.
             return Err(IncrementalCheckpointError::Recovery {
@@ -352,8 +363,9 @@ impl Checkpointer {
         let summary: Arc<Mutex<Option<DataSummary>>> = Arc::default();
         let out_summary = Arc::clone(&summary);
         let dir = self.dir.clone();
+        let compression = self.policy.compression;
         let contents = Box::new(move |out: &mut dyn Write| -> io::Result<()> {
-            let mut w = DataFileWriter::new(out, kind, id, epoch)?;
+            let mut w = DataFileWriter::new(out, kind, id, epoch, compression)?;
             let carry = |e: IncrementalCheckpointError| io::Error::other(e);
             if chain.is_empty() {
                 // A delta, or a base with no chain to fold in (the first
@@ -366,9 +378,10 @@ impl Checkpointer {
                 }
             } else {
                 let mut sources = chain_sources(&chain, &dir);
-                sources.push(Box::new(delta.sorted().map(Ok)));
-                for entry in Merge::new(sources, true) {
-                    let (key, value) = entry.map_err(carry)?;
+                sources.push(Box::new(IterCursor::new(delta.sorted().map(Ok))));
+                let mut merged = Merge::new(sources, true);
+                while merged.advance().map_err(carry)? {
+                    let (key, value) = merged.entry();
                     w.push(key, value)?;
                 }
             }
@@ -436,8 +449,9 @@ impl Checkpointer {
         }
         let base = p.files[0].len;
         let deltas: u64 = p.files[1..].iter().map(|f| f.len).sum();
-        let new = (delta.held_bytes() + delta.len() * ENTRY_HEADER_LEN) as u64;
-        deltas + new > base
+        // Its raw size, as stored if it compresses like the last file did.
+        let new = (delta.held_bytes() + delta.len() * ENTRY_HEADER_LEN) as f64 * self.stored_per_raw;
+        deltas + new as u64 > base
     }
 
     /// Collects the last write per key in the epochs after the parent's

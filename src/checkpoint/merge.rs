@@ -1,45 +1,29 @@
-//! Streaming k-way merge of sorted entry sources, newest wins.
+//! Streaming k-way merge of sorted entry cursors, newest wins.
 //!
 //! Used to load a chain (base, then deltas) into Ring 0, to fold a chain
 //! and a new delta into a new base, and to fold spilled runs into a delta.
-//! Memory is one head entry per source, whatever the sizes of the sources.
+//! Memory is one current entry per source, whatever the sizes of the
+//! sources; the merge is itself a [`Cursor`], lending the winning source's
+//! entry (a source may decompress into a buffer it reuses, so nothing
+//! outlives the next step).
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::cmp::Ordering;
 
-use super::data_file::Entry;
+use super::data_file::{Cursor, Entry};
 
 /// A source of entries in strictly increasing key order.
-pub(crate) type Source<'a, E> = Box<dyn Iterator<Item = Result<Entry<'a>, E>> + 'a>;
-
-/// A pending head: its key, and the source it came from (higher = newer).
-#[derive(Debug, PartialEq, Eq)]
-struct Head<'a> {
-    key: &'a [u8],
-    source: usize,
-}
-
-impl Ord for Head<'_> {
-    /// Smallest key first; for equal keys, the newest source first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key
-            .cmp(other.key)
-            .then_with(|| other.source.cmp(&self.source))
-    }
-}
-
-impl PartialOrd for Head<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+pub(crate) type Source<'a, E> = Box<dyn Cursor<Error = E> + 'a>;
 
 /// The merged entries: each key once, with the value of the newest source
 /// that has it.
 pub(crate) struct Merge<'a, E> {
     sources: Vec<Source<'a, E>>,
-    values: Vec<Option<&'a [u8]>>,
-    heap: BinaryHeap<Reverse<Head<'a>>>,
+    /// Whether each source is at an entry (not yet past its last).
+    live: Vec<bool>,
+    /// The sources at the current key: advanced on the next step.
+    at_key: Vec<usize>,
+    /// The source whose entry is the current one.
+    winner: usize,
     drop_tombstones: bool,
     started: bool,
     failed: bool,
@@ -61,64 +45,103 @@ impl<'a, E> Merge<'a, E> {
         let n = sources.len();
         Self {
             sources,
-            values: vec![None; n],
-            heap: BinaryHeap::with_capacity(n),
+            live: vec![false; n],
+            at_key: Vec::with_capacity(n),
+            winner: 0,
             drop_tombstones,
             started: false,
             failed: false,
         }
     }
 
-    /// Pulls the next entry of `source` into the heap.
-    fn advance(&mut self, source: usize) -> Result<(), E> {
-        if let Some(next) = self.sources[source].next() {
-            let (key, value) = next?;
-            self.values[source] = value;
-            self.heap.push(Reverse(Head { key, source }));
+    /// Advances the sources that were at the current key.
+    fn advance_at_key(&mut self) -> Result<(), E> {
+        for i in 0..self.at_key.len() {
+            let s = self.at_key[i];
+            self.live[s] = self.sources[s].advance()?;
         }
         Ok(())
     }
 
-    fn step(&mut self) -> Result<Option<Entry<'a>>, E> {
-        if !self.started {
+    /// Finds the smallest key among the sources (a chain has a handful:
+    /// a scan beats a heap) and the sources at it; the newest wins.
+    fn select(&mut self) -> bool {
+        self.at_key.clear();
+        let mut winner: Option<usize> = None;
+        for s in 0..self.sources.len() {
+            if !self.live[s] {
+                continue;
+            }
+            let order = match winner {
+                None => Ordering::Less,
+                Some(w) => self.sources[s].entry().0.cmp(self.sources[w].entry().0),
+            };
+            match order {
+                Ordering::Less => {
+                    self.at_key.clear();
+                    self.at_key.push(s);
+                    winner = Some(s);
+                }
+                // Sources are given oldest first: a later one is newer.
+                Ordering::Equal => {
+                    self.at_key.push(s);
+                    winner = Some(s);
+                }
+                Ordering::Greater => {}
+            }
+        }
+        winner.inspect(|&w| self.winner = w).is_some()
+    }
+
+    fn step(&mut self) -> Result<bool, E> {
+        if self.started {
+            self.advance_at_key()?;
+        } else {
             self.started = true;
             for s in 0..self.sources.len() {
-                self.advance(s)?;
+                self.live[s] = self.sources[s].advance()?;
             }
         }
-        while let Some(Reverse(Head { key, source })) = self.heap.pop() {
-            let value = self.values[source];
-            self.advance(source)?;
-            // Older sources' entries for the same key are superseded.
-            while let Some(Reverse(older)) = self.heap.peek() {
-                if older.key != key {
-                    break;
-                }
-                let s = older.source;
-                self.heap.pop();
-                self.advance(s)?;
+        while self.select() {
+            if self.sources[self.winner].entry().1.is_some() || !self.drop_tombstones {
+                return Ok(true);
             }
-            if value.is_some() || !self.drop_tombstones {
-                return Ok(Some((key, value)));
-            }
+            self.advance_at_key()?;
         }
-        Ok(None)
+        Ok(false)
     }
 }
 
-impl<'a, E> Iterator for Merge<'a, E> {
-    type Item = Result<Entry<'a>, E>;
+impl<E> Cursor for Merge<'_, E> {
+    type Error = E;
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn advance(&mut self) -> Result<bool, E> {
         if self.failed {
-            return None;
+            return Ok(false);
         }
-        let r = self.step().transpose();
-        if matches!(r, Some(Err(_))) {
+        let r = self.step();
+        if !matches!(r, Ok(true)) {
             self.failed = true;
         }
         r
     }
+
+    fn entry(&self) -> Entry<'_> {
+        self.sources
+            .get(self.winner)
+            .map_or((&[][..], None), |s| s.entry())
+    }
+}
+
+/// Reads a cursor to its end into owned entries (tests).
+#[cfg(test)]
+pub(crate) fn collect<C: Cursor + ?Sized>(c: &mut C) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, C::Error> {
+    let mut out = Vec::new();
+    while c.advance()? {
+        let (k, v) = c.entry();
+        out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -128,11 +151,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::checkpoint::data_file::IterCursor;
 
     type Owned = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
     fn source(entries: &Owned) -> Source<'_, ()> {
-        Box::new(entries.iter().map(|(k, v)| Ok((k.as_slice(), v.as_deref()))))
+        Box::new(IterCursor::new(
+            entries.iter().map(|(k, v)| Ok((k.as_slice(), v.as_deref()))),
+        ))
     }
 
     proptest! {
@@ -155,10 +181,7 @@ mod tests {
             if drop {
                 model.retain(|_, v| v.is_some());
             }
-            let merged: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                Merge::new(owned.iter().map(source).collect(), drop)
-                    .map(|e| e.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).unwrap())
-                    .collect();
+            let merged = collect(&mut Merge::new(owned.iter().map(source).collect(), drop)).unwrap();
             prop_assert_eq!(merged, model.into_iter().collect::<Vec<_>>());
         }
     }
@@ -166,11 +189,18 @@ mod tests {
     #[test]
     fn an_error_ends_the_merge() {
         let good: Owned = vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"c".to_vec(), None)];
-        let bad: Source<'_, &str> = Box::new(vec![Ok((&b"b"[..], Some(&b"2"[..]))), Err("boom")].into_iter());
-        let first: Source<'_, &str> = Box::new(good.iter().map(|(k, v)| Ok((k.as_slice(), v.as_deref()))));
+        let bad: Source<'_, &str> = Box::new(IterCursor::new(
+            vec![Ok((&b"b"[..], Some(&b"2"[..]))), Err("boom")].into_iter(),
+        ));
+        let first: Source<'_, &str> = Box::new(IterCursor::new(
+            good.iter().map(|(k, v)| Ok((k.as_slice(), v.as_deref()))),
+        ));
         let mut m = Merge::new(vec![first, bad], false);
-        assert_eq!(m.next(), Some(Ok((&b"a"[..], Some(&b"1"[..])))));
-        assert_eq!(m.next(), Some(Err("boom")));
-        assert_eq!(m.next(), None);
+        assert_eq!(m.advance(), Ok(true));
+        assert_eq!(m.entry(), (&b"a"[..], Some(&b"1"[..])));
+        assert_eq!(m.advance(), Ok(true));
+        assert_eq!(m.entry(), (&b"b"[..], Some(&b"2"[..])));
+        assert_eq!(m.advance(), Err("boom"));
+        assert_eq!(m.advance(), Ok(false));
     }
 }

@@ -4,7 +4,7 @@
 //! # Files
 //!
 //! * `data_file.rs`: sorted entry files (base, delta), their writer and
-//!   checked reader.
+//!   checked reader; `compression.rs`: how their blocks are stored.
 //! * `manifest.rs`: the manifest that publishes a checkpoint and names its
 //!   chain.
 //! * `delta.rs`: the last write per key over a range of epochs, from the WAL.
@@ -35,6 +35,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod checkpointer;
+mod compression;
 pub(crate) mod data_file;
 pub(crate) mod delta;
 pub(crate) mod lease;
@@ -49,6 +50,7 @@ pub(crate) mod store;
 
 #[cfg(feature = "object-store")]
 pub use self::object_store::ObjectStoreCheckpointStore;
+pub use compression::Compression;
 pub use metadata::IncrementalCheckpointMetadata;
 pub use store::{CheckpointStore, FileContents, LocalDirStore};
 

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::data_file::DataFile;
+use super::data_file::{Cursor, DataFile, Entries, Entry};
 use super::manifest::{FileRef, Manifest, parse_data_file_name, parse_manifest_name};
 use super::merge::{Merge, Source};
 use super::store::CheckpointStore;
@@ -114,8 +114,9 @@ pub(crate) async fn check_chain(store: &dyn CheckpointStore, dir: &Path, m: &Man
     let key_count = m.key_count;
     blocking("checkpoint validation", dir, move || {
         let mut keys = 0u64;
-        for entry in merged(chain_sources(&chain, &task_dir)) {
-            if entry?.1.is_some() {
+        let mut entries = merged(chain_sources(&chain, &task_dir));
+        while entries.advance()? {
+            if entries.entry().1.is_some() {
                 keys += 1;
             }
         }
@@ -185,14 +186,45 @@ pub(crate) fn chain_sources<'a>(
 ) -> Vec<Source<'a, IncrementalCheckpointError>> {
     chain
         .iter()
-        .map(|(f, bytes)| {
-            let path = dir.join(f.name());
-            // Checked by `read_chain`; a failure here still reports cleanly.
-            match DataFile::open(bytes) {
-                Ok(file) => Box::new(file.entries().map(move |e| e.map_err(|err| err.in_file(&path))))
-                    as Source<'a, IncrementalCheckpointError>,
-                Err(e) => Box::new(std::iter::once(Err(e.in_file(&path)))),
-            }
-        })
+        .map(|(f, bytes)| Box::new(FileSource::new(f, bytes, dir)) as Source<'a, IncrementalCheckpointError>)
         .collect()
+}
+
+/// The entries of one data file, as a merge source: errors name the file.
+#[derive(Debug)]
+pub(crate) struct FileSource<'a> {
+    entries: Result<Entries<'a>, Option<IncrementalCheckpointError>>,
+    path: std::path::PathBuf,
+}
+
+impl<'a> FileSource<'a> {
+    /// The entries of `bytes`, the data file `f` in `dir`.
+    pub(crate) fn new(f: &FileRef, bytes: &'a [u8], dir: &Path) -> Self {
+        let path = dir.join(f.name());
+        // Checked by `read_chain`; a failure here still reports cleanly.
+        let entries = DataFile::open(bytes)
+            .map(|file| file.entries())
+            .map_err(|e| Some(e.in_file(&path)));
+        Self { entries, path }
+    }
+
+    /// Where in the file it reads (0 for a file that did not open).
+    pub(crate) fn position(&self) -> usize {
+        self.entries.as_ref().map_or(0, Entries::position)
+    }
+}
+
+impl Cursor for FileSource<'_> {
+    type Error = IncrementalCheckpointError;
+
+    fn advance(&mut self) -> Result<bool> {
+        match &mut self.entries {
+            Ok(entries) => entries.advance().map_err(|e| e.in_file(&self.path)),
+            Err(e) => e.take().map_or(Ok(false), Err),
+        }
+    }
+
+    fn entry(&self) -> Entry<'_> {
+        self.entries.as_ref().map_or((&[][..], None), Cursor::entry)
+    }
 }

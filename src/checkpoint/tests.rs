@@ -24,6 +24,7 @@ fn policy() -> Policy {
     Policy {
         max_retained: 2,
         max_chain_length: 3,
+        compression: crate::Compression::Lz4,
     }
 }
 

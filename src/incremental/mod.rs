@@ -77,7 +77,9 @@ pub use crate::changelog::{
 };
 #[cfg(feature = "object-store")]
 pub use crate::checkpoint::ObjectStoreCheckpointStore;
-pub use crate::checkpoint::{CheckpointStore, FileContents, IncrementalCheckpointMetadata, LocalDirStore};
+pub use crate::checkpoint::{
+    CheckpointStore, Compression, FileContents, IncrementalCheckpointMetadata, LocalDirStore,
+};
 pub use crate::error::{IncrementalCheckpointError, RecoveryFailure, WalError};
 pub use crate::io::StoredFile;
 pub use crate::manager::{

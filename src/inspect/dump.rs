@@ -216,8 +216,9 @@ impl Inspector {
         let chain = read_chain(store.as_ref(), &dir, &m.files).await?;
         let task_dir = dir.clone();
         blocking("checkpoint dump", &dir, move || -> Result<V> {
-            for entry in merged(chain_sources(&chain, &task_dir)) {
-                if let (key, Some(value)) = entry?
+            let mut entries = merged(chain_sources(&chain, &task_dir));
+            while entries.advance()? {
+                if let (key, Some(value)) = entries.entry()
                     && visit.visit(DumpItem::Put { key, value }).is_break()
                 {
                     return Ok(visit);
@@ -350,8 +351,9 @@ impl Inspector {
         let (keys, key_bytes, value_bytes, sizes) = blocking("checkpoint statistics", &dir, move || {
             let mut sizes = SizeHistogram::default();
             let (mut keys, mut key_bytes, mut value_bytes) = (0u64, 0u64, 0u64);
-            for entry in merged(chain_sources(&chain, &task_dir)) {
-                if let (key, Some(value)) = entry? {
+            let mut entries = merged(chain_sources(&chain, &task_dir));
+            while entries.advance()? {
+                if let (key, Some(value)) = entries.entry() {
                     keys += 1;
                     key_bytes += key.len() as u64;
                     value_bytes += value.len() as u64;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Inspector;
 use crate::checkpoint::IncrementalCheckpointMetadata;
-use crate::checkpoint::data_file::DataKind;
+use crate::checkpoint::data_file::{DataFile, DataKind};
 use crate::checkpoint::manifest::{FileRef, manifest_name, parse_data_file_name, parse_manifest_name};
 use crate::checkpoint::reader::{Inventory, read_chain};
 use crate::checkpoint::store::TMP_SUFFIX;
@@ -106,6 +106,36 @@ pub struct DataFileInfo {
     pub entries: u64,
     /// Its CRC-32 checksum.
     pub checksum: u32,
+    /// How its blocks are stored (`None` if the file could not be read).
+    pub blocks: Option<DataFileBlocks>,
+}
+
+/// How a data file's blocks are stored, from their headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataFileBlocks {
+    /// Its blocks.
+    pub blocks: u64,
+    /// Those stored LZ4-compressed (the others are stored raw: written
+    /// without compression, or not smaller compressed).
+    pub compressed: u64,
+    /// The file's size were every block stored raw (its
+    /// [`bytes`](DataFileInfo::bytes) when none is compressed).
+    pub raw_bytes: u64,
+}
+
+impl DataFileInfo {
+    /// Fills [`blocks`](Self::blocks) from the file's bytes.
+    fn read_blocks(&mut self, bytes: &[u8]) {
+        self.blocks = DataFile::open(bytes)
+            .and_then(|f| f.block_stats())
+            .ok()
+            .map(|s| DataFileBlocks {
+                blocks: s.blocks,
+                compressed: s.compressed,
+                raw_bytes: s.raw_len,
+            });
+    }
 }
 
 impl From<&FileRef> for DataFileInfo {
@@ -122,6 +152,7 @@ impl From<&FileRef> for DataFileInfo {
             bytes: f.len,
             entries: f.entries,
             checksum: f.checksum,
+            blocks: None,
         }
     }
 }
@@ -194,11 +225,18 @@ impl Inspector {
                     info.files = m.files.iter().map(DataFileInfo::from).collect();
                     info.wal_segment = Some(m.wal_segment);
                     named.extend(m.files.iter().map(FileRef::name));
-                    if let Err(e) = read_chain(store.as_ref(), dir, &m.files).await {
-                        if e.io_error().is_some() && !e.is_corruption() {
-                            return Err(e);
+                    match read_chain(store.as_ref(), dir, &m.files).await {
+                        Ok(chain) => {
+                            for (info, (_, bytes)) in info.files.iter_mut().zip(&chain) {
+                                info.read_blocks(bytes);
+                            }
                         }
-                        info.problem = Some(Arc::new(e));
+                        Err(e) => {
+                            if e.io_error().is_some() && !e.is_corruption() {
+                                return Err(e);
+                            }
+                            info.problem = Some(Arc::new(e));
+                        }
                     }
                 }
             }

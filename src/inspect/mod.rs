@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use dump::{DumpItem, DumpVisitor, DumpedCommit, SizeHistogram, Stats};
-pub use list::{CheckpointInfo, DataFileInfo, DataFileKind, Listing, SegmentInfo};
+pub use list::{CheckpointInfo, DataFileBlocks, DataFileInfo, DataFileKind, Listing, SegmentInfo};
 pub use validate::{Problem, Validation};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;

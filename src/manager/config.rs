@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Compression};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::recovery::RecoveryConfig;
 use crate::state::StateConfig;
@@ -30,6 +30,7 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// | [`max_chain_length`](Self::with_max_chain_length) | 8 files (a base and 7 deltas) before a new base |
 /// | [`checkpoint_store`](Self::with_checkpoint_store) | [`LocalDirStore`](crate::incremental::LocalDirStore) in the checkpoint directory |
 /// | [`restore_from`](Self::with_restore_from) | the newest valid checkpoint (and the local WAL after it) |
+/// | [`compression`](Self::with_compression) | [`Compression::Lz4`]: data file blocks LZ4-compressed where that makes them smaller |
 ///
 /// Settings are checked by `open`, which fails with
 /// [`InvalidConfig`](IncrementalCheckpointError::InvalidConfig) naming the
@@ -48,6 +49,7 @@ pub struct CheckpointConfig {
     pub(crate) automatic_checkpoints: bool,
     pub(crate) create_if_missing: bool,
     pub(crate) slow_fsync_threshold: Duration,
+    pub(crate) compression: Compression,
 }
 
 impl CheckpointConfig {
@@ -65,6 +67,7 @@ impl CheckpointConfig {
             automatic_checkpoints: false,
             create_if_missing: true,
             slow_fsync_threshold: Duration::from_millis(500),
+            compression: Compression::default(),
         }
     }
 
@@ -154,6 +157,17 @@ impl CheckpointConfig {
     /// A new base is also written when the deltas would outweigh the base.
     pub fn with_max_chain_length(mut self, n: usize) -> Self {
         self.max_chain_length = n;
+        self
+    }
+
+    /// How checkpoint data files store their blocks (default:
+    /// [`Compression::Lz4`]). LZ4 shrinks the bytes a checkpoint writes,
+    /// uploads and keeps by what its values share, for a little CPU when it
+    /// is written and restored; see [`Compression`] for the trade-off.
+    /// Only new files follow it: files already written, compressed or not,
+    /// are read either way.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 

@@ -322,6 +322,7 @@ impl IncrementalCheckpointManager {
             Policy {
                 max_retained: config.max_retained,
                 max_chain_length: config.max_chain_length,
+                compression: config.compression,
             },
             checkpoint.clone(),
             &inventory,

@@ -10,10 +10,10 @@ use super::{
     WalDamage,
 };
 use crate::checkpoint::CheckpointStore;
-use crate::checkpoint::data_file::ENTRY_HEADER_LEN;
+use crate::checkpoint::data_file::{Cursor, DataFile, ENTRY_HEADER_LEN, Entry};
 use crate::checkpoint::manifest::{FileRef, Manifest};
 use crate::checkpoint::merge::{Merge, Source};
-use crate::checkpoint::reader::{Inventory, chain_sources, read_chain};
+use crate::checkpoint::reader::{FileSource, Inventory, read_chain};
 use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::{FileSystem, StoredFile};
 use crate::state::{BulkLoader, StateDrain, StateWriter};
@@ -278,10 +278,17 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
     blocking("checkpoint load", &dir, move || -> Result<Loaded> {
         let (mut writer, drain) = StateWriter::with_first_epoch(state, 1)?;
         // Room for the manifest's key count, but never more than the files
-        // can hold (an entry takes at least its header), whatever it says.
+        // can hold (an entry takes at least its header, and LZ4 expands at
+        // most 255-fold), whatever it says.
         let room: u64 = chain
             .iter()
-            .map(|(f, bytes)| f.entries.min((bytes.len() / ENTRY_HEADER_LEN) as u64))
+            .map(|(f, bytes)| {
+                let raw = DataFile::open(bytes)
+                    .and_then(|d| d.block_stats())
+                    .map_or(bytes.len() as u64, |s| s.raw_len)
+                    .min(bytes.len() as u64 * 255);
+                f.entries.min(raw / ENTRY_HEADER_LEN as u64)
+            })
             .sum();
         let mut loader = writer.bulk_loader(usize::try_from(m.key_count.min(room)).unwrap_or(usize::MAX))?;
         load_entries(&chain, &task_dir, &mut loader)?;
@@ -298,23 +305,65 @@ async fn load_chain(config: &RecoveryConfig, store: &dyn CheckpointStore, m: &Ma
     .await
 }
 
-/// Live entries (key, value) handed from the decoding thread to the
-/// loading one.
-type Batch<'a> = Vec<(&'a [u8], &'a [u8])>;
+/// Live entries handed from the decoding thread to the loading one: their
+/// keys and values back to back, and where each ends. Copied out of the
+/// decoder's blocks, which are reused (a compressed block is decompressed
+/// into one buffer per file); one allocation per batch.
+#[derive(Debug)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Where each entry's key and value end in `bytes`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(LOAD_BATCH_BYTES),
+            ends: Vec::with_capacity(LOAD_BATCH),
+        }
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ends.push((key_end, self.bytes.len()));
+    }
+
+    fn is_full(&self) -> bool {
+        self.ends.len() == LOAD_BATCH || self.bytes.len() >= LOAD_BATCH_BYTES
+    }
+
+    /// The entries, as the loader takes them.
+    fn entries(&self) -> Vec<(&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&(key_end, end)| {
+                let e = (&self.bytes[start..key_end], &self.bytes[key_end..end]);
+                start = end;
+                e
+            })
+            .collect()
+    }
+}
 
 /// Entries per batch handed from the decoding thread to the loading one.
 const LOAD_BATCH: usize = 1024;
+/// Bytes a batch holds before it is handed over, whatever its entries.
+const LOAD_BATCH_BYTES: usize = 256 << 10;
 /// How far ahead of the decoder the chain's files are read.
 const PREFETCH: usize = 64 << 20;
 
 /// Loads the merged entries of `chain` through `loader`, on two threads:
 /// one reads the files (asking the kernel to read ahead), checks every
-/// block and merges, handing batches of entries (slices of the mapped
-/// files) through a bounded channel; this one inserts them. Decoding and
-/// inserting then overlap, and so does waiting for the disk.
+/// block and merges, handing batches of entries through a bounded
+/// channel; this one inserts them. Decoding and inserting then overlap,
+/// and so does waiting for the disk.
 fn load_entries(chain: &[(FileRef, StoredFile)], dir: &Path, loader: &mut BulkLoader<'_>) -> Result<()> {
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Result<Batch<'_>>>(4);
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(4);
         std::thread::Builder::new()
             .name("checkpoint-load-decoder".into())
             .spawn_scoped(scope, move || decode_chain(chain, dir, &tx))
@@ -323,7 +372,7 @@ fn load_entries(chain: &[(FileRef, StoredFile)], dir: &Path, loader: &mut BulkLo
                 source,
             })?;
         for batch in rx {
-            loader.put_all(&batch?)?;
+            loader.put_all(&batch?.entries())?;
         }
         // An early return drops `rx`: the decoder's next send fails and it
         // stops; the scope joins it.
@@ -331,65 +380,83 @@ fn load_entries(chain: &[(FileRef, StoredFile)], dir: &Path, loader: &mut BulkLo
     })
 }
 
+/// A chain file's entries that ask the kernel to read the file ahead of
+/// where they are: a window beyond the reading position, so the disk
+/// streams while the decoder works, without flooding memory.
+struct ReadAhead<'a> {
+    entries: FileSource<'a>,
+    bytes: &'a StoredFile,
+    /// How far the file was asked for.
+    ahead: usize,
+}
+
+impl<'a> ReadAhead<'a> {
+    fn new(f: &FileRef, bytes: &'a StoredFile, dir: &Path) -> Self {
+        let mut r = Self {
+            entries: FileSource::new(f, bytes, dir),
+            bytes,
+            ahead: 0,
+        };
+        r.read_ahead(0);
+        r
+    }
+
+    fn read_ahead(&mut self, at: usize) {
+        let want = at.saturating_add(2 * PREFETCH).min(self.bytes.len());
+        if self.ahead < want && self.ahead <= at.saturating_add(PREFETCH) {
+            self.bytes.prefetch(self.ahead, want - self.ahead);
+            self.ahead = want;
+        }
+    }
+}
+
+impl Cursor for ReadAhead<'_> {
+    type Error = IncrementalCheckpointError;
+
+    fn advance(&mut self) -> Result<bool> {
+        let more = self.entries.advance()?;
+        self.read_ahead(self.entries.position());
+        Ok(more)
+    }
+
+    fn entry(&self) -> Entry<'_> {
+        self.entries.entry()
+    }
+}
+
 /// The decoding side of [`load_entries`]: sends batches of live entries in
 /// key order, then hangs up; the first error is sent and ends it.
-fn decode_chain<'a>(
-    chain: &'a [(FileRef, StoredFile)],
-    dir: &Path,
-    tx: &mpsc::SyncSender<Result<Batch<'a>>>,
-) {
-    // Read-ahead a window beyond where the decoder is in each file, so the
-    // disk streams while it works, without flooding memory.
-    let mut ahead: Vec<usize> = vec![0; chain.len()];
-    let mut read_ahead = |at: usize, i: usize| {
-        let bytes = &chain[i].1;
-        let want = at.saturating_add(2 * PREFETCH).min(bytes.len());
-        if ahead[i] < want && ahead[i] <= at.saturating_add(PREFETCH) {
-            bytes.prefetch(ahead[i], want - ahead[i]);
-            ahead[i] = want;
-        }
-    };
-    for i in 0..chain.len() {
-        read_ahead(0, i);
-    }
-    let mut sources = chain_sources(chain, dir);
-    let entries: Source<'a, IncrementalCheckpointError> = if sources.len() == 1 {
+fn decode_chain(chain: &[(FileRef, StoredFile)], dir: &Path, tx: &mpsc::SyncSender<Result<Batch>>) {
+    let mut sources: Vec<Source<'_, IncrementalCheckpointError>> = chain
+        .iter()
+        .map(|(f, bytes)| Box::new(ReadAhead::new(f, bytes, dir)) as Source<'_, IncrementalCheckpointError>)
+        .collect();
+    let mut entries: Source<'_, IncrementalCheckpointError> = if sources.len() == 1 {
         // A lone base: its entries are the state (the reader refuses a
         // tombstone in a base); no merge needed.
         sources.remove(0)
     } else {
         Box::new(Merge::new(sources, true))
     };
-    let mut batch = Vec::with_capacity(LOAD_BATCH);
-    for entry in entries {
-        match entry {
-            Ok((key, Some(value))) => batch.push((key, value)),
-            Ok((_, None)) => {}
+    let mut batch = Batch::new();
+    loop {
+        match entries.advance() {
+            Ok(true) => {
+                if let (key, Some(value)) = entries.entry() {
+                    batch.push(key, value);
+                }
+            }
+            Ok(false) => break,
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
             }
         }
-        if batch.len() == LOAD_BATCH {
-            // Where the decoder is: the file the last key lies in.
-            if let Some((key, _)) = batch.last() {
-                let at = key.as_ptr() as usize;
-                for (i, (_, bytes)) in chain.iter().enumerate() {
-                    let start = bytes.as_ptr() as usize;
-                    if (start..start + bytes.len()).contains(&at) {
-                        read_ahead(at - start, i);
-                    }
-                }
-            }
-            if tx
-                .send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH))))
-                .is_err()
-            {
-                return;
-            }
+        if batch.is_full() && tx.send(Ok(std::mem::replace(&mut batch, Batch::new()))).is_err() {
+            return;
         }
     }
-    if !batch.is_empty() {
+    if !batch.ends.is_empty() {
         let _ = tx.send(Ok(batch));
     }
 }

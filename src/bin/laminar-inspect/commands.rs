@@ -107,7 +107,10 @@ fn checkpoint_json(c: &CheckpointInfo) -> Value {
         .iter()
         .map(|f| {
             json!({"name": f.name, "kind": f.kind.as_str(), "checkpoint_id": f.checkpoint_id, "epoch": f.epoch,
-                   "bytes": f.bytes, "entries": f.entries, "checksum": format!("{:08x}", f.checksum)})
+                   "bytes": f.bytes, "entries": f.entries, "checksum": format!("{:08x}", f.checksum),
+                   "blocks": f.blocks.map(|b| b.blocks),
+                   "compressed_blocks": f.blocks.map(|b| b.compressed),
+                   "raw_bytes": f.blocks.map(|b| b.raw_bytes)})
         })
         .collect();
     v
@@ -176,7 +179,17 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
         }
         t.print(out)?;
         writeln!(out)?;
-        let mut t = Table::new(&["checkpoint", "file", "kind", "epoch", "size", "entries", "crc32"]);
+        let mut t = Table::new(&[
+            "checkpoint",
+            "file",
+            "kind",
+            "epoch",
+            "size",
+            "raw",
+            "lz4",
+            "entries",
+            "crc32",
+        ]);
         for c in &l.checkpoints {
             for f in &c.files {
                 t.row(vec![
@@ -185,6 +198,9 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
                     f.kind.as_str().to_string(),
                     f.epoch.to_string(),
                     size(f.bytes),
+                    f.blocks.map_or_else(|| "-".to_string(), |b| size(b.raw_bytes)),
+                    f.blocks
+                        .map_or_else(|| "-".to_string(), |b| format!("{}/{}", b.compressed, b.blocks)),
                     f.entries.to_string(),
                     format!("{:08x}", f.checksum),
                 ]);
