@@ -22,6 +22,10 @@
 //!    chain length, a merged base with `with_max_chain_length(1)`. Every
 //!    checkpoint is timed from the call to its return, after the epoch it
 //!    covers is already durable (so the time is the checkpoint's own).
+//!    The incremental runs are repeated with `Compression::None`,
+//!    alternating with the default's LZ4, for compressed and raw bytes and
+//!    times; each run ends with a warm `RecoveryManager::recover` of its
+//!    final chain (the restore time, compressed and raw).
 //! 2. **Ring 0 under a checkpoint.** W1 puts (random keys over the 200,000,
 //!    100-byte values, commit and `wait_durable` every 1,000) on the main
 //!    thread, each put timed on its own; windows of the same number of puts
