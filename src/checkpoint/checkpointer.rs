@@ -120,10 +120,11 @@ pub(crate) struct Checkpointer {
     /// a new owner of a shared store, so that nothing it publishes
     /// depends on files a fenced predecessor might still delete.
     force_base: bool,
-    /// Stored bytes per raw byte of the last data file written (1 before
-    /// any, or without compression): scales the new delta's raw size to
-    /// compare it with the stored sizes of the chain's files.
-    stored_per_raw: f64,
+    /// Stored bytes per raw byte of the last data file written (1 without
+    /// compression; `None` before this process wrote one): scales the new
+    /// delta's raw size to compare it with the stored sizes of the chain's
+    /// files.
+    stored_per_raw: Option<f64>,
     stats: Arc<CheckpointStats>,
 }
 
@@ -155,7 +156,7 @@ impl Checkpointer {
             listing: Some(inventory.names.clone()),
             next_id: inventory.next_id().max(lease.map_or(0, |l| l.first_id())),
             force_base: lease.is_some(),
-            stored_per_raw: 1.0,
+            stored_per_raw: None,
             stats,
         }
     }
@@ -288,7 +289,7 @@ impl Checkpointer {
             .write_data_file(&data_name, kind, id, epoch, scan.delta)
             .await?;
         if summary.raw_len > 0 {
-            self.stored_per_raw = summary.len as f64 / summary.raw_len as f64;
+            self.stored_per_raw = Some(summary.len as f64 / summary.raw_len as f64);
         }
         if base && summary.entries != scan.live_keys {
             // The merge and the WAL disagree about the state: never publish.
@@ -449,8 +450,23 @@ impl Checkpointer {
         }
         let base = p.files[0].len;
         let deltas: u64 = p.files[1..].iter().map(|f| f.len).sum();
-        // Its raw size, as stored if it compresses like the last file did.
-        let new = (delta.held_bytes() + delta.len() * ENTRY_HEADER_LEN) as f64 * self.stored_per_raw;
+        // The new delta as it will be stored: its raw size scaled as the
+        // last file written compressed; before this process wrote one, its
+        // entries at the chain's stored bytes per entry.
+        let raw = (delta.held_bytes() + delta.len() * ENTRY_HEADER_LEN) as f64;
+        let entries: u64 = p.files.iter().map(|f| f.entries).sum();
+        let ratio = match self.policy.compression {
+            Compression::None => Some(1.0),
+            _ => self.stored_per_raw,
+        };
+        let new = match ratio {
+            Some(ratio) => raw * ratio,
+            None if entries > 0 => {
+                let stored: u64 = p.files.iter().map(|f| f.len).sum();
+                delta.len() as f64 * stored as f64 / entries as f64
+            }
+            None => raw,
+        };
         deltas + new as u64 > base
     }
 
