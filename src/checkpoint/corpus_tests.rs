@@ -555,7 +555,7 @@ fn version_1_files_stay_readable() {
 #[test]
 fn blocks_past_the_bound_are_stored_raw() {
     let mut w = DataFileWriter::new(Vec::new(), DataKind::Base, 1, 1, Compression::Lz4).unwrap();
-    w.push(b"a", Some(&vec![7u8; 100])).unwrap();
+    w.push(b"a", Some(&[7u8; 100])).unwrap();
     w.push(b"b", Some(&vec![7u8; MAX_COMPRESSED_RAW_LEN + 1]))
         .unwrap();
     w.push(b"c", Some(&vec![7u8; BLOCK_TARGET / 2])).unwrap();

@@ -133,9 +133,13 @@ impl<E> Cursor for Merge<'_, E> {
     }
 }
 
+/// An entry copied out of its cursor (tests).
+#[cfg(test)]
+pub(crate) type OwnedEntry = (Vec<u8>, Option<Vec<u8>>);
+
 /// Reads a cursor to its end into owned entries (tests).
 #[cfg(test)]
-pub(crate) fn collect<C: Cursor + ?Sized>(c: &mut C) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, C::Error> {
+pub(crate) fn collect<C: Cursor + ?Sized>(c: &mut C) -> Result<Vec<OwnedEntry>, C::Error> {
     let mut out = Vec::new();
     while c.advance()? {
         let (k, v) = c.entry();
