@@ -201,7 +201,9 @@ impl<S: BuildHasher> StateStore<S> {
         if !self.index.may_hold(hash) {
             return None;
         }
-        let slot = self.index.get(self.find(&Probe::new(key, hash))?)?;
+        let probe = Probe::new(key, hash);
+        let arena = &self.arena;
+        let slot = self.index.find_slot(hash, |slot| probe.matches(slot, arena))?;
         Some(
             self.arena
                 .value(slot.offset(), key.len(), slot.value_len as usize),

@@ -146,6 +146,30 @@ impl Migration {
     fn done(&self) -> bool {
         self.passed == self.table.buckets()
     }
+
+    /// The bucket of the first slot of this table for which `eq` holds,
+    /// probing from where `hash`'s probe starts. Out of line, as is every
+    /// look into the old table: the code of an update outside a growth
+    /// stays that of one table, and as small.
+    #[inline(never)]
+    fn probe(&self, hash: u64, eq: &mut impl FnMut(&Slot) -> bool) -> Option<usize> {
+        self.table.probe(self.probe_start(hash), eq)
+    }
+
+    /// Whether this table may hold a key whose hash is `hash`.
+    #[inline(never)]
+    fn may_hold(&self, hash: u64) -> bool {
+        self.table.may_hold_from(self.probe_start(hash), hash)
+    }
+
+    /// Starts loading the fingerprints and slots where `hash`'s probe
+    /// starts in this table.
+    #[inline(never)]
+    fn prefetch(&self, hash: u64) {
+        let start = self.probe_start(hash);
+        prefetch(self.table.print_address(start));
+        prefetch(self.table.line_address(start));
+    }
 }
 
 /// What [`Index::take_prepared`] found.
@@ -165,6 +189,13 @@ pub(crate) struct Index {
     table: Table,
     /// The previous table, while its slots move into `table`.
     old: Option<Migration>,
+    /// Live keys, in both tables (kept, not summed: every update checks
+    /// it).
+    len: usize,
+    /// Whether [`migrate`](Self::migrate) has work: a growth under way
+    /// (`old`) or mappings waiting in `retiring`. One flag, so that an
+    /// update outside a growth pays one test for both.
+    chores: bool,
     /// Keys (in both tables) the index holds before it must grow:
     /// three-quarters of `table` (kept, not computed: every insert checks
     /// it), or seven-eighths while the helper is still preparing the next
@@ -224,6 +255,8 @@ impl Index {
         Ok(Self {
             table,
             old: None,
+            len: 0,
+            chores: false,
             max_len: capacity(buckets),
             prepare_at: prepare_mark(buckets),
             asked: false,
@@ -234,8 +267,9 @@ impl Index {
     }
 
     /// Live keys, in both tables.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.table.len() + self.old.as_ref().map_or(0, |m| m.table.len())
+        self.len
     }
 
     /// Keys the index holds before it grows again.
@@ -275,11 +309,23 @@ impl Index {
     #[inline]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<usize> {
         if let Some(old) = &self.old
-            && let Some(bucket) = old.table.probe(old.probe_start(hash), &mut eq)
+            && let Some(bucket) = old.probe(hash, &mut eq)
         {
             return Some(self.table.buckets() + bucket);
         }
         self.table.probe(self.table.home(hash), eq)
+    }
+
+    /// [`find`](Self::find), returning the slot found.
+    #[inline]
+    pub(crate) fn find_slot(&self, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<&Slot> {
+        if let Some(old) = &self.old
+            && let Some(bucket) = old.probe(hash, &mut eq)
+        {
+            return Some(old.table.slot_at(bucket));
+        }
+        let bucket = self.table.probe(self.table.home(hash), eq)?;
+        Some(self.table.slot_at(bucket))
     }
 
     /// Whether the index may hold a key whose hash is `hash`: `false` when
@@ -288,7 +334,7 @@ impl Index {
     #[inline]
     pub(crate) fn may_hold(&self, hash: u64) -> bool {
         if let Some(old) = &self.old
-            && old.table.may_hold_from(old.probe_start(hash), hash)
+            && old.may_hold(hash)
         {
             return true;
         }
@@ -314,32 +360,48 @@ impl Index {
         &self,
         hash: u64,
         from: Option<usize>,
-        mut eq: impl FnMut(&Slot) -> bool,
+        eq: impl FnMut(&Slot) -> bool,
     ) -> LineProbe {
         let n = self.table.buckets();
         match (&self.old, from) {
             (None, None) => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
             (_, Some(from)) if from < n => self.table.probe_lines::<{ 2 * LINE_SLOTS }>(from, eq),
-            (Some(old), None) => {
+            (Some(old), _) => self.probe_prefetched_growing(old, hash, from, eq),
+            // A bucket of a table moved out of since: start again.
+            (None, Some(_)) => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
+        }
+    }
+
+    /// [`probe_prefetched`](Self::probe_prefetched) during a growth, in
+    /// the old table or from it; out of line (see [`Migration::probe`]).
+    #[inline(never)]
+    fn probe_prefetched_growing(
+        &self,
+        old: &Migration,
+        hash: u64,
+        from: Option<usize>,
+        mut eq: impl FnMut(&Slot) -> bool,
+    ) -> LineProbe {
+        let n = self.table.buckets();
+        let step = match from {
+            None => {
                 let start = old.probe_start(hash);
-                let step = if old.table.may_hold_from(start, hash) {
+                if old.table.may_hold_from(start, hash) {
                     old.table.probe_lines::<LINE_SLOTS>(start, &mut eq)
                 } else {
                     LineProbe::Absent
-                };
-                match step {
-                    LineProbe::Absent => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
-                    step => self.old_bucket(step),
                 }
             }
-            (Some(old), Some(from)) if from - n < old.table.buckets() => {
-                match old.table.probe_lines::<{ 2 * LINE_SLOTS }>(from - n, &mut eq) {
-                    LineProbe::Absent => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
-                    step => self.old_bucket(step),
-                }
+            // The caller took buckets of the current table.
+            Some(from) if from - n < old.table.buckets() => {
+                old.table.probe_lines::<{ 2 * LINE_SLOTS }>(from - n, &mut eq)
             }
             // A bucket of a table moved out of since: start again.
-            (_, Some(_)) => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
+            Some(_) => LineProbe::Absent,
+        };
+        match step {
+            LineProbe::Absent => self.table.probe_lines::<LINE_SLOTS>(self.table.home(hash), eq),
+            step => self.old_bucket(step),
         }
     }
 
@@ -384,6 +446,11 @@ impl Index {
         hint: Option<usize>,
         mut eq: impl FnMut(&Slot) -> bool,
     ) -> Option<(usize, &mut Slot)> {
+        if self.old.is_none() {
+            // No growth under way: the one table's own lookup.
+            let home = self.table.home(hash);
+            return self.table.find_mut(home, hint, eq);
+        }
         let bucket = match hint {
             Some(bucket) if self.get(bucket).is_some_and(&mut eq) => bucket,
             _ => self.find(hash, eq)?,
@@ -395,7 +462,7 @@ impl Index {
     /// without mapping memory, which can fail).
     #[inline]
     pub(crate) fn has_room_for(&self, additional: usize) -> bool {
-        additional <= self.max_len.saturating_sub(self.len())
+        additional <= self.max_len.saturating_sub(self.len)
     }
 
     /// Adds `slot`, whose key the index must not hold and whose hash is
@@ -409,7 +476,8 @@ impl Index {
     pub(crate) fn insert(&mut self, hash: u64, slot: Slot) -> usize {
         assert!(self.has_room_for(1), "index insert without reserve");
         let bucket = self.table.insert(hash, slot);
-        if self.len() >= self.prepare_at {
+        self.len += 1;
+        if self.len >= self.prepare_at {
             self.ask_for_next();
         }
         bucket
@@ -423,6 +491,7 @@ impl Index {
             Some(old) if bucket >= n => old.table.remove(bucket - n, hasher),
             _ => self.table.remove(bucket, hasher),
         }
+        self.len -= 1;
     }
 
     /// Makes room for `additional` more keys, growing if needed: after
@@ -522,6 +591,7 @@ impl Index {
                 start,
                 passed: 0,
             });
+            self.chores = true;
         }
     }
 
@@ -572,7 +642,7 @@ impl Index {
     /// not yet taken. Every update calls this once.
     #[inline]
     pub(crate) fn migrate(&mut self, hasher: &impl BuildHasher) {
-        if self.old.is_some() || !self.retiring.is_empty() {
+        if self.chores {
             self.migrate_step(hasher);
         }
     }
@@ -616,6 +686,7 @@ impl Index {
                 }
             }
         }
+        self.chores = self.old.is_some() || !self.retiring.is_empty();
     }
 
     /// Ends a growth under way at once (recovery's loading, where no one
@@ -644,6 +715,7 @@ impl Index {
             && self.retiring.len() < self.retiring.capacity()
         {
             self.retiring.push(map);
+            self.chores = true;
         }
         // Otherwise (no helper, or it has been busy for a while) the
         // mapping is unmapped here.
@@ -663,9 +735,7 @@ impl Index {
     pub(crate) fn prefetch(&self, hash: u64) {
         prefetch(self.table.line_address(self.table.home(hash)));
         if let Some(old) = &self.old {
-            let start = old.probe_start(hash);
-            prefetch(old.table.print_address(start));
-            prefetch(old.table.line_address(start));
+            old.prefetch(hash);
         }
     }
 }

@@ -163,6 +163,27 @@ impl Table {
         unsafe { std::slice::from_raw_parts_mut(self.prints.as_ptr(), self.buckets()) }
     }
 
+    /// The slot in bucket `bucket` modulo the table: no bounds check,
+    /// since the mask keeps it inside (a probe loop pays nothing per step).
+    #[inline(always)]
+    pub(super) fn slot_at(&self, bucket: usize) -> &Slot {
+        let i = bucket & self.mask;
+        debug_assert!(i < self.buckets());
+        // SAFETY: `i <= mask`, and the table has `mask + 1` slots at
+        // `slots`, alive as long as `self` and initialised (see `slots`).
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+
+    /// The fingerprint of bucket `bucket` modulo the table, unchecked as
+    /// in [`slot_at`](Self::slot_at).
+    #[inline(always)]
+    fn print_at(&self, bucket: usize) -> u8 {
+        let i = bucket & self.mask;
+        debug_assert!(i < self.buckets());
+        // SAFETY: as in `slot_at`, for the `mask + 1` bytes at `prints`.
+        unsafe { *self.prints.as_ptr().add(i) }
+    }
+
     /// Where the probe for `hash` starts: the first slot of its home line.
     #[inline]
     pub(super) fn home(&self, hash: u64) -> usize {
@@ -173,11 +194,10 @@ impl Table {
     /// `None` at the first empty slot.
     #[inline]
     pub(super) fn probe(&self, start: usize, mut eq: impl FnMut(&Slot) -> bool) -> Option<usize> {
-        let slots = self.slots();
         let mut bucket = start & self.mask;
         // The table is never full, so the probe meets an empty slot.
         loop {
-            let slot = &slots[bucket];
+            let slot = self.slot_at(bucket);
             if slot.is_empty() {
                 return None;
             }
@@ -193,10 +213,9 @@ impl Table {
     #[inline]
     pub(super) fn may_hold_from(&self, start: usize, hash: u64) -> bool {
         let wanted = fingerprint(hash);
-        let prints = self.prints();
         let mut bucket = start & self.mask;
         loop {
-            match prints[bucket] {
+            match self.print_at(bucket) {
                 0 => return false,
                 seen if seen == wanted => return true,
                 _ => bucket = (bucket + 1) & self.mask,
@@ -227,7 +246,7 @@ impl Table {
         match slots.get(first..).and_then(<[Slot]>::first_chunk::<N>) {
             Some(lines) => lines.iter().enumerate().for_each(|(i, slot)| test(i, slot)),
             // The lines wrap around the end of the table.
-            None => (0..N).for_each(|i| test(i, &slots[(first + i) & self.mask])),
+            None => (0..N).for_each(|i| test(i, self.slot_at(first + i))),
         }
         let ends = (matched & !empty) | empty;
         if ends == 0 {
@@ -269,6 +288,23 @@ impl Table {
         self.slots_mut().get_mut(bucket).filter(|slot| !slot.is_empty())
     }
 
+    /// The bucket of the first slot from `start` for which `eq` holds, and
+    /// that slot, to change in place; `hint`, a bucket where the key was
+    /// seen, is tried first (a stale one is merely not taken).
+    #[inline(always)]
+    pub(super) fn find_mut(
+        &mut self,
+        start: usize,
+        hint: Option<usize>,
+        mut eq: impl FnMut(&Slot) -> bool,
+    ) -> Option<(usize, &mut Slot)> {
+        let bucket = match hint {
+            Some(bucket) if self.get(bucket).is_some_and(&mut eq) => bucket,
+            _ => self.probe(start, eq)?,
+        };
+        self.slots_mut().get_mut(bucket).map(|slot| (bucket, slot))
+    }
+
     /// Adds `slot`, whose key the table does not hold and whose hash is
     /// `hash`, in the first empty bucket from its home; returns that
     /// bucket. The caller keeps the table below full.
@@ -287,9 +323,8 @@ impl Table {
     /// the same run of slots, which the cache holds.
     #[inline]
     pub(super) fn first_empty_from(&self, start: usize) -> usize {
-        let slots = self.slots();
         let mut bucket = start & self.mask;
-        while !slots[bucket].is_empty() {
+        while !self.slot_at(bucket).is_empty() {
             bucket = (bucket + 1) & self.mask;
         }
         bucket
