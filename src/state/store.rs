@@ -186,8 +186,9 @@ impl<S: BuildHasher> StateStore<S> {
     /// The bucket of the slot holding `probe`'s key.
     #[inline]
     fn find(&self, probe: &Probe<'_>) -> Option<usize> {
-        let arena = &self.arena;
-        self.index.find(probe.hash(), |slot| probe.matches(slot, arena))
+        let (probe, arena) = (*probe, &self.arena);
+        self.index
+            .find(probe.hash(), move |slot| probe.matches(slot, arena))
     }
 
     #[inline]
@@ -203,7 +204,11 @@ impl<S: BuildHasher> StateStore<S> {
         }
         let probe = Probe::new(key, hash);
         let arena = &self.arena;
-        let slot = self.index.find_slot(hash, |slot| probe.matches(slot, arena))?;
+        // The closure owns its copy of the probe: lookups outside a
+        // growth then keep it in registers.
+        let slot = self
+            .index
+            .find_slot(hash, move |slot| probe.matches(slot, arena))?;
         Some(
             self.arena
                 .value(slot.offset(), key.len(), slot.value_len as usize),

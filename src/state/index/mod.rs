@@ -147,16 +147,9 @@ impl Migration {
         self.passed == self.table.buckets()
     }
 
-    /// The bucket of the first slot of this table for which `eq` holds,
-    /// probing from where `hash`'s probe starts. Out of line, as is every
-    /// look into the old table: the code of an update outside a growth
-    /// stays that of one table, and as small.
-    #[inline(never)]
-    fn probe(&self, hash: u64, eq: &mut impl FnMut(&Slot) -> bool) -> Option<usize> {
-        self.table.probe(self.probe_start(hash), eq)
-    }
-
-    /// Whether this table may hold a key whose hash is `hash`.
+    /// Whether this table may hold a key whose hash is `hash`. Out of
+    /// line, as is every look into the old table: the code of an update
+    /// outside a growth stays that of one table, and as small.
     #[inline(never)]
     fn may_hold(&self, hash: u64) -> bool {
         self.table.may_hold_from(self.probe_start(hash), hash)
@@ -307,10 +300,19 @@ impl Index {
     /// The bucket of the first slot for which `eq` holds, looking where a
     /// key whose hash is `hash` can be; `None` if there is none.
     #[inline]
-    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<usize> {
-        if let Some(old) = &self.old
-            && let Some(bucket) = old.probe(hash, &mut eq)
-        {
+    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(&Slot) -> bool) -> Option<usize> {
+        match &self.old {
+            None => self.table.probe(self.table.home(hash), eq),
+            Some(old) => self.find_growing(old, hash, eq),
+        }
+    }
+
+    /// [`find`](Self::find) during a growth: the old table, then the
+    /// current one. Out of line, and `eq` taken by value, so that a lookup
+    /// outside a growth keeps its closure in registers.
+    #[inline(never)]
+    fn find_growing(&self, old: &Migration, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<usize> {
+        if let Some(bucket) = old.table.probe(old.probe_start(hash), &mut eq) {
             return Some(self.table.buckets() + bucket);
         }
         self.table.probe(self.table.home(hash), eq)
@@ -318,10 +320,26 @@ impl Index {
 
     /// [`find`](Self::find), returning the slot found.
     #[inline]
-    pub(crate) fn find_slot(&self, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<&Slot> {
-        if let Some(old) = &self.old
-            && let Some(bucket) = old.probe(hash, &mut eq)
-        {
+    pub(crate) fn find_slot(&self, hash: u64, eq: impl FnMut(&Slot) -> bool) -> Option<&Slot> {
+        match &self.old {
+            None => {
+                let bucket = self.table.probe(self.table.home(hash), eq)?;
+                Some(self.table.slot_at(bucket))
+            }
+            Some(old) => self.find_slot_growing(old, hash, eq),
+        }
+    }
+
+    /// [`find_slot`](Self::find_slot) during a growth, out of line (see
+    /// [`find_growing`](Self::find_growing)).
+    #[inline(never)]
+    fn find_slot_growing<'a>(
+        &'a self,
+        old: &'a Migration,
+        hash: u64,
+        mut eq: impl FnMut(&Slot) -> bool,
+    ) -> Option<&'a Slot> {
+        if let Some(bucket) = old.table.probe(old.probe_start(hash), &mut eq) {
             return Some(old.table.slot_at(bucket));
         }
         let bucket = self.table.probe(self.table.home(hash), eq)?;
@@ -831,6 +849,10 @@ mod tests {
                     "slot in bucket {bucket} is unreachable"
                 );
                 assert_eq!(index.get(first + bucket), Some(slot));
+                assert!(std::ptr::eq(
+                    index.find_slot(hash, |s| s == slot).expect("found by find_slot"),
+                    slot
+                ));
                 assert!(index.may_hold(hash));
             }
             assert!(table.len() < table.buckets(), "a table must keep an empty slot");
