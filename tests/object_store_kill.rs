@@ -90,17 +90,24 @@ fn key(k: u64) -> Vec<u8> {
 /// Round `round`'s value of key `k`: pseudo-random bytes (splitmix64), so
 /// that compression cannot shrink a data file under one part.
 fn value(k: u64, round: u64) -> Vec<u8> {
-    let mut state = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ round.rotate_left(32);
+    // Each value its own stretch of a splitmix64 sequence, started at a
+    // hash of (key, round): successive keys' values share no bytes, so
+    // LZ4 finds nothing to compress.
+    let mut state = mix(k ^ round.rotate_left(32));
     let mut out = Vec::with_capacity(VALUE_LEN + 8);
     while out.len() < VALUE_LEN {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        out.extend_from_slice(&mix(state).to_le_bytes());
     }
     out.truncate(VALUE_LEN);
     out
+}
+
+/// splitmix64's finalizer.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Puts round `round`'s values of `keys` in epochs; returns the last epoch.
