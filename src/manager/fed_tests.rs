@@ -179,7 +179,7 @@ async fn fed_checkpoints_are_the_checkpoints_a_wal_scan_builds() {
 }
 
 /// A checkpoint asked for while an epoch is left open gets no cut (Ring 1
-//// cuts at a commit) and, after waiting, is the newest one (nothing new is
+/// cuts at a commit) and, after waiting, is the newest one (nothing new is
 /// durable); the checkpoints after it are fed again, and the state they
 /// hold is the committed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,7 +146,7 @@ impl Feed {
         let cut = FedDelta {
             after_epoch: self.after_epoch,
             epoch: self.last_epoch,
-            delta: std::mem::replace(&mut self.delta, Some(fresh)),
+            delta: self.delta.replace(fresh),
             commit: self.last_commit.clone(),
             position: None,
         };
