@@ -13,11 +13,11 @@
 //! Ring 1 collects the changes it writes (`ring1::Feed`), so a checkpoint
 //! asks it for a cut first: the changes up to a commit at or after the
 //! durable epoch, sent once that commit is written; the checkpoint is then
-//! taken at that epoch once it is durable, without reading the WAL. If the
-//! cut does not come within [`CUT_WAIT`] (an epoch left open, a slow disk,
-//! Ring 1 gone), or its epoch does not become durable within it, the
-//! checkpoint is taken at the durable epoch from a WAL scan, as it always
-//! could be.
+//! taken at that epoch once it is durable, without reading the WAL. If no
+//! commit comes within [`COMMIT_WAIT`] (an epoch left open, Ring 1 gone),
+//! or the cut's commit is not written and durable within [`CUT_WAIT`] (a
+//! slow disk), the checkpoint is taken at the durable epoch from a WAL
+//! scan, as it always could be.
 //!
 //! The task ends once Ring 1 has stopped (or every manager handle is gone)
 //! and no request is left, so a shutdown waits for a checkpoint in flight
@@ -37,9 +37,11 @@ use crate::status::{DurableStatus, Ring1State};
 
 use super::ring1::CutRequest;
 
-/// How long a checkpoint waits for Ring 1's cut and for its epoch to be
-/// durable before it scans the WAL instead.
-const CUT_WAIT: Duration = Duration::from_millis(200);
+/// How long a checkpoint waits for Ring 1 to cut at a commit (the writer
+/// may have left an epoch open) before it scans the WAL instead.
+const COMMIT_WAIT: Duration = Duration::from_millis(20);
+/// How long it then waits for the cut's commit to be written and durable.
+const CUT_WAIT: Duration = Duration::from_millis(500);
 
 /// A checkpoint's outcome, shared by every request it served.
 pub(crate) type Outcome = Result<IncrementalCheckpointMetadata, Arc<IncrementalCheckpointError>>;
@@ -170,16 +172,19 @@ impl CheckpointTask {
     }
 }
 
-/// Asks Ring 1 for a cut at or after durable `epoch` and waits, up to
-/// [`CUT_WAIT`], for it and for its epoch to be durable; `None` if either
-/// does not come (the checkpoint then scans the WAL at `epoch`).
+/// Asks Ring 1 for a cut at or after durable `epoch` and waits for it
+/// ([`COMMIT_WAIT`]) and for its epoch to be written and durable
+/// ([`CUT_WAIT`]); `None` if either does not come (the checkpoint then
+/// scans the WAL at `epoch`).
 async fn cut(
     cuts: &mpsc::UnboundedSender<CutRequest>,
     mut status: watch::Receiver<DurableStatus>,
     epoch: u64,
 ) -> Option<FedDelta> {
-    let (tx, rx) = oneshot::channel();
-    cuts.send(tx).ok()?;
+    let (made, made_rx) = oneshot::channel();
+    let (reply, rx) = oneshot::channel();
+    cuts.send(CutRequest { made, reply }).ok()?;
+    tokio::time::timeout(COMMIT_WAIT, made_rx).await.ok()?.ok()?;
     let wait = async {
         let fed = rx.await.ok()?;
         if fed.epoch < epoch {

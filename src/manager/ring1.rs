@@ -76,9 +76,14 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// The checkpoint task's request for a cut: the changes collected up to a
-/// commit, sent back once that commit is written.
-pub(crate) type CutRequest = oneshot::Sender<FedDelta>;
+/// The checkpoint task's request for a cut: told when the cut is made (at
+/// a commit), then sent the changes collected up to it once that commit is
+/// written.
+#[derive(Debug)]
+pub(crate) struct CutRequest {
+    pub(crate) made: oneshot::Sender<()>,
+    pub(crate) reply: oneshot::Sender<FedDelta>,
+}
 
 /// A commit payload larger than this is not a cut's end: the writer may
 /// sync in the middle of so large a frame, after sealing it with the
@@ -110,7 +115,7 @@ pub(crate) struct Feed {
     /// A cut asked for and not yet made.
     request: Option<CutRequest>,
     /// A cut made, waiting for its commit to be written.
-    armed: Option<(FedDelta, CutRequest)>,
+    armed: Option<(FedDelta, oneshot::Sender<FedDelta>)>,
 }
 
 impl Feed {
@@ -130,7 +135,7 @@ impl Feed {
     /// Cuts at the last commit drained, if a cut is asked for and none is
     /// in flight; whether it did. The next changes go into a fresh builder.
     fn cut(&mut self) -> bool {
-        if self.request.as_ref().is_some_and(oneshot::Sender::is_closed) {
+        if self.request.as_ref().is_some_and(|r| r.reply.is_closed()) {
             // Its checkpoint stopped waiting (and scanned): the changes
             // stay here for the next.
             self.request = None;
@@ -138,9 +143,10 @@ impl Feed {
         if self.armed.is_some() || !self.at_commit {
             return false;
         }
-        let Some(reply) = self.request.take() else {
+        let Some(CutRequest { made, reply }) = self.request.take() else {
             return false;
         };
+        let _ = made.send(());
         // The next builder starts at the size this one reached.
         let fresh = DeltaBuilder::with_capacity(self.delta.as_ref().map_or(0, DeltaBuilder::len));
         let cut = FedDelta {
