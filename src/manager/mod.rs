@@ -306,11 +306,7 @@ impl IncrementalCheckpointManager {
         let (ring1, ring1_handles) = Ring1::new(
             drain,
             wal,
-            (
-                config.sync_mode,
-                config.slow_fsync_threshold,
-                usize::try_from(config.wal_size_threshold).unwrap_or(usize::MAX),
-            ),
+            (config.sync_mode, config.slow_fsync_threshold),
             Arc::clone(&locks),
             recovered,
         );
@@ -338,13 +334,8 @@ impl IncrementalCheckpointManager {
         // Partial checkpoints left by a crash, and files no checkpoint needs.
         checkpointer.clean_up().await;
         let latest = checkpointer.newest().map(|m| m.metadata());
-        let (task, task_handles) = CheckpointTask::new(
-            checkpointer,
-            ring1_handles.status.clone(),
-            ring1_handles.cuts,
-            latest,
-            locks,
-        );
+        let (task, task_handles) =
+            CheckpointTask::new(checkpointer, ring1_handles.status.clone(), latest, locks);
         let committed = writer.committed_epoch();
         tokio::spawn(
             ring1
@@ -835,6 +826,3 @@ mod fault_tests;
 
 #[cfg(test)]
 mod sim_tests;
-
-#[cfg(test)]
-mod fed_tests;

@@ -31,16 +31,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::changelog::commit::CommitRecord;
-use crate::checkpoint::delta::{DeltaBuilder, FedDelta};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::io::DirLocks;
 use crate::state::{Change, StateDrain};
 use crate::status::{DurableStatus, Ring1State};
-use crate::wal::{SpareSegment, WalBatch, WalError, WalPosition, WalSyncMode, WalWriter};
+use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
 
 use super::durable::DurableEpoch;
 
@@ -76,107 +75,6 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// The checkpoint task's request for a cut: told when the cut is made (at
-/// a commit), then sent the changes collected up to it once that commit is
-/// written.
-#[derive(Debug)]
-pub(crate) struct CutRequest {
-    pub(crate) made: oneshot::Sender<()>,
-    pub(crate) reply: oneshot::Sender<FedDelta>,
-}
-
-/// A commit payload larger than this is not a cut's end: the writer may
-/// sync in the middle of so large a frame, after sealing it with the
-/// generation [`WalWriter::end_position`] no longer reports.
-const MAX_CUT_COMMIT: usize = 1 << 20;
-
-/// The changes Ring 1 feeds into a [`DeltaBuilder`] as it writes them, so
-/// that a checkpoint need not read them back from the WAL; and the cut the
-/// checkpoint task asked for.
-///
-/// A cut is made at a commit: the one just drained if nothing came after
-/// it, otherwise the next. The batch holding that commit is then written
-/// on its own (the changes drained after it go into a fresh batch), so the
-/// write ends where the commit does and the writer's position after it is
-/// the commit's end, which the checkpoint's manifest records. The cut is
-/// sent once that write returns.
-pub(crate) struct Feed {
-    /// The last write of every key changed since the commit of
-    /// `after_epoch`; `None` once that outgrew `limit` (until the next cut).
-    delta: Option<DeltaBuilder>,
-    after_epoch: u64,
-    /// Bytes `delta` may hold.
-    limit: usize,
-    /// The last change drained was a commit: of `last_epoch`, whose payload
-    /// is `last_commit` (empty for the epoch recovered).
-    at_commit: bool,
-    last_epoch: u64,
-    last_commit: Vec<u8>,
-    /// A cut asked for and not yet made.
-    request: Option<CutRequest>,
-    /// A cut made, waiting for its commit to be written.
-    armed: Option<(FedDelta, oneshot::Sender<FedDelta>)>,
-}
-
-impl Feed {
-    fn new(recovered_epoch: u64, limit: usize) -> Self {
-        Self {
-            delta: Some(DeltaBuilder::new()),
-            after_epoch: recovered_epoch,
-            limit,
-            at_commit: true,
-            last_epoch: recovered_epoch,
-            last_commit: Vec::new(),
-            request: None,
-            armed: None,
-        }
-    }
-
-    /// Cuts at the last commit drained, if a cut is asked for and none is
-    /// in flight; whether it did. The next changes go into a fresh builder.
-    fn cut(&mut self) -> bool {
-        if self.request.as_ref().is_some_and(|r| r.reply.is_closed()) {
-            // Its checkpoint stopped waiting (and scanned): the changes
-            // stay here for the next.
-            self.request = None;
-        }
-        if self.armed.is_some() || !self.at_commit {
-            return false;
-        }
-        let Some(CutRequest { made, reply }) = self.request.take() else {
-            return false;
-        };
-        let _ = made.send(());
-        // The next builder starts at the size this one reached.
-        let fresh = DeltaBuilder::with_capacity(self.delta.as_ref().map_or(0, DeltaBuilder::len));
-        let cut = FedDelta {
-            after_epoch: self.after_epoch,
-            epoch: self.last_epoch,
-            delta: self.delta.replace(fresh),
-            commit: self.last_commit.clone(),
-            position: None,
-        };
-        self.after_epoch = self.last_epoch;
-        self.armed = Some((cut, reply));
-        true
-    }
-
-    /// Drops the builder if it outgrew its bound: the next checkpoint scans
-    /// the WAL instead.
-    fn bound(&mut self) {
-        if let Some(d) = &self.delta
-            && d.memory_bytes() > self.limit
-        {
-            tracing::debug!(
-                bytes = d.memory_bytes(),
-                limit = self.limit,
-                "changes since the last checkpoint outgrew their bound in Ring 1; the next checkpoint scans the WAL"
-            );
-            self.delta = None;
-        }
-    }
-}
-
 /// A write (and maybe sync) on a blocking thread.
 struct IoJob {
     wal: WalWriter,
@@ -185,8 +83,6 @@ struct IoJob {
     epoch: Option<u64>,
     commit: Vec<u8>,
     sync: bool,
-    /// The batch's last record is `epoch`'s commit.
-    ends_at_commit: bool,
 }
 
 struct IoDone {
@@ -195,9 +91,6 @@ struct IoDone {
     epoch: Option<u64>,
     commit: Vec<u8>,
     synced: bool,
-    ends_at_commit: bool,
-    /// Where the log ended after the write, if a batch was written.
-    end: Option<WalPosition>,
     /// How long the `fdatasync` took, if one ran.
     sync_time: Option<Duration>,
     result: std::result::Result<(), WalError>,
@@ -206,16 +99,13 @@ struct IoDone {
 impl IoJob {
     fn run(mut self, stats: &Ring1Stats) -> IoDone {
         let mut sync_time = None;
-        let mut end = None;
-        let result = self.write_and_sync(stats, &mut sync_time, &mut end);
+        let result = self.write_and_sync(stats, &mut sync_time);
         IoDone {
             wal: self.wal,
             batch: self.batch,
             epoch: self.epoch,
             commit: self.commit,
             synced: self.sync,
-            ends_at_commit: self.ends_at_commit,
-            end,
             sync_time,
             result,
         }
@@ -225,12 +115,9 @@ impl IoJob {
         &mut self,
         stats: &Ring1Stats,
         sync_time: &mut Option<Duration>,
-        end: &mut Option<WalPosition>,
     ) -> std::result::Result<(), WalError> {
         if !self.batch.is_empty() {
             self.wal.write_batch(&mut self.batch)?;
-            // Before the sync, which starts a new generation.
-            *end = Some(self.wal.end_position());
             stats
                 .wal_bytes_written
                 .fetch_add(self.batch.len_bytes() as u64, Ordering::Relaxed);
@@ -266,7 +153,6 @@ enum Event {
     Spare(std::result::Result<std::result::Result<SpareSegment, WalError>, tokio::task::JoinError>),
     Doorbell,
     Command(Option<Command>),
-    Cut(Option<CutRequest>),
     SyncDue,
 }
 
@@ -283,8 +169,6 @@ struct Loop {
     spare_retry_at: Option<tokio::time::Instant>,
     /// Whether a manager handle can still send commands.
     commands_open: bool,
-    /// Whether the checkpoint task can still ask for cuts.
-    cuts_open: bool,
     /// Changes to log before stopping (set by a shutdown request, or when
     /// every handle is gone).
     stop_after: Option<u64>,
@@ -308,15 +192,6 @@ pub(crate) struct Ring1 {
     pub(crate) batch_epoch: Option<u64>,
     /// A cleared batch, ready to swap in.
     pub(crate) spare_batch: Option<WalBatch>,
-    /// A batch ending in a cut's commit, its epoch and commit payload:
-    /// written before `batch`, on its own.
-    pub(crate) cut_batch: Option<(WalBatch, Option<u64>, Vec<u8>)>,
-    /// After the last write, if it ended in a commit: that epoch and where
-    /// its commit ends.
-    pub(crate) boundary: Option<(u64, WalPosition)>,
-    /// The changes collected for the next checkpoint.
-    pub(crate) feed: Feed,
-    pub(crate) cuts: mpsc::UnboundedReceiver<CutRequest>,
     /// Highest epoch whose commit is written / synced.
     pub(crate) written_epoch: u64,
     pub(crate) synced_epoch: u64,
@@ -338,18 +213,15 @@ pub(crate) struct Ring1Handles {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) stats: Arc<Ring1Stats>,
     pub(crate) durable: watch::Receiver<Arc<DurableEpoch>>,
-    /// For the checkpoint task: cuts of the changes Ring 1 collected.
-    pub(crate) cuts: mpsc::UnboundedSender<CutRequest>,
 }
 
 impl Ring1 {
     /// Ring 1 over `drain` and `wal`, after a recovery that made
-    /// `recovered` durable; it holds `lock` while it runs, and holds at most
-    /// `feed_limit` bytes of changes for the next checkpoint.
+    /// `recovered` durable; it holds `lock` while it runs.
     pub(crate) fn new(
         drain: StateDrain,
         wal: WalWriter,
-        (sync_mode, slow_fsync, feed_limit): (WalSyncMode, Duration, usize),
+        (sync_mode, slow_fsync): (WalSyncMode, Duration),
         lock: Arc<DirLocks>,
         recovered: DurableEpoch,
     ) -> (Self, Ring1Handles) {
@@ -360,7 +232,6 @@ impl Ring1 {
         });
         let (durable_tx, durable_rx) = watch::channel(Arc::new(recovered));
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let (cuts_tx, cuts_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Ring1Stats::default());
         let ring1 = Self {
             drain,
@@ -373,10 +244,6 @@ impl Ring1 {
             batch: WalBatch::new(),
             batch_epoch: None,
             spare_batch: None,
-            cut_batch: None,
-            boundary: None,
-            feed: Feed::new(durable_epoch, feed_limit),
-            cuts: cuts_rx,
             written_epoch: durable_epoch,
             synced_epoch: durable_epoch,
             batch_commit: Vec::new(),
@@ -389,7 +256,6 @@ impl Ring1 {
             commands: commands_tx,
             stats,
             durable: durable_rx,
-            cuts: cuts_tx,
         };
         (ring1, handles)
     }
@@ -401,7 +267,6 @@ impl Ring1 {
             spare_ready: None,
             spare_retry_at: None,
             commands_open: true,
-            cuts_open: true,
             stop_after: None,
             // Tokio's clock, like the timer that wakes the loop for a sync:
             // on a paused test clock, `std`'s would never see the interval
@@ -420,7 +285,6 @@ impl Ring1 {
                 if let Some(target) = l.stop_after
                     && self.drain.drained() >= target
                     && self.batch.is_empty()
-                    && self.cut_batch.is_none()
                 {
                     self.close().await;
                     return;
@@ -480,7 +344,6 @@ impl Ring1 {
             done = async { l.io.as_mut().expect("guarded").await }, if l.io.is_some() => Event::Io(Box::new(done)),
             made = async { l.spare.as_mut().expect("guarded").await }, if l.spare.is_some() => Event::Spare(made),
             cmd = self.commands.recv(), if l.commands_open => Event::Command(cmd),
-            cut = self.cuts.recv(), if l.cuts_open => Event::Cut(cut),
             () = async { tokio::time::sleep_until(sync_due.expect("guarded")).await }, if sync_due.is_some() => Event::SyncDue,
             () = self.drain.ready() => Event::Doorbell,
         }
@@ -505,7 +368,6 @@ impl Ring1 {
                     self.fail(e);
                     return ControlFlow::Break(());
                 }
-                self.send_cut(l);
             }
             Event::Spare(made) => {
                 l.spare = None;
@@ -526,117 +388,39 @@ impl Ring1 {
                 }
             }
             Event::Command(None) => l.commands_open = false,
-            Event::Cut(Some(request)) => {
-                // One checkpoint runs at a time: an older request is stale.
-                self.feed.request = Some(request);
-                if self.feed.cut() && !self.batch.is_empty() {
-                    // The batch ends in the commit cut at.
-                    self.split_batch();
-                }
-                self.send_cut(l);
-            }
-            Event::Cut(None) => l.cuts_open = false,
             Event::Doorbell | Event::SyncDue => {}
         }
         ControlFlow::Continue(())
     }
 
     fn drain_into_batch(&mut self) {
+        let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
+        let batch_commit = &mut self.batch_commit;
         loop {
             let mut epochs = 0;
-            let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
-            let (batch_commit, feed) = (&mut self.batch_commit, &mut self.feed);
-            let (cut_batch, spare_batch) = (&mut self.cut_batch, &mut self.spare_batch);
-            let n = self.drain.drain(DRAIN_CHUNK, |change| {
-                match change {
-                    Change::Put { key, value, .. } => {
-                        batch.append_put(key, value);
-                        if let Some(d) = &mut feed.delta {
-                            d.put(key, value);
-                        }
-                        feed.at_commit = false;
-                    }
-                    Change::Delete { key, .. } => {
-                        batch.append_delete(key);
-                        if let Some(d) = &mut feed.delta {
-                            d.delete(key);
-                        }
-                        feed.at_commit = false;
-                    }
-                    Change::Commit { epoch, payload } => {
-                        batch.append_commit(payload);
-                        *batch_epoch = Some(epoch);
-                        batch_commit.clear();
-                        batch_commit.extend_from_slice(payload);
-                        epochs += 1;
-                        feed.at_commit = true;
-                        feed.last_epoch = epoch;
-                        feed.last_commit.clear();
-                        feed.last_commit.extend_from_slice(payload);
-                        if feed.request.is_some() && feed.cut() {
-                            // The batch ends in the commit cut at: set it
-                            // aside; what follows goes into a fresh one.
-                            let fresh = spare_batch.take().unwrap_or_default();
-                            let full = std::mem::replace(batch, fresh);
-                            *cut_batch = Some((full, batch_epoch.take(), std::mem::take(batch_commit)));
-                        }
-                    }
+            let n = self.drain.drain(DRAIN_CHUNK, |change| match change {
+                Change::Put { key, value, .. } => batch.append_put(key, value),
+                Change::Delete { key, .. } => batch.append_delete(key),
+                Change::Commit { epoch, payload } => {
+                    batch.append_commit(payload);
+                    *batch_epoch = Some(epoch);
+                    batch_commit.clear();
+                    batch_commit.extend_from_slice(payload);
+                    epochs += 1;
                 }
             });
             stats.changes_drained.fetch_add(n as u64, Ordering::Relaxed);
             stats.epochs_drained.fetch_add(epochs, Ordering::Relaxed);
-            self.feed.bound();
-            if n < DRAIN_CHUNK || self.batch.len_bytes() >= MAX_BATCH_BYTES {
+            if n < DRAIN_CHUNK || batch.len_bytes() >= MAX_BATCH_BYTES {
                 return;
             }
         }
-    }
-
-    /// Sets the batch, which ends in a cut's commit, aside to be written on
-    /// its own; a fresh one takes its place.
-    fn split_batch(&mut self) {
-        let fresh = self.spare_batch.take().unwrap_or_default();
-        let batch = std::mem::replace(&mut self.batch, fresh);
-        let commit = std::mem::take(&mut self.batch_commit);
-        self.cut_batch = Some((batch, self.batch_epoch.take(), commit));
-    }
-
-    /// Sends the cut made, once its commit is written and nothing after it
-    /// (the writer's position then is where the commit ends).
-    fn send_cut(&mut self, l: &Loop) {
-        if self.cut_batch.is_some() || l.io.is_some() {
-            return;
-        }
-        let Some((mut cut, reply)) = self.feed.armed.take() else {
-            return;
-        };
-        cut.position = self
-            .boundary
-            .filter(|(epoch, _)| *epoch == cut.epoch && cut.commit.len() <= MAX_CUT_COMMIT)
-            .map(|(_, end)| end);
-        // A checkpoint task that gave up waiting: its next checkpoint scans.
-        let _ = reply.send(cut);
     }
 
     /// The write (and sync) to start now, if any; takes the writer and the
     /// filled batch.
     fn next_io(&mut self, stopping: bool, last_sync: tokio::time::Instant) -> Option<IoJob> {
         self.wal.as_ref()?;
-        if let Some((batch, epoch, commit)) = self.cut_batch.take() {
-            let sync = match self.sync_mode {
-                WalSyncMode::Always => true,
-                WalSyncMode::Interval(every) => last_sync.elapsed() >= every,
-                _ => false,
-            };
-            return Some(IoJob {
-                wal: self.wal.take()?,
-                batch,
-                epoch,
-                commit,
-                sync,
-                ends_at_commit: true,
-            });
-        }
         let has_commit = self.batch_epoch.is_some();
         let write =
             !self.batch.is_empty() && (has_commit || stopping || self.batch.len_bytes() >= WRITE_AHEAD_BYTES);
@@ -667,7 +451,6 @@ impl Ring1 {
             epoch,
             commit,
             sync,
-            ends_at_commit: write && self.feed.at_commit,
         })
     }
 
@@ -679,8 +462,6 @@ impl Ring1 {
             epoch,
             commit,
             synced,
-            ends_at_commit,
-            end,
             sync_time,
             result,
         } = done;
@@ -697,9 +478,6 @@ impl Ring1 {
             );
         }
         result?;
-        if let Some(end) = end {
-            self.boundary = epoch.filter(|_| ends_at_commit).map(|e| (e, end));
-        }
         if let Some(epoch) = epoch {
             self.written_epoch = epoch;
             let mut spare = std::mem::replace(&mut self.written_commit, commit);
