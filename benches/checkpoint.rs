@@ -805,7 +805,7 @@ fn object_store_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut Fig
     );
     table.row(
         section,
-        "bytes written: full; incremental (raw: data files are not compressed)",
+        "bytes written: full; incremental (LZ4, the default)",
         format!(
             "{}; {}",
             mb(median_u64(local.iter().map(|r| r.full_bytes))),
