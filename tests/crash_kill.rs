@@ -20,17 +20,19 @@
 //! `CRASH_KILL_SEED` replays a run. Kill instants are wall-clock based, so a
 //! replay reruns the same workloads and delays, not the very same crash.
 
+#[path = "common/child.rs"]
+mod child;
 #[path = "../src/testing/workload.rs"]
 mod workload;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use child::Child;
 use futures::StreamExt;
 use laminar_storage::incremental::{
     CheckpointConfig, CheckpointScheduler, IncrementalCheckpointError, IncrementalCheckpointManager,
@@ -295,7 +297,6 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
     eprintln!("crash_kill: seed {master}, {iterations} iterations");
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -333,38 +334,18 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
             rng.below(150_000)
         });
 
-        let mut child = Command::new(&exe)
-            .args(["crash_kill_child", "--exact", "--nocapture", "--test-threads=1"])
+        let mut command = Child::test("crash_kill_child");
+        command
             .env(CHILD_DIR, &chain.dir)
-            .env(CHILD_SEED, chain.workload.seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the child");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let out_reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err_reader = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
+            .env(CHILD_SEED, chain.workload.seed.to_string());
+        let child = Child::spawn(&mut command);
 
         let mut seen = Vec::new();
         if !early {
             // Wait (bounded) until the child has recovered, then let it run.
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match lines.recv_timeout(left) {
+                match child.next_line(deadline) {
                     Ok(line) => {
                         let opened = tagged(&line, "OPENED ").is_some();
                         seen.push(line);
@@ -372,10 +353,8 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
                             break;
                         }
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        let stderr = err_reader.join().unwrap();
+                    Err(RecvTimeoutError::Timeout) => {
+                        let stderr = child.kill().stderr;
                         replay.fail(
                             chain,
                             &format!(
@@ -385,16 +364,14 @@ fn sigkill_at_random_instants_loses_no_acknowledged_epoch() {
                         );
                     }
                     // The child ended: the exit status check below says why.
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         }
         thread::sleep(delay);
-        child.kill().expect("SIGKILL");
-        let status = child.wait().unwrap();
-        out_reader.join().unwrap();
-        let child_stderr = err_reader.join().unwrap();
-        seen.extend(lines.try_iter());
+        let ended = child.kill();
+        let (status, child_stderr) = (ended.status, ended.stderr);
+        seen.extend(ended.lines);
         chain.kills += 1;
         chain.unverified = true;
 

@@ -26,19 +26,20 @@
 // Linux only: mounts, `fallocate`, `/proc/self`.
 #![cfg(target_os = "linux")]
 
+#[path = "common/child.rs"]
+mod child;
 #[path = "common/fleet.rs"]
 mod fleet;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use child::Child;
 use fleet::{Fleet, FleetConfig, Sampler, verify_state};
 use laminar_storage::incremental::IncrementalCheckpointManager;
 
@@ -324,7 +325,6 @@ fn sigkill_recovers_every_manager() {
     );
     let kills = env_u64("LAMINAR_MANY_KILLS", 1);
     let tmp = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
@@ -334,62 +334,31 @@ fn sigkill_recovers_every_manager() {
     };
     let mut acked = vec![0u64; cfg.managers];
     for kill in 0..kills {
-        let mut child = Command::new(&exe)
-            .args([
-                "many_managers_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the child");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel::<String>();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err_reader = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
+        let mut command = Child::test("many_managers_child");
+        command.env(CHILD_DIR, tmp.path());
+        let child = Child::spawn(&mut command);
         // Let every manager acknowledge something, then kill at a random
         // instant in the next 0.2 to 1.5 s.
         let mut acked_now = vec![0u64; cfg.managers];
         let mut seen = 0usize;
         let deadline = Instant::now() + Duration::from_secs(60);
         while acked_now.contains(&0) {
-            let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let line = match child.next_line(deadline) {
                 Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "kill {kill} (seed {seed}): the child did not get every manager going within 60 s; stderr:\n{}",
-                        err_reader.join().unwrap()
-                    );
-                }
+                Err(_) => panic!(
+                    "kill {kill} (seed {seed}): the child did not get every manager going within 60 s; stderr:\n{}",
+                    child.kill().stderr
+                ),
             };
             seen += parse_ack(&line, &mut acked_now);
         }
         let delay = Duration::from_millis(200 + next() % 1300);
         thread::sleep(delay);
-        child.kill().expect("SIGKILL");
-        let status = child.wait().unwrap();
-        reader.join().unwrap();
-        let stderr = err_reader.join().unwrap();
-        for line in lines.try_iter() {
-            seen += parse_ack(&line, &mut acked_now);
+        let ended = child.kill();
+        for line in &ended.lines {
+            seen += parse_ack(line, &mut acked_now);
         }
+        let (status, stderr) = (ended.status, ended.stderr);
         assert_eq!(
             status.signal(),
             Some(9),

@@ -31,18 +31,18 @@
 //! lifecycle rule), on a local file system `LocalFileSystem`'s staging
 //! file (`<name>#<n>`); both are checked to exist and to be unused.
 
+#[path = "common/child.rs"]
+mod child;
 #[path = "common/moto.rs"]
 mod moto;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,7 @@ use object_store::{
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
+use child::Child;
 use moto::Moto;
 
 /// Set in the child: the node's local directory.
@@ -406,43 +407,19 @@ fn run_child_and_kill(
     kill_at: &str,
     kill_on: &str,
 ) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "object_store_kill_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut command = Child::test("object_store_kill_child");
+    command
         .env(CHILD_DIR, dir)
         .env(CHILD_STORE, spec.encode())
         .env(CHILD_KILL_AT, kill_at)
-        .env(CHILD_SPILL_DIR, spill_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the child");
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let out_reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+        .env(CHILD_SPILL_DIR, spill_dir);
+    let child = Child::spawn(&mut command);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut seen = Vec::new();
+    // The harness prints `test ... ` without a newline first.
     let reached = loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match child.next_line(deadline) {
             Ok(line) => {
-                // The harness prints `test ... ` without a newline first.
                 let hit = line.contains(kill_on);
                 seen.push(line);
                 if hit {
@@ -452,11 +429,9 @@ fn run_child_and_kill(
             Err(_) => break false,
         }
     };
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    out_reader.join().unwrap();
-    seen.extend(lines.try_iter());
-    let stderr = err_reader.join().unwrap();
+    let ended = child.kill();
+    seen.extend(ended.lines);
+    let (status, stderr) = (ended.status, ended.stderr);
     assert!(
         reached && status.signal() == Some(9),
         "the child never reached `{kill_on}` ({status}); stdout {seen:?}\nstderr:\n{stderr}"
