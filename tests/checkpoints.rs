@@ -2,41 +2,22 @@
 //! compaction into a base, retention, WAL truncation, fallback past damaged
 //! checkpoints, and a property test against a `HashMap` model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use laminar_storage::Inspector;
 use laminar_storage::incremental::{
     CheckpointConfig, Compression, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
-    RecoveryManager, StateWriter, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
+    RecoveryManager, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
 };
 
-type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+#[path = "common/churn.rs"]
+mod churn;
+
+use churn::{Model, churn, key, state_of};
 
 fn config(dir: &Path) -> CheckpointConfig {
     CheckpointConfig::new(dir).with_wal_segment_size(64 << 10)
-}
-
-fn key(i: u64) -> Vec<u8> {
-    format!("key-{i:08}").into_bytes()
-}
-
-/// Puts `keys` keys (values naming the round), commits with offsets and a
-/// watermark, mirrors it in `model`.
-fn churn(writer: &mut StateWriter, model: &mut Model, keys: impl Iterator<Item = u64>, round: u64) -> u64 {
-    for k in keys {
-        let v = format!("value-{k}-{round}").into_bytes();
-        writer.put(&key(k), &v).unwrap();
-        model.insert(key(k), v);
-    }
-    writer.set_source_offset("orders-0", round * 100);
-    writer.set_watermark(round as i64 * 1000);
-    writer.commit_epoch().unwrap()
-}
-
-fn state_of(iter: impl Iterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>) -> Model {
-    iter.map(|(k, v)| (k.as_ref().to_vec(), v.as_ref().to_vec()))
-        .collect()
 }
 
 fn names(dir: &Path) -> Vec<String> {

@@ -11,47 +11,27 @@
 //! manifest; a writer fenced out by a new owner; restoring a chosen
 //! checkpoint.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use laminar_storage::{
     CheckpointConfig, CheckpointStore, IncrementalCheckpointError, IncrementalCheckpointManager,
-    ObjectStoreCheckpointStore, StateWriter,
+    ObjectStoreCheckpointStore,
 };
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+#[path = "common/churn.rs"]
+mod churn;
 #[path = "common/moto.rs"]
 mod moto;
 
+use churn::{Model, churn, state_of};
 use moto::Moto;
-
-type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Makes a fresh backend for one scenario.
 type Backend = Arc<dyn ObjectStore>;
-
-fn key(i: u64) -> Vec<u8> {
-    format!("key-{i:08}").into_bytes()
-}
-
-/// Puts `keys` (values naming the round), commits with an offset, mirrors
-/// it in `model`.
-fn churn(writer: &mut StateWriter, model: &mut Model, keys: impl Iterator<Item = u64>, round: u64) -> u64 {
-    for k in keys {
-        let v = format!("value-{k}-{round}").into_bytes();
-        writer.put(&key(k), &v).unwrap();
-        model.insert(key(k), v);
-    }
-    writer.set_source_offset("orders-0", round * 100);
-    writer.commit_epoch().unwrap()
-}
-
-fn state_of(writer: &StateWriter) -> Model {
-    writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
-}
 
 /// A node: a local directory (WAL, lock) and the shared store.
 fn node(dir: &Path, backend: &Backend, prefix: &str) -> CheckpointConfig {
@@ -109,7 +89,7 @@ async fn restore_on_a_fresh_node(backend: Backend) {
     assert_eq!(report.checkpoint_id, Some(second.id));
     assert_eq!(report.epoch, second.epoch);
     assert_eq!(report.source_offsets.get("orders-0"), Some(&200));
-    assert_eq!(state_of(&writer), at_checkpoint);
+    assert_eq!(state_of(writer.iter()), at_checkpoint);
     assert_eq!(
         writer.epoch(),
         second.epoch + 1,
@@ -132,7 +112,7 @@ async fn restore_on_a_fresh_node(backend: Backend) {
         .unwrap();
     assert!(!manager.recovery().no_local_wal);
     assert_eq!(manager.recovery().epoch, last);
-    assert_eq!(state_of(&writer), model);
+    assert_eq!(state_of(writer.iter()), model);
     manager.shutdown().await.unwrap();
     drop(writer);
 
@@ -142,7 +122,7 @@ async fn restore_on_a_fresh_node(backend: Backend) {
         .unwrap();
     assert!(manager.recovery().no_local_wal);
     assert_eq!(manager.recovery().checkpoint_id, Some(third.id));
-    assert_eq!(state_of(&writer).len(), 600);
+    assert_eq!(state_of(writer.iter()).len(), 600);
     manager.shutdown().await.unwrap();
 }
 
@@ -261,7 +241,7 @@ async fn killed_mid_upload(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(published.id));
-    assert_eq!(state_of(&writer), model);
+    assert_eq!(state_of(writer.iter()), model);
     let names = object_names(&backend, prefix).await;
     assert!(
         !names.contains(&orphan),
@@ -319,7 +299,7 @@ async fn corrupted_object_falls_back(backend: Backend) {
     assert!(report.checkpoints_skipped[0].reason.is_corruption());
     assert!(report.no_local_wal);
     assert_eq!(report.epoch, older.epoch);
-    assert_eq!(state_of(&writer), at_older);
+    assert_eq!(state_of(writer.iter()), at_older);
     manager.shutdown().await.unwrap();
 }
 
@@ -358,7 +338,7 @@ async fn a_writer_is_fenced_out(backend: Backend) {
     let new_dir = tempfile::tempdir().unwrap();
     let config = node(new_dir.path(), &backend, prefix).with_max_retained(1);
     let (new, mut new_writer) = IncrementalCheckpointManager::open(config).await.unwrap();
-    let mut model = state_of(&new_writer).into_iter().collect::<Model>();
+    let mut model = state_of(new_writer.iter()).into_iter().collect::<Model>();
     churn(&mut new_writer, &mut model, 1000..1100, 2);
     let new_checkpoint = new.checkpoint().await.unwrap();
     let before = object_names(&backend, prefix).await;
@@ -394,7 +374,7 @@ async fn a_writer_is_fenced_out(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(newest.id));
-    assert_eq!(state_of(&writer), model);
+    assert_eq!(state_of(writer.iter()), model);
     manager.shutdown().await.unwrap();
 }
 
@@ -447,7 +427,7 @@ async fn restore_a_chosen_checkpoint(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(first.id));
-    assert_eq!(state_of(&writer), at_first);
+    assert_eq!(state_of(writer.iter()), at_first);
     let listed = manager.list_checkpoints().await.unwrap();
     let newest = listed.last().unwrap();
     assert!(
@@ -467,7 +447,7 @@ async fn restore_a_chosen_checkpoint(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(manager.recovery().epoch, last);
-    assert_eq!(state_of(&writer), model);
+    assert_eq!(state_of(writer.iter()), model);
     manager.shutdown().await.unwrap();
 }
 

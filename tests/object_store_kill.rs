@@ -33,17 +33,18 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/churn.rs"]
+mod churn;
 #[path = "common/moto.rs"]
 mod moto;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -61,6 +62,7 @@ use object_store::{
 };
 
 use child::Child;
+use churn::{Model, churn_with, state_of};
 use moto::Moto;
 
 /// Set in the child: the node's local directory.
@@ -71,7 +73,7 @@ const CHILD_STORE: &str = "LAMINAR_OBJKILL_STORE";
 const CHILD_KILL_AT: &str = "LAMINAR_OBJKILL_AT";
 
 const PREFIX: &str = "app";
-/// Keys of 16 bytes and values of 1,000 incompressible bytes: about
+/// Keys of 12 bytes and values of 1,000 incompressible bytes: about
 /// 48 MiB, six parts of 8 MiB.
 const KEYS: u64 = 48_000;
 const VALUE_LEN: usize = 1_000;
@@ -81,12 +83,7 @@ const SPILLED_OVER: u64 = 8 << 20;
 /// Set in the child: where its restore spills large objects.
 const CHILD_SPILL_DIR: &str = "LAMINAR_OBJKILL_SPILL";
 
-type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 type Backend = Arc<dyn ObjectStore>;
-
-fn key(k: u64) -> Vec<u8> {
-    format!("key-{k:012}").into_bytes()
-}
 
 /// Round `round`'s value of key `k`: pseudo-random bytes (splitmix64), so
 /// that compression cannot shrink a data file under one part.
@@ -111,29 +108,15 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Puts round `round`'s values of `keys` in epochs; returns the last epoch.
-fn churn(writer: &mut StateWriter, model: &mut Model, keys: Range<u64>, round: u64) -> u64 {
+/// Puts round `round`'s values of `keys` in epochs of
+/// [`PUTS_PER_EPOCH`]; returns the last epoch.
+fn churn_in_epochs(writer: &mut StateWriter, model: &mut Model, keys: Range<u64>, round: u64) -> u64 {
     let mut last = 0;
-    for chunk_start in keys.clone().step_by(PUTS_PER_EPOCH as usize) {
-        for k in chunk_start..(chunk_start + PUTS_PER_EPOCH).min(keys.end) {
-            let v = value(k, round);
-            writer.put(&key(k), &v).unwrap();
-            model.insert(key(k), v);
-        }
-        writer.set_source_offset("orders-0", round * 1_000_000 + chunk_start);
-        last = loop {
-            match writer.commit_epoch() {
-                Ok(epoch) => break epoch,
-                Err(e) if e.is_transient() => thread::sleep(Duration::from_millis(1)),
-                Err(e) => panic!("commit: {e}"),
-            }
-        };
+    for start in keys.clone().step_by(PUTS_PER_EPOCH as usize) {
+        let epoch = start..(start + PUTS_PER_EPOCH).min(keys.end);
+        last = churn_with(writer, model, epoch, round, |k| value(k, round));
     }
     last
-}
-
-fn state_of(writer: &StateWriter) -> Model {
-    writer.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
 fn node(dir: &Path, backend: &Backend) -> CheckpointConfig {
@@ -384,8 +367,8 @@ fn object_store_kill_child() {
         let (manager, mut writer) = IncrementalCheckpointManager::open(config)
             .await
             .unwrap_or_else(|e| panic!("child open: {e}"));
-        let mut model = state_of(&writer);
-        let last = churn(&mut writer, &mut model, KEYS / 5..KEYS / 5 * 2, 3);
+        let mut model = state_of(writer.iter());
+        let last = churn_in_epochs(&mut writer, &mut model, KEYS / 5..KEYS / 5 * 2, 3);
         manager.wait_durable(last).await.unwrap();
         say(&format!("READY {last}"));
         let meta = manager
@@ -450,14 +433,14 @@ async fn node_before_the_child(dir: &Path, backend: &Backend) -> (IncrementalChe
         .await
         .unwrap();
     let mut model = Model::new();
-    churn(&mut writer, &mut model, 0..KEYS, 1);
+    churn_in_epochs(&mut writer, &mut model, 0..KEYS, 1);
     let published = manager.checkpoint().await.unwrap();
     assert!(
         published.size_bytes > 5 * (8 << 20),
         "the base spans several parts: {published:?}"
     );
     let at_published = model.clone();
-    let last = churn(&mut writer, &mut model, 0..KEYS / 5, 2);
+    let last = churn_in_epochs(&mut writer, &mut model, 0..KEYS / 5, 2);
     manager.wait_durable(last).await.unwrap();
     manager.shutdown().await.unwrap();
     (published, at_published)
@@ -484,7 +467,7 @@ async fn killed_mid_download(spec: Spec) {
         .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(published.id));
     assert!(
-        state_of(&writer) == at_published,
+        state_of(writer.iter()) == at_published,
         "restored state differs from the checkpoint"
     );
     manager.shutdown().await.unwrap();
@@ -546,7 +529,7 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     assert_eq!(report.epoch, published.epoch);
     assert!(report.checkpoints_skipped.is_empty(), "{report:?}");
     assert!(
-        state_of(&writer) == at_published,
+        state_of(writer.iter()) == at_published,
         "restored state differs from the checkpoint"
     );
     let listed: Vec<u64> = manager
@@ -559,7 +542,7 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     assert_eq!(listed, vec![published.id]);
 
     let mut model = at_published;
-    let last = churn(&mut writer, &mut model, KEYS / 2..KEYS / 2 + 3_000, 4);
+    let last = churn_in_epochs(&mut writer, &mut model, KEYS / 2..KEYS / 2 + 3_000, 4);
     manager.wait_durable(last).await.unwrap();
     let next = manager.checkpoint().await.unwrap();
     let retained = manager.list_checkpoints().await.unwrap();
@@ -581,7 +564,10 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
         .await
         .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(next.id));
-    assert!(state_of(&writer) == model, "the next checkpoint's state differs");
+    assert!(
+        state_of(writer.iter()) == model,
+        "the next checkpoint's state differs"
+    );
     manager.shutdown().await.unwrap();
 }
 
