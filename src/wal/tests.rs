@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, segment_file_name};
 use super::*;
 use crate::changelog::commit::encode_commit_vec;
-use crate::io::{FileSystem, StdFs};
+use crate::io::{FileSystem, FsFile, StdFs};
 use crate::testing::faulty::{Fault, FaultError, FaultyFs, OpKind};
 use crate::wal::reader::ResumePosition;
 
@@ -1193,34 +1193,52 @@ fn from_position(p: WalPosition, after_epoch: u64) -> ReplayRange {
     }
 }
 
-/// A [`FileSystem`] over `StdFs` that counts the bytes read and the
-/// lowest offset read after each file's header.
-#[derive(Debug, Default)]
-struct CountingFs {
-    read: Arc<std::sync::Mutex<(u64, u64)>>,
+/// What a test watches of the WAL's I/O: [`Watched`] tells it of each
+/// operation on `StdFs` that it cares about (the methods it does not
+/// override do nothing).
+trait Watch: Send + Sync + std::fmt::Debug + 'static {
+    /// `len` bytes are about to be read at `offset` of an open file.
+    fn read_at(&self, _len: u64, _offset: u64) {}
+    /// A whole file of `len` bytes was read.
+    fn read_whole(&self, _len: u64) {}
+    /// `buf` is about to be written to an open file.
+    fn write_at(&self, _buf: &[u8]) {}
+    /// An open file's data was synced.
+    fn synced(&self) {}
 }
+
+/// `StdFs`, with its reads, writes and syncs shown to `W`.
+#[derive(Debug)]
+struct Watched<W>(Arc<W>);
 
 #[derive(Debug)]
-struct CountingFile {
-    inner: Box<dyn crate::io::FsFile>,
-    read: Arc<std::sync::Mutex<(u64, u64)>>,
+struct WatchedFile<W> {
+    inner: Box<dyn FsFile>,
+    watch: Arc<W>,
 }
 
-impl crate::io::FsFile for CountingFile {
+impl<W: Watch> Watched<W> {
+    fn file(&self, inner: std::io::Result<Box<dyn FsFile>>) -> std::io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(WatchedFile {
+            inner: inner?,
+            watch: Arc::clone(&self.0),
+        }))
+    }
+}
+
+impl<W: Watch> FsFile for WatchedFile<W> {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.watch.write_at(buf);
         self.inner.write_all_at(buf, offset)
     }
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let mut r = self.read.lock().unwrap();
-        r.0 += buf.len() as u64;
-        if offset >= SEGMENT_HEADER_LEN as u64 {
-            r.1 = r.1.min(offset);
-        }
-        drop(r);
+        self.watch.read_at(buf.len() as u64, offset);
         self.inner.read_exact_at(buf, offset)
     }
     fn sync_data(&mut self) -> std::io::Result<()> {
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        self.watch.synced();
+        Ok(())
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
@@ -1230,32 +1248,20 @@ impl crate::io::FsFile for CountingFile {
     }
 }
 
-impl CountingFs {
-    /// Bytes read and the lowest record offset read since the last call.
-    fn take(&self) -> (u64, u64) {
-        std::mem::replace(&mut *self.read.lock().unwrap(), (0, u64::MAX))
+impl<W: Watch> FileSystem for Watched<W> {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn FsFile>> {
+        self.file(StdFs.create(path))
     }
-}
-
-impl FileSystem for CountingFs {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        StdFs.create(path)
+    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn FsFile>> {
+        self.file(StdFs.open_write(path))
     }
-    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        StdFs.open_write(path)
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        Ok(Box::new(CountingFile {
-            inner: StdFs.open_read(path)?,
-            read: Arc::clone(&self.read),
-        }))
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn FsFile>> {
+        self.file(StdFs.open_read(path))
     }
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        let b = StdFs.read(path)?;
-        let mut r = self.read.lock().unwrap();
-        r.0 += b.len() as u64;
-        r.1 = 0;
-        Ok(b)
+        let bytes = StdFs.read(path)?;
+        self.0.read_whole(bytes.len() as u64);
+        Ok(bytes)
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         StdFs.rename(from, to)
@@ -1271,6 +1277,33 @@ impl FileSystem for CountingFs {
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         StdFs.sync_dir(dir)
+    }
+}
+
+/// Counts the bytes read and the lowest offset read after each file's
+/// header.
+#[derive(Debug, Default)]
+struct ReadCount(std::sync::Mutex<(u64, u64)>);
+
+impl ReadCount {
+    /// Bytes read and the lowest record offset read since the last call.
+    fn take(&self) -> (u64, u64) {
+        std::mem::replace(&mut *self.0.lock().unwrap(), (0, u64::MAX))
+    }
+}
+
+impl Watch for ReadCount {
+    fn read_at(&self, len: u64, offset: u64) {
+        let mut r = self.0.lock().unwrap();
+        r.0 += len;
+        if offset >= SEGMENT_HEADER_LEN as u64 {
+            r.1 = r.1.min(offset);
+        }
+    }
+    fn read_whole(&self, len: u64) {
+        let mut r = self.0.lock().unwrap();
+        r.0 += len;
+        r.1 = 0;
     }
 }
 
@@ -1308,8 +1341,8 @@ fn replay_from_any_commit_position_is_the_suffix_of_the_full_replay() {
 fn replay_reads_only_what_it_needs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let counting = Arc::new(CountingFs::default());
-    let fs: Arc<dyn FileSystem> = counting.clone();
+    let counting = Arc::new(ReadCount::default());
+    let fs: Arc<dyn FileSystem> = Arc::new(Watched(Arc::clone(&counting)));
     let segment = 16u64 << 20;
     let mut model = Vec::new();
     let mut w = fresh_writer(fs.clone(), &dir, segment);
@@ -1574,82 +1607,25 @@ fn point_in_time_recovery_from_a_position_stops_at_damage_after_it() {
     assert!(report.stopped_at.is_some());
 }
 
-/// A [`FileSystem`] over `StdFs` that records the most bytes of records
-/// (writes that are not all zeros: zero-filling is not log data) written
-/// to a file between two of its `fdatasync`s.
+/// Records the most bytes of records (writes that are not all zeros:
+/// zero-filling is not log data) written to a file between two of its
+/// `fdatasync`s.
 #[derive(Debug, Default)]
-struct WindowFs {
+struct SyncWindow {
     /// (bytes since the last sync, the most seen).
-    window: Arc<std::sync::Mutex<(u64, u64)>>,
+    window: std::sync::Mutex<(u64, u64)>,
 }
 
-#[derive(Debug)]
-struct WindowFile {
-    inner: Box<dyn crate::io::FsFile>,
-    window: Arc<std::sync::Mutex<(u64, u64)>>,
-}
-
-impl crate::io::FsFile for WindowFile {
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+impl Watch for SyncWindow {
+    fn write_at(&self, buf: &[u8]) {
         if buf.iter().any(|&b| b != 0) {
             let mut w = self.window.lock().unwrap();
             w.0 += buf.len() as u64;
             w.1 = w.1.max(w.0);
         }
-        self.inner.write_all_at(buf, offset)
     }
-    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn sync_data(&mut self) -> std::io::Result<()> {
-        self.inner.sync_data()?;
+    fn synced(&self) {
         self.window.lock().unwrap().0 = 0;
-        Ok(())
-    }
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn file_len(&mut self) -> std::io::Result<u64> {
-        self.inner.file_len()
-    }
-}
-
-impl WindowFs {
-    fn wrap(&self, inner: Box<dyn crate::io::FsFile>) -> Box<dyn crate::io::FsFile> {
-        Box::new(WindowFile {
-            inner,
-            window: Arc::clone(&self.window),
-        })
-    }
-}
-
-impl FileSystem for WindowFs {
-    fn create(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        Ok(self.wrap(StdFs.create(path)?))
-    }
-    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        Ok(self.wrap(StdFs.open_write(path)?))
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn crate::io::FsFile>> {
-        StdFs.open_read(path)
-    }
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        StdFs.read(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove_file(path)
-    }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-        StdFs.list_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
     }
 }
 
@@ -1657,8 +1633,8 @@ impl FileSystem for WindowFs {
 fn unsynced_bytes_stay_within_the_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let window = Arc::new(WindowFs::default());
-    let fs: Arc<dyn FileSystem> = window.clone();
+    let window = Arc::new(SyncWindow::default());
+    let fs: Arc<dyn FileSystem> = Arc::new(Watched(Arc::clone(&window)));
     let mut w = fresh_writer(fs.clone(), &dir, 64 << 20);
     let bound = format::MAX_UNSYNCED_BYTES;
     let mut model = Vec::new();
