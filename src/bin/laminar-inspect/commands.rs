@@ -11,7 +11,7 @@ use laminar_storage::inspect::{
 use laminar_storage::{IncrementalCheckpointMetadata, Inspector, TornTail, WalDamage};
 use serde_json::{Value, json};
 
-use crate::text::{self, Table, opt, size, span};
+use crate::text::{self, Table, left, opt, right, size, span};
 use crate::{Failure, Options};
 
 fn path(p: &Path) -> String {
@@ -154,8 +154,17 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
         l.checkpoints.len()
     )?;
     if !l.checkpoints.is_empty() {
-        let mut t = Table::new(&[
-            "id", "epoch", "parent", "kind", "chain", "size", "written", "keys", "wal-seg", "status",
+        let mut t = Table::new([
+            right("id"),
+            right("epoch"),
+            right("parent"),
+            left("kind"),
+            right("chain"),
+            right("size"),
+            right("written"),
+            right("keys"),
+            right("wal-seg"),
+            left("status"),
         ]);
         for c in &l.checkpoints {
             let m = c.metadata.as_ref();
@@ -179,16 +188,17 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
         }
         t.print(out)?;
         writeln!(out)?;
-        let mut t = Table::new(&[
-            "checkpoint",
-            "file",
-            "kind",
-            "epoch",
-            "size",
-            "raw",
-            "lz4",
-            "entries",
-            "crc32",
+        // The checksum is an identifier, not a quantity: left, like a name.
+        let mut t = Table::new([
+            right("checkpoint"),
+            left("file"),
+            left("kind"),
+            right("epoch"),
+            right("size"),
+            right("raw"),
+            right("lz4"),
+            right("entries"),
+            left("crc32"),
         ]);
         for c in &l.checkpoints {
             for f in &c.files {
@@ -223,8 +233,15 @@ fn listing_text(inspector: &Inspector, l: &Listing, out: &mut impl Write) -> io:
         l.wal_segments.len()
     )?;
     if !l.wal_segments.is_empty() {
-        let mut t = Table::new(&[
-            "segment", "size", "written", "seqs", "epochs", "updates", "commits", "sealed",
+        let mut t = Table::new([
+            right("segment"),
+            right("size"),
+            right("written"),
+            right("seqs"),
+            right("epochs"),
+            right("updates"),
+            right("commits"),
+            left("sealed"),
         ]);
         for s in &l.wal_segments {
             t.row(vec![
@@ -644,7 +661,7 @@ fn stats_text(s: &Stats, out: &mut impl Write) -> io::Result<()> {
     )?;
     if s.value_sizes.count() > 0 {
         writeln!(out, "value sizes in the checkpoint:")?;
-        let mut t = Table::new(&["min", "max", "values", "share"]);
+        let mut t = Table::new([right("min"), right("max"), right("values"), right("share")]);
         let total = s.value_sizes.count() as f64;
         for (lo, hi, n) in s.value_sizes.buckets() {
             t.row(vec![

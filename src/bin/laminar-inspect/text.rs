@@ -105,16 +105,34 @@ pub(crate) fn span(r: Option<(u64, u64)>) -> String {
     }
 }
 
-/// A table printed with aligned columns: text left, numbers right.
+/// A column of a [`Table`]: its header and how its cells line up.
+pub(crate) struct Column {
+    header: &'static str,
+    right: bool,
+}
+
+/// A column of numbers (and `-`), lined up on the right.
+pub(crate) fn right(header: &'static str) -> Column {
+    Column { header, right: true }
+}
+
+/// A column of text, lined up on the left.
+pub(crate) fn left(header: &'static str) -> Column {
+    Column { header, right: false }
+}
+
+/// A table printed with aligned columns, each lined up as it says (never
+/// as its cells happen to look, so a column keeps its layout from one
+/// listing to the next).
 pub(crate) struct Table {
-    header: Vec<&'static str>,
+    columns: Vec<Column>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub(crate) fn new(header: &[&'static str]) -> Self {
+    pub(crate) fn new(columns: impl IntoIterator<Item = Column>) -> Self {
         Self {
-            header: header.to_vec(),
+            columns: columns.into_iter().collect(),
             rows: Vec::new(),
         }
     }
@@ -124,14 +142,11 @@ impl Table {
     }
 
     pub(crate) fn print(&self, out: &mut impl Write) -> io::Result<()> {
-        let cols = self.header.len();
-        let mut width: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
-        let mut numeric = vec![true; cols];
+        let cols = self.columns.len();
+        let mut width: Vec<usize> = self.columns.iter().map(|c| c.header.len()).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate().take(cols) {
                 width[i] = width[i].max(cell.chars().count());
-                let is_number = cell == "-" || cell.chars().next().is_some_and(|c| c.is_ascii_digit());
-                numeric[i] &= is_number;
             }
         }
         let line = |out: &mut dyn Write, cells: &[String]| -> io::Result<()> {
@@ -139,7 +154,7 @@ impl Table {
             for (i, cell) in cells.iter().enumerate().take(cols) {
                 let pad = width[i].saturating_sub(cell.chars().count());
                 let last = i + 1 == cols;
-                if numeric[i] {
+                if self.columns[i].right {
                     s.push_str(&" ".repeat(pad));
                     s.push_str(cell);
                 } else {
@@ -154,11 +169,52 @@ impl Table {
             }
             writeln!(out, "{}", s.trim_end())
         };
-        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        let header: Vec<String> = self.columns.iter().map(|c| c.header.to_string()).collect();
         line(out, &header)?;
         for row in &self.rows {
             line(out, row)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn printed(table: &Table) -> String {
+        let mut out = Vec::new();
+        table.print(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A column is laid out as declared, whatever its cells look like: a
+    /// checksum column does not move right when every checksum happens
+    /// to start with a digit.
+    #[test]
+    fn columns_keep_their_alignment_whatever_the_cells() {
+        let table = |crcs: [&str; 2]| {
+            let mut t = Table::new([right("entries"), left("crc32"), left("file")]);
+            for (i, crc) in crcs.into_iter().enumerate() {
+                t.row(vec![(9 + i * 991).to_string(), crc.to_string(), format!("f{i}")]);
+            }
+            printed(&t)
+        };
+        assert_eq!(
+            table(["1c8b582c", "0a29b89d"]),
+            "entries  crc32     file\n      9  1c8b582c  f0\n   1000  0a29b89d  f1\n"
+        );
+        assert_eq!(
+            table(["be1931ff", "0a29b89d"]),
+            "entries  crc32     file\n      9  be1931ff  f0\n   1000  0a29b89d  f1\n"
+        );
+        // A number column holding a word lines it up on the right too.
+        let mut t = Table::new([right("written"), left("sealed")]);
+        t.row(vec!["8.0 MiB".to_string(), "yes".to_string()]);
+        t.row(vec!["unreadable".to_string(), "no".to_string()]);
+        assert_eq!(
+            printed(&t),
+            "   written  sealed\n   8.0 MiB  yes\nunreadable  no\n"
+        );
     }
 }
