@@ -177,7 +177,11 @@ pub struct SegmentInfo {
     pub updates: u64,
     /// Epoch commits.
     pub commits: u64,
-    /// The first and last epoch whose commit it holds.
+    /// The first and last epoch whose commit it holds, of the epochs the
+    /// log holds whole: when the oldest segment begins in the middle of an
+    /// epoch (its start was in a segment truncation removed), that epoch's
+    /// commit is among [`commits`](Self::commits) but the epoch is not
+    /// here, as [`Inspector::dump_wal`] and recovery cannot give it back.
     pub epochs: Option<(u64, u64)>,
     /// Whether it ends with a seal (the writer moved on to the next).
     pub sealed: bool,

@@ -119,8 +119,11 @@ pub(crate) struct SegmentSpan {
     pub(crate) seqs: Option<(u64, u64)>,
     /// Puts and deletes.
     pub(crate) updates: u64,
-    /// Epoch commits, and the first and last epoch they close.
+    /// Epoch commits.
     pub(crate) commits: u64,
+    /// The first and last epoch they close, of those the log holds whole:
+    /// a commit closing the epoch the oldest segment begins in the middle
+    /// of (its start was in a removed segment) is counted, not listed.
     pub(crate) epochs: Option<(u64, u64)>,
     /// Whether it ends with a seal record (the writer moved on from it).
     pub(crate) sealed: bool,
@@ -738,7 +741,7 @@ where
                     end: self.pending.len(),
                 });
                 self.ops_since_commit += 1;
-                self.count_in_span(None);
+                self.count_update();
             }
             RecordType::Delete => {
                 let start = self.pending.len();
@@ -748,7 +751,7 @@ where
                     end: self.pending.len(),
                 });
                 self.ops_since_commit += 1;
-                self.count_in_span(None);
+                self.count_update();
             }
             RecordType::Commit => {
                 let commit = match CommitRecord::decode(f.payload) {
@@ -758,8 +761,9 @@ where
                 if self.report.last_epoch.is_some_and(|last| commit.epoch <= last) {
                     return Ok(Err("commit epoch does not increase"));
                 }
-                if std::mem::take(&mut self.head_partial) {
-                    // The start of this epoch was in a removed segment.
+                // The start of this epoch was in a removed segment.
+                let partial = std::mem::take(&mut self.head_partial);
+                if partial {
                     if commit.epoch > self.after_epoch {
                         return Err(WalError::EpochStartMissing {
                             file: path.to_path_buf(),
@@ -785,7 +789,7 @@ where
                 self.pending.clear();
                 self.pending_ops.clear();
                 self.ops_since_commit = 0;
-                self.count_in_span(Some(commit.epoch));
+                self.count_commit(commit.epoch, !partial);
                 self.report.last_epoch = Some(commit.epoch);
                 self.report.last_commit = Some(commit);
             }
@@ -798,18 +802,23 @@ where
         Ok(Ok(()))
     }
 
-    /// Counts an update (`None`) or the commit of `epoch` in the current
-    /// segment's span.
-    fn count_in_span(&mut self, commit: Option<u64>) {
+    /// Counts an update in the current segment's span.
+    fn count_update(&mut self) {
+        if let Some(span) = self.report.segments.last_mut() {
+            span.updates += 1;
+        }
+    }
+
+    /// Counts the commit of `epoch` in the current segment's span; it is
+    /// among the span's epochs if the log holds it `whole` (not so the
+    /// epoch whose start was in a removed segment: no replay yields it).
+    fn count_commit(&mut self, epoch: u64, whole: bool) {
         let Some(span) = self.report.segments.last_mut() else {
             return;
         };
-        match commit {
-            None => span.updates += 1,
-            Some(epoch) => {
-                span.commits += 1;
-                span.epochs = Some((span.epochs.map_or(epoch, |(first, _)| first), epoch));
-            }
+        span.commits += 1;
+        if whole {
+            span.epochs = Some((span.epochs.map_or(epoch, |(first, _)| first), epoch));
         }
     }
 
