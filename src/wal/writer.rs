@@ -343,23 +343,27 @@ impl WalWriter {
     ) -> Result<Self, WalError> {
         config.validate()?;
         fs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs.sync_dir(parent).map_err(io_err("fsync directory", parent))?;
-        }
+        // Leftover temporary files go without a directory sync: one that
+        // comes back after a power loss is removed by the next open, and
+        // nothing ever reads one.
         let mut segments = Vec::new();
-        let mut removed_temp = false;
         for name in fs.list_dir(dir).map_err(io_err("list", dir))? {
             let Some(name) = name.to_str() else { continue };
             if is_temp_file_name(name) {
                 let p = dir.join(name);
                 fs.remove_file(&p).map_err(io_err("remove", &p))?;
-                removed_temp = true;
             } else if let Some(n) = parse_segment_file_name(name) {
                 segments.push(n);
             }
         }
-        if removed_temp {
-            fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        // The directory's own name is durable once its parent is synced. A
+        // segment in it proves an earlier open did that before creating
+        // it; only a new (or still empty) directory needs the sync, which
+        // a reopen after a crash then skips.
+        if segments.is_empty()
+            && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            fs.sync_dir(parent).map_err(io_err("fsync directory", parent))?;
         }
         segments.sort_unstable();
         let later: Vec<u64> = segments.iter().copied().filter(|&s| s > resume.segment).collect();
