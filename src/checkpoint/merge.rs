@@ -65,34 +65,47 @@ impl<'a, E> Merge<'a, E> {
 
     /// Finds the smallest key among the sources (a chain has a handful:
     /// a scan beats a heap) and the sources at it; the newest wins.
-    fn select(&mut self) -> bool {
-        self.at_key.clear();
-        let mut winner: Option<usize> = None;
-        for s in 0..self.sources.len() {
-            if !self.live[s] {
+    /// Returns whether there is one, and if so whether it is a put (not a
+    /// tombstone). Each source's entry is read once.
+    fn select(&mut self) -> Option<bool> {
+        let Self {
+            sources,
+            live,
+            at_key,
+            ..
+        } = self;
+        at_key.clear();
+        let mut winner: Option<(usize, Entry<'_>)> = None;
+        for (s, source) in sources.iter().enumerate() {
+            if !live[s] {
                 continue;
             }
+            let entry = source.entry();
             let order = match winner {
                 None => Ordering::Less,
-                Some(w) => self.sources[s].entry().0.cmp(self.sources[w].entry().0),
+                Some((_, (key, _))) => entry.0.cmp(key),
             };
             match order {
                 Ordering::Less => {
-                    self.at_key.clear();
-                    self.at_key.push(s);
-                    winner = Some(s);
+                    at_key.clear();
+                    at_key.push(s);
+                    winner = Some((s, entry));
                 }
                 // Sources are given oldest first: a later one is newer.
                 Ordering::Equal => {
-                    self.at_key.push(s);
-                    winner = Some(s);
+                    at_key.push(s);
+                    winner = Some((s, entry));
                 }
                 Ordering::Greater => {}
             }
         }
-        winner.inspect(|&w| self.winner = w).is_some()
+        let (w, (_, value)) = winner?;
+        self.winner = w;
+        Some(value.is_some())
     }
 
+    /// Moves to the next key's newest entry, skipping tombstones when
+    /// `drop_tombstones`.
     fn step(&mut self) -> Result<bool, E> {
         if self.started {
             self.advance_at_key()?;
@@ -102,8 +115,8 @@ impl<'a, E> Merge<'a, E> {
                 self.live[s] = self.sources[s].advance()?;
             }
         }
-        while self.select() {
-            if self.sources[self.winner].entry().1.is_some() || !self.drop_tombstones {
+        while let Some(put) = self.select() {
+            if put || !self.drop_tombstones {
                 return Ok(true);
             }
             self.advance_at_key()?;

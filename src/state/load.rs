@@ -32,24 +32,35 @@ impl BulkLoader<'_> {
     /// entry is not added; those before it stay.
     pub(crate) fn put_all(&mut self, entries: &[(&[u8], &[u8])]) -> Result<()> {
         let mut slots = SlotPrefetch::<LOOKAHEAD>::start(self.store, entries.iter().map(|(k, _)| *k));
+        let mut result = Ok(());
+        // Each key is checked against the one before it in `entries` (the
+        // first against the last key of the call before), so no key is
+        // copied per entry; only the last one added is kept.
+        let mut last: Option<&[u8]> = None;
         for (i, (key, value)) in entries.iter().enumerate() {
             let hash = slots.next(self.store, i, entries.get(i + LOOKAHEAD).map(|(k, _)| *k));
-            self.put_hashed(key, value, hash)?;
+            let increases = match last {
+                Some(prev) => *key > prev,
+                None => !self.any || *key > self.last.as_slice(),
+            };
+            if !increases {
+                result = Err(IncrementalCheckpointError::Recovery {
+                    reason: RecoveryFailure::KeysOutOfOrder,
+                });
+                break;
+            }
+            if let Err(e) = self.store.insert_new(key, value, hash, &mut Loading) {
+                result = Err(e);
+                break;
+            }
+            last = Some(key);
         }
-        Ok(())
-    }
-
-    fn put_hashed(&mut self, key: &[u8], value: &[u8], key_hash: u64) -> Result<()> {
-        if self.any && key <= self.last.as_slice() {
-            return Err(IncrementalCheckpointError::Recovery {
-                reason: RecoveryFailure::KeysOutOfOrder,
-            });
+        if let Some(key) = last {
+            self.last.clear();
+            self.last.extend_from_slice(key);
+            self.any = true;
         }
-        self.store.insert_new(key, value, key_hash, &mut Loading)?;
-        self.last.clear();
-        self.last.extend_from_slice(key);
-        self.any = true;
-        Ok(())
+        result
     }
 }
 
