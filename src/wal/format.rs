@@ -320,15 +320,15 @@ pub(crate) fn decode_put(payload: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Offset one past the last non-zero byte of `buf` (0 if all zero).
 pub(crate) fn end_of_nonzero(buf: &[u8]) -> usize {
     let mut end = buf.len();
-    // Word-at-a-time over the (usually long) zero-filled preallocation.
-    while end >= 8 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&buf[end - 8..end]);
-        if u64::from_ne_bytes(w) != 0 {
-            break;
-        }
-        end -= 8;
-    }
+    // 64 bytes at a time over the (usually long) zero-filled
+    // preallocation: OR-folding a fixed-size block compiles to a few
+    // vector instructions, several times faster than a word at a time.
+    const BLOCK: usize = 64;
+    let (_, blocks) = buf.as_rchunks::<BLOCK>();
+    let zero_blocks = (blocks.iter().rev())
+        .take_while(|block| block.iter().fold(0, |acc, &b| acc | b) == 0)
+        .count();
+    end -= zero_blocks * BLOCK;
     while end > 0 && buf[end - 1] == 0 {
         end -= 1;
     }
@@ -415,5 +415,20 @@ mod tests {
         assert_eq!(end_of_nonzero(&b), 4);
         b[90] = 1;
         assert_eq!(end_of_nonzero(&b), 91);
+        // Every length and last non-zero position around the 64-byte
+        // blocks it scans by, against a byte-by-byte scan.
+        for len in [0, 1, 63, 64, 65, 127, 128, 129, 300] {
+            for last in (0..len).chain([usize::MAX]) {
+                let mut b = vec![0u8; len];
+                if let Some(x) = b.get_mut(last) {
+                    *x = 0x80;
+                }
+                if let Some(x) = b.get_mut(last / 3) {
+                    *x |= 1;
+                }
+                let slow = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+                assert_eq!(end_of_nonzero(&b), slow, "len {len}, last {last}");
+            }
+        }
     }
 }
