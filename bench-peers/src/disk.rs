@@ -123,6 +123,28 @@ pub fn footprint(dir: &Path) -> Result<(u64, u64)> {
     Ok((allocated, apparent))
 }
 
+/// Prints every file under `dir` with the bytes allocated to it (each inode
+/// once) and its apparent size, largest first, then the total: what a
+/// footprint figure is made of.
+pub fn list_files(dir: &Path, label: &str) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut files: Vec<(String, u64, u64)> = Vec::new();
+    for (path, meta) in walk(dir)? {
+        if seen.insert((meta.dev(), meta.ino())) {
+            let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+            files.push((name, meta.blocks() * 512, meta.len()));
+        }
+    }
+    files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    eprintln!("\n  files of {label} at the crash (allocated, apparent):");
+    for (name, allocated, apparent) in &files {
+        eprintln!("    {:>12} {:>12}  {name}", allocated, apparent);
+    }
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    eprintln!("    {total:>12} total allocated, {} files", files.len());
+    Ok(())
+}
+
 /// This process's resident set, in bytes.
 pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

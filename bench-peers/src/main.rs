@@ -47,6 +47,8 @@ OPTIONS:
   --dir PATH          where the engines write (default bench-peers/target/peer-data)
   --out PATH          where the report goes (default docs/peers)
   --no-report         print the tables only
+  --list-files        list each engine's files with their allocated bytes
+                      at the crash point (what the disk figure is made of)
 ";
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,7 @@ struct Options {
     dir: PathBuf,
     out: PathBuf,
     report: bool,
+    list_files: bool,
 }
 
 fn parse_list<T>(list: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>> {
@@ -80,6 +83,7 @@ fn options(args: &[String]) -> Result<Options> {
         dir: root.join("target/peer-data"),
         out: root.join("../docs/peers"),
         report: true,
+        list_files: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -101,6 +105,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--dir" => o.dir = value()?.into(),
             "--out" => o.out = value()?.into(),
             "--no-report" => o.report = false,
+            "--list-files" => o.list_files = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -335,6 +340,9 @@ fn run(o: &Options) -> Result<()> {
                 w.puts
             );
             run_writer(engine, &dir, &w, every, &mut sample)?;
+            if o.list_files {
+                disk::list_files(&dir, &format!("overwrite {}", engine.id()))?;
+            }
             std::fs::remove_dir_all(&dir)?;
             results.samples.entry(engine.id()).or_default().push(sample);
         }
@@ -370,6 +378,9 @@ fn run_one(o: &Options, w: &Workload, engine: Engine) -> Result<Sample> {
     let mut sample = Sample::default();
     run_writer(engine, &dir, w, 0, &mut sample)?;
     let (allocated, apparent) = disk::footprint(&dir)?;
+    if o.list_files {
+        disk::list_files(&dir, &format!("{} {}", w.name, engine.id()))?;
+    }
     sample.values.insert("disk_bytes".into(), allocated as f64);
     sample
         .values

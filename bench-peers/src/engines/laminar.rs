@@ -13,6 +13,17 @@ fn runtime() -> Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// The crate's defaults; `BENCH_PEERS_LAMINAR_MAX_RETAINED=N` keeps N
+/// checkpoints instead of 3 (1: no fallback checkpoint, as RocksDB keeps
+/// none), to show what retention costs on disk.
+fn config(dir: &Path) -> Result<CheckpointConfig> {
+    let config = CheckpointConfig::new(dir);
+    Ok(match std::env::var("BENCH_PEERS_LAMINAR_MAX_RETAINED") {
+        Ok(n) => config.with_max_retained(n.parse()?),
+        Err(_) => config,
+    })
+}
+
 pub struct LaminarWriter {
     runtime: Runtime,
     manager: IncrementalCheckpointManager,
@@ -22,8 +33,7 @@ pub struct LaminarWriter {
 impl LaminarWriter {
     pub fn open(dir: &Path) -> Result<Self> {
         let runtime = runtime()?;
-        let (manager, writer) =
-            runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
+        let (manager, writer) = runtime.block_on(IncrementalCheckpointManager::open(config(dir)?))?;
         Ok(Self {
             runtime,
             manager,
@@ -66,8 +76,7 @@ pub struct LaminarReader {
 impl LaminarReader {
     pub fn open(dir: &Path) -> Result<Self> {
         let runtime = runtime()?;
-        let (manager, writer) =
-            runtime.block_on(IncrementalCheckpointManager::open(CheckpointConfig::new(dir)))?;
+        let (manager, writer) = runtime.block_on(IncrementalCheckpointManager::open(config(dir)?))?;
         Ok(Self {
             _runtime: runtime,
             _manager: manager,
