@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use laminar_storage::Inspector;
 use laminar_storage::incremental::{
     CheckpointConfig, Compression, IncrementalCheckpointError, IncrementalCheckpointManager, RecoveryConfig,
-    RecoveryManager, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
+    RecoveryFailure, RecoveryManager, WalError, WalRecoveryMode, validate_checkpoint, wal_size,
 };
 
 #[path = "common/churn.rs"]
@@ -360,6 +360,110 @@ async fn damage_to_any_file_of_a_later_chain_loses_nothing() {
     let fell_back = every_damage_is_survived(dir.path(), &newest, &model, last).await;
     assert!(fell_back > 300, "{fell_back}");
     assert!(wal_size(dir.path().join("wal")).await.unwrap() > 0);
+}
+
+/// Contract 5 keeps the WAL only from the oldest point recovery can fall
+/// back to: the newest checkpoint's fallbacks. A retained checkpoint older
+/// than all of them keeps its files but not its WAL. Here checkpoint 3 is a
+/// new base (chains of 2), 1 and 2 are retained with it, and 2 is the
+/// fallback of base 3: the WAL starts at checkpoint 2's segment, not at
+/// 1's. Damage to any one file still loses nothing; damage to the newest
+/// base and to delta 2 together (outside the contract) reaches checkpoint
+/// 1, whose WAL is gone, and is reported, never a state without its epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_kept_only_from_the_oldest_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path())
+        .with_wal_segment_size(4 << 10)
+        .with_max_chain_length(2)
+        .with_compression(Compression::None);
+    let (manager, mut writer) = IncrementalCheckpointManager::open(cfg).await.unwrap();
+    let mut model = Model::new();
+    churn(&mut writer, &mut model, 0..150, 1);
+    manager.checkpoint().await.unwrap();
+    for round in 2..=30 {
+        churn(&mut writer, &mut model, (round * 3)..(round * 3 + 10), round);
+        if round == 15 {
+            manager.checkpoint().await.unwrap();
+        }
+    }
+    let last = churn(&mut writer, &mut model, 0..3, 31);
+    let newest = manager.checkpoint().await.unwrap();
+    assert_eq!((newest.id, newest.is_incremental), (3, false));
+    manager.shutdown().await.unwrap();
+    drop(writer);
+
+    assert_eq!(
+        names(dir.path()),
+        vec![
+            "checkpoint_0000000000000001",
+            "checkpoint_0000000000000002",
+            "checkpoint_0000000000000003",
+            "data_0000000000000001.base",
+            "data_0000000000000002.delta",
+            "data_0000000000000003.base",
+        ]
+    );
+    let listing = Inspector::new(dir.path(), dir.path().join("wal"))
+        .list()
+        .await
+        .unwrap();
+    let segment_of = |id: u64| {
+        listing
+            .checkpoints
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.wal_segment)
+            .unwrap()
+    };
+    let oldest = listing.wal_segments.first().unwrap().segment;
+    assert!(
+        segment_of(1) < segment_of(2),
+        "checkpoints 1 and 2 are segments apart: {} {}",
+        segment_of(1),
+        segment_of(2)
+    );
+    assert_eq!(
+        oldest,
+        segment_of(2),
+        "the WAL starts where fallback 2 replays from"
+    );
+
+    let newest_files = ["checkpoint_0000000000000003", "data_0000000000000003.base"];
+    let fell_back = every_damage_is_survived(dir.path(), &newest_files, &model, last).await;
+    assert!(fell_back > 100, "{fell_back}");
+
+    // Two files damaged: recovery passes over 3 and 2 to 1, and the WAL
+    // after 1 is gone.
+    for name in ["data_0000000000000003.base", "data_0000000000000002.delta"] {
+        let path = dir.path().join(name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let err = RecoveryManager::new(RecoveryConfig::new(dir.path(), dir.path().join("wal")))
+        .recover()
+        .await
+        .expect_err("checkpoint 1's WAL is gone: an error, not a state");
+    match &err {
+        IncrementalCheckpointError::Recovery {
+            reason: RecoveryFailure::CheckpointsUnusable { skipped, cause },
+        } => {
+            let skipped: Vec<u64> = skipped.iter().map(|s| s.id).collect();
+            assert_eq!(skipped, vec![3, 2], "{err}");
+            assert!(
+                matches!(
+                    &**cause,
+                    IncrementalCheckpointError::Wal(
+                        WalError::EpochStartMissing { .. } | WalError::EpochGap { .. }
+                    )
+                ),
+                "{err}"
+            );
+        }
+        other => panic!("{other}"),
+    }
 }
 
 /// The directories are locked while a manager has them open: a second

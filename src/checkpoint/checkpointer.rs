@@ -16,8 +16,9 @@
 //! 4. Retention: keep the newest `max_retained` checkpoints, the pinned
 //!    ones and, when more than one is retained, a fallback for each file
 //!    of the newest chain; delete older manifests, then every data file no
-//!    kept manifest names, then the WAL segments older than the oldest
-//!    kept checkpoint needs. Every delete is preceded by the lease check.
+//!    kept manifest names, then the WAL segments that neither the newest
+//!    checkpoint nor any of those fallbacks replays from (contract 5).
+//!    Every delete is preceded by the lease check.
 //!
 //! All of it runs off Ring 0 and Ring 1: WAL reading and file writing on
 //! blocking threads, the store's own I/O through its async methods.
@@ -576,18 +577,27 @@ impl Checkpointer {
             Some(names) => names,
             None => catalog.store.list().await.map_err(|e| io_error(&self.dir, e))?,
         };
-        let truncate = self.remove_old_checkpoints(&pinned(&names)).await?;
+        let keep_wal_from = self.remove_old_checkpoints(&pinned(&names)).await?;
         self.remove_unreferenced_files(names).await?;
-        if truncate {
-            self.truncate_wal().await?;
+        if let Some(segment) = keep_wal_from {
+            self.truncate_wal(segment).await?;
         }
         Ok(())
     }
 
-    /// Deletes the manifests retention does not keep; returns whether the
-    /// WAL may be truncated (a good checkpoint exists, and a fallback for
-    /// every file of the newest when more than one is retained).
-    async fn remove_old_checkpoints(&mut self, pins: &BTreeSet<u64>) -> Result<bool> {
+    /// Deletes the manifests retention does not keep; returns the oldest
+    /// WAL segment recovery may still replay from, or `None` if no WAL may
+    /// be truncated (no good checkpoint yet, or, when more than one is
+    /// retained, a file of the newest chain without a fallback).
+    ///
+    /// Only the newest checkpoint and its fallbacks replay the WAL: a
+    /// retained checkpoint older than every fallback is reached only past
+    /// damage to two files, which contract 5 does not cover, and a pinned
+    /// or named one is restored (`with_restore_from`) without a local WAL.
+    /// Recovery that does reach such a checkpoint finds the start of its
+    /// epochs missing and reports it (`EpochStartMissing` or `EpochGap`),
+    /// never a state with epochs left out.
+    async fn remove_old_checkpoints(&mut self, pins: &BTreeSet<u64>) -> Result<Option<u64>> {
         let mut keep: BTreeSet<u64> = self
             .manifests
             .iter()
@@ -597,12 +607,16 @@ impl Checkpointer {
             .map(|(id, _)| *id)
             .collect();
         keep.extend(pins.iter().filter(|id| self.manifests.contains_key(id)));
-        let mut truncate = self.parent.is_some();
+        let mut keep_wal_from = None;
         if let Some(p) = &self.parent {
             keep.insert(p.id);
+            keep_wal_from = Some(p.wal_segment);
             if self.policy.max_retained > 1 {
                 let fallbacks = self.fallbacks(p);
-                truncate = fallbacks.iter().all(Option::is_some);
+                keep_wal_from = fallbacks
+                    .iter()
+                    .map(|f| f.and_then(|id| self.manifests.get(&id)?.as_ref().map(|m| m.wal_segment)))
+                    .try_fold(p.wal_segment, |from, f| Some(from.min(f?)));
                 keep.extend(fallbacks.into_iter().flatten());
             }
         }
@@ -626,7 +640,7 @@ impl Checkpointer {
             }
             tracing::debug!(removed = ?drop, "old checkpoints removed");
         }
-        Ok(truncate)
+        Ok(keep_wal_from)
     }
 
     /// Deletes every name of ours that no kept manifest needs: partial
@@ -670,18 +684,10 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Deletes the WAL before the oldest kept checkpoint's commit segment.
-    /// Called only when retention allows it: never while no good
-    /// checkpoint, or no fallback for every file of the newest, exists
-    /// (the state then needs all of it).
-    async fn truncate_wal(&mut self) -> Result<()> {
-        let keep_from = self
-            .manifests
-            .values()
-            .flatten()
-            .map(|m| m.wal_segment)
-            .min()
-            .unwrap_or(0);
+    /// Deletes the WAL segments before `keep_from`, the oldest one the
+    /// newest checkpoint or one of its fallbacks replays from (see
+    /// [`remove_old_checkpoints`](Self::remove_old_checkpoints)).
+    async fn truncate_wal(&mut self, keep_from: u64) -> Result<()> {
         let fs = Arc::clone(&self.fs);
         let wal_dir = self.wal_dir.clone();
         let removed = blocking("WAL truncation", &self.wal_dir, move || {
