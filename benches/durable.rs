@@ -7,6 +7,7 @@
 //! cargo bench --bench durable -- --test           # same as quick
 //! DURABLE_BENCH_DIR=/mnt/nvme cargo bench --bench durable   # where the temp dir goes (default ".")
 //! DURABLE_BENCH_SETTLE_MS=1000 cargo bench --bench durable   # diagnostic: idle after each open
+//! DURABLE_BENCH_WAL_SEGMENT_MIB=64 cargo bench --bench durable  # WAL segment size (default 16 MiB)
 //! ```
 //!
 //! Sections, printed as one table at the end:
@@ -85,7 +86,8 @@ impl Sizes {
                 fsync_samples: 200,
                 prealloc_file: 64 << 20,
                 seq_bytes: 256 << 20,
-                wal_segment: 64 << 20,
+                // The crate's default.
+                wal_segment: 16 << 20,
                 settle: Duration::ZERO,
             }
         }
@@ -122,7 +124,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::ZERO, Duration::from_millis);
-    let sizes = Sizes { settle, ..sizes };
+    // WAL segment size in MiB (default: the crate's default, 16 MiB), to
+    // compare segment sizes side by side.
+    let wal_segment = std::env::var("DURABLE_BENCH_WAL_SEGMENT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(sizes.wal_segment, |mib| mib << 20);
+    let sizes = Sizes {
+        settle,
+        wal_segment,
+        ..sizes
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -19,7 +19,7 @@ use crate::wal::{WalConfig, WalError, WalRecoveryMode, WalSyncMode};
 /// | [`wal_path`](Self::with_wal_path) | `<checkpoint directory>/wal` |
 /// | [`sync_mode`](Self::with_sync_mode) | [`WalSyncMode::Always`]: an epoch is acknowledged after its `fdatasync` |
 /// | [`recovery_mode`](Self::with_recovery_mode) | [`WalRecoveryMode::TolerateCorruptedTailRecords`] |
-/// | [`wal_segment_size`](Self::with_wal_segment_size) | 64 MiB, preallocated; a log starts at 1 MiB and doubles up to it |
+/// | [`wal_segment_size`](Self::with_wal_segment_size) | 16 MiB, preallocated; a log starts at 1 MiB and doubles up to it |
 /// | [`state`](Self::with_state) | [`StateConfig::new`] |
 /// | [`interval`](Self::with_interval) | 60 s between scheduled checkpoints |
 /// | [`wal_size_threshold`](Self::with_wal_size_threshold) | 256 MiB of WAL written since the last checkpoint triggers one |

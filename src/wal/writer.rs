@@ -61,7 +61,13 @@ use crate::io::{FileSystem, FsFile};
 
 /// Configuration of a [`WalWriter`].
 ///
-/// Defaults: `segment_size` = 64 MiB, `initial_segment_size` = 1 MiB.
+/// Defaults: `segment_size` = 16 MiB, `initial_segment_size` = 1 MiB.
+///
+/// The segment size bounds the preallocated but unwritten space (the rest
+/// of the current segment and the spare: at most two segments) and the
+/// grain of truncation (whole segments). 64 MiB held up to 128 MiB of
+/// zeros. At 16 MiB, W1 (138 MB of records) rotates 11 times instead of 7,
+/// each rotation a seal, two small syncs, a rename and a directory sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WalConfig {
     /// The largest size a segment is preallocated to (zero-filled). A
@@ -80,7 +86,7 @@ pub(crate) const MIN_SEGMENT_SIZE: u64 = 256;
 impl Default for WalConfig {
     fn default() -> Self {
         Self {
-            segment_size: 64 << 20,
+            segment_size: 16 << 20,
             initial_segment_size: 1 << 20,
         }
     }
