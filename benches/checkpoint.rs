@@ -26,6 +26,11 @@
 //!    alternating with the default's LZ4, for compressed and raw bytes and
 //!    times; each run ends with a warm `RecoveryManager::recover` of its
 //!    final chain (the restore time, compressed and raw).
+//!    W1 itself, 1,000,000 puts over the 200,000 keys (each rewritten five
+//!    times), then its first checkpoint: from the changes the collector
+//!    gathered as Ring 1 wrote them, and from a WAL scan (a 1-byte WAL-size
+//!    threshold leaves the collector nothing to hand over), managers
+//!    alternating.
 //! 2. **Ring 0 under a checkpoint.** W1 puts (random keys over the 200,000,
 //!    100-byte values, commit and `wait_durable` every 1,000) on the main
 //!    thread, each put timed on its own; windows of the same number of puts
@@ -454,6 +459,40 @@ fn churn_run(
     }
 }
 
+/// Rewrites of every key in W1 (1,000,000 puts over 200,000 keys).
+const W1_PASSES: u64 = 5;
+
+/// W1 as the design states it: every key written [`W1_PASSES`] times, each
+/// pass in another random order, in epochs of 1,000 puts; then the first
+/// checkpoint, timed. `scan`: with a 1-byte WAL-size threshold, the bound
+/// on the changes the collector gathers for the next checkpoint, so that the
+/// checkpoint scans the WAL as it did before they were collected.
+fn w1_first_checkpoint(rt: &Runtime, dir: &Path, sizes: &Sizes, scan: bool, seed: u64) -> Round {
+    let mut config = config(dir, sizes, sizes.keys).with_automatic_checkpoints(false);
+    if scan {
+        config = config.with_wal_size_threshold(1);
+    }
+    let (manager, mut writer) = open(rt, config);
+    let mut values = Values::new(VALUE_LEN);
+    for pass in 0..W1_PASSES {
+        let order = distinct_sample(sizes.keys, sizes.keys, seed ^ (pass << 40));
+        write_keys(rt, &manager, &mut writer, &mut values, order, pass);
+    }
+    let (time, meta) = timed_checkpoint(rt, &manager);
+    assert_eq!(meta.key_count, sizes.keys, "every key is live");
+    assert!(!meta.is_incremental, "the first checkpoint is a base");
+    let round = Round {
+        time,
+        inner: manager.stats().last_checkpoint_duration,
+        bytes: meta.delta_bytes,
+        incremental: false,
+        chain_length: meta.chain_length,
+    };
+    shutdown(rt, manager, writer);
+    std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+    round
+}
+
 fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTable) {
     eprintln!(
         "churn: {} keys, {} rounds of {} rewritten keys, {} managers per configuration",
@@ -465,7 +504,15 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTabl
     // The same runs with compression off, alternating with the default's.
     let mut raw = Vec::new();
     let mut lz4_restores = Vec::new();
+    let (mut w1_fed, mut w1_scan) = (Vec::new(), Vec::new());
     for rep in 0..sizes.churn_reps {
+        // W1's first checkpoint, collected and scanned,
+        // alternating (which goes first alternates too).
+        for scan in [rep % 2 == 1, rep % 2 == 0] {
+            let round =
+                w1_first_checkpoint(rt, &dir.join(format!("w1-{rep}-{scan}")), sizes, scan, rep as u64);
+            if scan { &mut w1_scan } else { &mut w1_fed }.push(round);
+        }
         let run = churn_run(
             rt,
             &dir.join(format!("churn-{rep}")),
@@ -515,6 +562,36 @@ fn churn_section(rt: &Runtime, dir: &Path, sizes: &Sizes, table: &mut FigureTabl
             verdict(median(full.iter().map(|r| r.time)) <= FULL_CHECKPOINT_TARGET),
             ms(median(full.iter().map(|r| r.inner))),
             full.len()
+        ),
+    );
+    let (fed_time, scan_time) = (
+        median(w1_fed.iter().map(|r| r.time)),
+        median(w1_scan.iter().map(|r| r.time)),
+    );
+    table.row(
+        section,
+        &format!(
+            "W1 first checkpoint: {} puts over {} keys, changes collected: time (min..max)",
+            W1_PASSES * sizes.keys,
+            sizes.keys
+        ),
+        timing_spread(w1_fed.iter().map(|r| r.time)),
+        format!(
+            "manager's own figure {}; {}; n = {}",
+            ms(median(w1_fed.iter().map(|r| r.inner))),
+            mb(median_u64(w1_fed.iter().map(|r| r.bytes))),
+            w1_fed.len()
+        ),
+    );
+    table.row(
+        section,
+        "W1 first checkpoint, the same from a WAL scan (1-byte WAL-size threshold): time (min..max)",
+        timing_spread(w1_scan.iter().map(|r| r.time)),
+        format!(
+            "collected ÷ scanned {:.2}; manager's own figure {}; n = {}",
+            fed_time.as_secs_f64() / scan_time.as_secs_f64(),
+            ms(median(w1_scan.iter().map(|r| r.inner))),
+            w1_scan.len()
         ),
     );
     table.row(

@@ -220,12 +220,13 @@ fn sustained(max_blocking: Option<usize>, soak: Duration) {
     // manager of slack (tokio starts a thread when a task comes before an
     // idle thread has registered), plus a checkpoint's file writer thread,
     // which is not the pool's, plus each writer's Ring 0 helper thread
-    // (`laminar-ring0-prep`, which maps memory ahead of need); 8 more for
-    // the test harness. And it plateaus: no more threads late in the run
+    // (`laminar-ring0-prep`, which maps memory ahead of need) and each
+    // manager's checkpoint collector (`laminar-collect`); 8 more for the
+    // test harness. And it plateaus: no more threads late in the run
     // than early.
     let peak_threads = samples.iter().map(|s| s.threads).max().unwrap_or(0);
     let pool = max_blocking.map_or(4 * n, |max| max.min(4 * n));
-    let bound = threads_before + workers + pool + n + n + 8;
+    let bound = threads_before + workers + pool + n + n + n + 8;
     assert!(
         peak_threads <= bound,
         "{peak_threads} threads at the peak, more than {bound} ({threads_before} before, {workers} workers, \

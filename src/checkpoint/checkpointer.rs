@@ -40,7 +40,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::catalog::{Catalog, pinned};
 use super::compression::Compression;
 use super::data_file::{Cursor, DataFileWriter, DataKind, DataSummary, ENTRY_HEADER_LEN, IterCursor};
-use super::delta::DeltaBuilder;
+use super::delta::{DeltaBuilder, FedDelta};
 use super::manifest::{
     FileRef, Manifest, data_file_name, manifest_name, parse_data_file_name, parse_manifest_name,
 };
@@ -48,6 +48,7 @@ use super::merge::Merge;
 use super::pins::parse_pin_name;
 use super::reader::{Inventory, chain_sources, io_error, read_chain};
 use super::store::TMP_SUFFIX;
+use crate::changelog::commit::CommitRecord;
 use crate::error::{IncrementalCheckpointError, RecoveryFailure, Result, blocking};
 use crate::io::FileSystem;
 use crate::wal::{
@@ -77,6 +78,9 @@ pub(crate) struct CheckpointStats {
     pub(crate) last_nanos: AtomicU64,
     pub(crate) wal_segments_removed: AtomicU64,
     pub(crate) cleanup_failures: AtomicU64,
+    /// Checkpoints built from the changes the collector gathered, without a WAL
+    /// scan.
+    pub(crate) fed: AtomicU64,
 }
 
 /// What the WAL scan found for the target epoch.
@@ -163,8 +167,17 @@ impl Checkpointer {
     }
 
     /// Takes a checkpoint of durable `epoch` (or returns the newest one if
-    /// it is already at or past it).
+    /// it is already at or past it), scanning the WAL for its changes.
+    #[cfg(test)]
     pub(crate) async fn checkpoint(&mut self, epoch: u64) -> Result<Manifest> {
+        self.checkpoint_fed(epoch, None).await
+    }
+
+    /// Takes a checkpoint of durable `epoch` (or returns the newest one if
+    /// it is already at or past it): from `fed`, the changes the collector
+    /// gathered, if they are exactly those after the parent up to
+    /// `epoch`; otherwise from a WAL scan. Both give the same checkpoint.
+    pub(crate) async fn checkpoint_fed(&mut self, epoch: u64, fed: Option<FedDelta>) -> Result<Manifest> {
         if let Some(p) = &self.parent
             && p.epoch >= epoch
         {
@@ -174,7 +187,7 @@ impl Checkpointer {
         let started = Instant::now();
         let id = self.next_id;
         self.next_id += 1;
-        let result = self.publish_new(id, epoch).await;
+        let result = self.publish_new(id, epoch, fed).await;
         match &result {
             Ok(m) => {
                 let nanos = started.elapsed().as_nanos() as u64;
@@ -281,8 +294,14 @@ impl Checkpointer {
         Ok(())
     }
 
-    async fn publish_new(&mut self, id: u64, epoch: u64) -> Result<Manifest> {
-        let scan = self.scan_wal(epoch).await?;
+    async fn publish_new(&mut self, id: u64, epoch: u64, fed: Option<FedDelta>) -> Result<Manifest> {
+        let scan = match fed.and_then(|f| self.use_fed(epoch, f)) {
+            Some(scan) => {
+                self.stats.fed.fetch_add(1, Ordering::Relaxed);
+                scan
+            }
+            None => self.scan_wal(epoch).await?,
+        };
         let base = self.wants_base(&scan.delta);
         let kind = if base { DataKind::Base } else { DataKind::Delta };
         let data_name = data_file_name(kind, id);
@@ -469,6 +488,32 @@ impl Checkpointer {
             None => raw,
         };
         deltas + new as u64 > base
+    }
+
+    /// What [`scan_wal`](Self::scan_wal) would find for `epoch`, from the
+    /// changes the collector gathered, if they are exactly the epochs after the
+    /// parent's up to `epoch` and Ring 1 saw where `epoch`'s commit ends.
+    fn use_fed(&self, epoch: u64, fed: FedDelta) -> Option<Scan> {
+        let FedDelta {
+            after_epoch,
+            epoch: fed_epoch,
+            delta,
+            commit,
+            position,
+        } = fed;
+        let parent_epoch = self.parent.as_ref().map_or(0, |p| p.epoch);
+        if epoch == 0 || fed_epoch != epoch || after_epoch != parent_epoch {
+            return None;
+        }
+        let (delta, position) = (delta?, position?);
+        let commit = CommitRecord::decode(&commit).ok().filter(|c| c.epoch == epoch)?;
+        Some(Scan {
+            delta,
+            sources: commit.sources,
+            watermark: commit.watermark,
+            live_keys: commit.live_keys,
+            wal_position: Some(position),
+        })
     }
 
     /// Collects the last write per key in the epochs after the parent's

@@ -16,6 +16,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as TableEntry;
 
 use super::data_file::Entry;
+use crate::wal::WalPosition;
 
 const TOMBSTONE: u32 = u32::MAX;
 
@@ -42,6 +43,8 @@ struct Slot {
 struct Chunks {
     chunks: Vec<Vec<u8>>,
     held: usize,
+    /// Bytes the chunks allocated.
+    reserved: usize,
 }
 
 impl Chunks {
@@ -69,6 +72,7 @@ impl Chunks {
         let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= need);
         if !fits {
             self.chunks.push(Vec::with_capacity(need.max(CHUNK)));
+            self.reserved += need.max(CHUNK);
         }
         let index = self.chunks.len() - 1;
         let chunk = &mut self.chunks[index];
@@ -80,6 +84,26 @@ impl Chunks {
         // key and value, whose WAL frame length is a u32.
         (index as u32, at as u32)
     }
+}
+
+/// The changes the collector gathered from the batches Ring 1 wrote, from the
+/// commit of `after_epoch` to the commit of `epoch` (a "cut"): a checkpoint
+/// of `epoch` whose parent is at `after_epoch` builds its data file from
+/// them instead of scanning the WAL. What the scan would also have read
+/// comes along: the commit's payload and where it ends in the log.
+#[derive(Debug)]
+pub(crate) struct FedDelta {
+    pub(crate) after_epoch: u64,
+    pub(crate) epoch: u64,
+    /// `None` if the changes outgrew Ring 1's bound on them (the WAL scan
+    /// then builds the checkpoint).
+    pub(crate) delta: Option<DeltaBuilder>,
+    /// `epoch`'s commit payload (empty if Ring 1 did not drain it: the
+    /// epoch it recovered).
+    pub(crate) commit: Vec<u8>,
+    /// Where `epoch`'s commit ends in the log, if this Ring 1 wrote it and
+    /// nothing after it in the same write.
+    pub(crate) position: Option<WalPosition>,
 }
 
 /// Last write per key over a range of epochs.
@@ -95,6 +119,14 @@ impl DeltaBuilder {
         Self::default()
     }
 
+    /// A builder with room in its table for `keys` keys.
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        Self {
+            table: HashTable::with_capacity(keys),
+            ..Self::default()
+        }
+    }
+
     /// Distinct keys changed.
     pub(crate) fn len(&self) -> usize {
         self.table.len()
@@ -103,6 +135,11 @@ impl DeltaBuilder {
     /// Bytes of keys and values held.
     pub(crate) fn held_bytes(&self) -> usize {
         self.bytes.held
+    }
+
+    /// Bytes of memory it holds: its chunks and its table.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.bytes.reserved + self.table.capacity() * std::mem::size_of::<Slot>()
     }
 
     /// Records a put.

@@ -8,19 +8,40 @@
 //! covered, and waits for the next one otherwise. A caller that drops its
 //! future after sending still gets the checkpoint taken, in the background.
 //!
+//! # Cuts
+//!
+//! The collector gathers the changes Ring 1 writes (`super::collector`), so
+//! a checkpoint asks Ring 1 for a cut first: the changes up to a commit at or after the
+//! durable epoch, sent once that commit is written; the checkpoint is then
+//! taken at that epoch once it is durable, without reading the WAL. If no
+//! commit comes within [`COMMIT_WAIT`] (an epoch left open, Ring 1 gone),
+//! or the cut's commit is not written and durable within [`CUT_WAIT`] (a
+//! slow disk), the checkpoint is taken at the durable epoch from a WAL
+//! scan, as it always could be.
+//!
 //! The task ends once Ring 1 has stopped (or every manager handle is gone)
 //! and no request is left, so a shutdown waits for a checkpoint in flight
 //! before the directories' lock is released.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoint::IncrementalCheckpointMetadata;
 use crate::checkpoint::checkpointer::Checkpointer;
+use crate::checkpoint::delta::FedDelta;
 use crate::error::IncrementalCheckpointError;
 use crate::io::DirLocks;
 use crate::status::{DurableStatus, Ring1State};
+
+use super::ring1::CutRequest;
+
+/// How long a checkpoint waits for Ring 1 to cut at a commit (the writer
+/// may have left an epoch open) before it scans the WAL instead.
+const COMMIT_WAIT: Duration = Duration::from_millis(20);
+/// How long it then waits for the cut's commit to be written and durable.
+const CUT_WAIT: Duration = Duration::from_millis(500);
 
 /// A checkpoint's outcome, shared by every request it served.
 pub(crate) type Outcome = Result<IncrementalCheckpointMetadata, Arc<IncrementalCheckpointError>>;
@@ -37,6 +58,8 @@ pub(crate) struct CheckpointTask {
     pub(crate) checkpointer: Checkpointer,
     pub(crate) requests: mpsc::UnboundedReceiver<Request>,
     pub(crate) status: watch::Receiver<DurableStatus>,
+    /// Where cuts are asked of Ring 1.
+    pub(crate) cuts: mpsc::UnboundedSender<CutRequest>,
     pub(crate) latest: watch::Sender<Option<IncrementalCheckpointMetadata>>,
     pub(crate) locks: Arc<DirLocks>,
     /// Set to `true` when the task ends.
@@ -60,6 +83,7 @@ impl CheckpointTask {
     pub(crate) fn new(
         checkpointer: Checkpointer,
         status: watch::Receiver<DurableStatus>,
+        cuts: mpsc::UnboundedSender<CutRequest>,
         latest: Option<IncrementalCheckpointMetadata>,
         locks: Arc<DirLocks>,
     ) -> (Self, CheckpointTaskHandles) {
@@ -70,6 +94,7 @@ impl CheckpointTask {
             checkpointer,
             requests: requests_rx,
             status,
+            cuts,
             latest: latest_tx,
             locks,
             done: done_tx,
@@ -114,7 +139,14 @@ impl CheckpointTask {
             let epoch = self.status.borrow().durable_epoch;
             let mut waiters: Vec<Request> = std::mem::take(&mut queued);
             let outcome = {
-                let run = self.checkpointer.checkpoint(epoch);
+                let (checkpointer, cuts, status) = (&mut self.checkpointer, &self.cuts, self.status.clone());
+                let run = async move {
+                    let (at, fed) = match cut(cuts, status, epoch).await {
+                        Some(fed) => (fed.epoch, Some(fed)),
+                        None => (epoch, None),
+                    };
+                    checkpointer.checkpoint_fed(at, fed).await
+                };
                 tokio::pin!(run);
                 loop {
                     tokio::select! {
@@ -138,4 +170,31 @@ impl CheckpointTask {
         drop(self.locks);
         let _ = self.done.send(true);
     }
+}
+
+/// Asks Ring 1 for a cut at or after durable `epoch` and waits for it
+/// ([`COMMIT_WAIT`]) and for its epoch to be written and durable
+/// ([`CUT_WAIT`]); `None` if either does not come (the checkpoint then
+/// scans the WAL at `epoch`).
+async fn cut(
+    cuts: &mpsc::UnboundedSender<CutRequest>,
+    mut status: watch::Receiver<DurableStatus>,
+    epoch: u64,
+) -> Option<FedDelta> {
+    let (made, made_rx) = oneshot::channel();
+    let (reply, rx) = oneshot::channel();
+    cuts.send(CutRequest { made, reply }).ok()?;
+    tokio::time::timeout(COMMIT_WAIT, made_rx).await.ok()?.ok()?;
+    let wait = async {
+        let fed = rx.await.ok()?;
+        if fed.epoch < epoch {
+            // Never: Ring 1 had drained `epoch`'s commit before it was asked.
+            return None;
+        }
+        let s = super::ring1::settle(&mut status, |s| s.durable_epoch >= fed.epoch)
+            .await
+            .ok()?;
+        (s.durable_epoch >= fed.epoch).then_some(fed)
+    };
+    tokio::time::timeout(CUT_WAIT, wait).await.ok().flatten()
 }

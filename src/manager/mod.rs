@@ -4,6 +4,7 @@
 //! lifecycle is on the type.
 
 mod checkpoint_task;
+mod collector;
 mod config;
 mod durable;
 mod ring1;
@@ -306,7 +307,11 @@ impl IncrementalCheckpointManager {
         let (ring1, ring1_handles) = Ring1::new(
             drain,
             wal,
-            (config.sync_mode, config.slow_fsync_threshold),
+            (
+                config.sync_mode,
+                config.slow_fsync_threshold,
+                usize::try_from(config.wal_size_threshold).unwrap_or(usize::MAX),
+            ),
             Arc::clone(&locks),
             recovered,
         );
@@ -334,8 +339,13 @@ impl IncrementalCheckpointManager {
         // Partial checkpoints left by a crash, and files no checkpoint needs.
         checkpointer.clean_up().await;
         let latest = checkpointer.newest().map(|m| m.metadata());
-        let (task, task_handles) =
-            CheckpointTask::new(checkpointer, ring1_handles.status.clone(), latest, locks);
+        let (task, task_handles) = CheckpointTask::new(
+            checkpointer,
+            ring1_handles.status.clone(),
+            ring1_handles.cuts,
+            latest,
+            locks,
+        );
         let committed = writer.committed_epoch();
         tokio::spawn(
             ring1
@@ -826,3 +836,6 @@ mod fault_tests;
 
 #[cfg(test)]
 mod sim_tests;
+
+#[cfg(test)]
+mod fed_tests;

@@ -31,16 +31,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::changelog::commit::CommitRecord;
+use crate::checkpoint::delta::FedDelta;
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::io::DirLocks;
 use crate::state::{Change, StateDrain};
 use crate::status::{DurableStatus, Ring1State};
-use crate::wal::{SpareSegment, WalBatch, WalError, WalSyncMode, WalWriter};
+use crate::wal::{SpareSegment, WalBatch, WalError, WalPosition, WalSyncMode, WalWriter};
 
+use super::collector::CollectorHandle;
 use super::durable::DurableEpoch;
 
 /// Stop draining once a batch holds this much: backpressure to Ring 0.
@@ -75,6 +77,77 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// The checkpoint task's request for a cut: told when the cut is made (at
+/// a commit), then sent the changes collected up to it once that commit is
+/// written.
+#[derive(Debug)]
+pub(crate) struct CutRequest {
+    pub(crate) made: oneshot::Sender<()>,
+    pub(crate) reply: oneshot::Sender<FedDelta>,
+}
+
+/// A commit payload larger than this is not a cut's end: the writer may
+/// sync in the middle of so large a frame, after sealing it with the
+/// generation [`WalWriter::end_position`] no longer reports.
+const MAX_CUT_COMMIT: usize = 1 << 20;
+
+/// Where Ring 1 stands for the checkpoint task's cuts: the collector
+/// ([`super::collector`]) gathers the changes from the batches Ring 1 has
+/// written, so a checkpoint need not read them back from the WAL.
+///
+/// A cut is made at a commit: the one just drained if nothing came after
+/// it, otherwise the next. The batch holding that commit is then written
+/// on its own (the changes drained after it go into a fresh batch), so the
+/// write ends where the commit does and the writer's position after it is
+/// the commit's end, which the checkpoint's manifest records. Once that
+/// write returns, the batch and then the cut go to the collector, which
+/// replies with the changes up to it.
+pub(crate) struct Feed {
+    /// `None` if its thread could not start (checkpoints then scan).
+    collector: Option<CollectorHandle>,
+    /// The last change drained was a commit: of `last_epoch`, whose payload
+    /// is `last_commit` (empty for the epoch recovered).
+    at_commit: bool,
+    last_epoch: u64,
+    last_commit: Vec<u8>,
+    /// A cut asked for and not yet made.
+    request: Option<CutRequest>,
+    /// A cut made at the commit of an epoch (with its payload), waiting for
+    /// that commit to be written.
+    armed: Option<(u64, Vec<u8>, oneshot::Sender<FedDelta>)>,
+}
+
+impl Feed {
+    fn new(recovered_epoch: u64, limit: usize) -> Self {
+        Self {
+            collector: CollectorHandle::start(recovered_epoch, limit),
+            at_commit: true,
+            last_epoch: recovered_epoch,
+            last_commit: Vec::new(),
+            request: None,
+            armed: None,
+        }
+    }
+
+    /// Cuts at the last commit drained, if a cut is asked for and none is
+    /// in flight; whether it did.
+    fn cut(&mut self) -> bool {
+        if self.request.as_ref().is_some_and(|r| r.reply.is_closed()) {
+            // Its checkpoint stopped waiting (and scanned).
+            self.request = None;
+        }
+        if self.armed.is_some() || !self.at_commit {
+            return false;
+        }
+        let Some(CutRequest { made, reply }) = self.request.take() else {
+            return false;
+        };
+        let _ = made.send(());
+        self.armed = Some((self.last_epoch, self.last_commit.clone(), reply));
+        true
+    }
+}
+
 /// A write (and maybe sync) on a blocking thread.
 struct IoJob {
     wal: WalWriter,
@@ -83,6 +156,8 @@ struct IoJob {
     epoch: Option<u64>,
     commit: Vec<u8>,
     sync: bool,
+    /// The batch's last record is `epoch`'s commit.
+    ends_at_commit: bool,
 }
 
 struct IoDone {
@@ -91,6 +166,9 @@ struct IoDone {
     epoch: Option<u64>,
     commit: Vec<u8>,
     synced: bool,
+    ends_at_commit: bool,
+    /// Where the log ended after the write, if a batch was written.
+    end: Option<WalPosition>,
     /// How long the `fdatasync` took, if one ran.
     sync_time: Option<Duration>,
     result: std::result::Result<(), WalError>,
@@ -99,13 +177,16 @@ struct IoDone {
 impl IoJob {
     fn run(mut self, stats: &Ring1Stats) -> IoDone {
         let mut sync_time = None;
-        let result = self.write_and_sync(stats, &mut sync_time);
+        let mut end = None;
+        let result = self.write_and_sync(stats, &mut sync_time, &mut end);
         IoDone {
             wal: self.wal,
             batch: self.batch,
             epoch: self.epoch,
             commit: self.commit,
             synced: self.sync,
+            ends_at_commit: self.ends_at_commit,
+            end,
             sync_time,
             result,
         }
@@ -115,9 +196,12 @@ impl IoJob {
         &mut self,
         stats: &Ring1Stats,
         sync_time: &mut Option<Duration>,
+        end: &mut Option<WalPosition>,
     ) -> std::result::Result<(), WalError> {
         if !self.batch.is_empty() {
             self.wal.write_batch(&mut self.batch)?;
+            // Before the sync, which starts a new generation.
+            *end = Some(self.wal.end_position());
             stats
                 .wal_bytes_written
                 .fetch_add(self.batch.len_bytes() as u64, Ordering::Relaxed);
@@ -153,6 +237,7 @@ enum Event {
     Spare(std::result::Result<std::result::Result<SpareSegment, WalError>, tokio::task::JoinError>),
     Doorbell,
     Command(Option<Command>),
+    Cut(Option<CutRequest>),
     SyncDue,
 }
 
@@ -169,6 +254,8 @@ struct Loop {
     spare_retry_at: Option<tokio::time::Instant>,
     /// Whether a manager handle can still send commands.
     commands_open: bool,
+    /// Whether the checkpoint task can still ask for cuts.
+    cuts_open: bool,
     /// Changes to log before stopping (set by a shutdown request, or when
     /// every handle is gone).
     stop_after: Option<u64>,
@@ -192,6 +279,15 @@ pub(crate) struct Ring1 {
     pub(crate) batch_epoch: Option<u64>,
     /// A cleared batch, ready to swap in.
     pub(crate) spare_batch: Option<WalBatch>,
+    /// A batch ending in a cut's commit, its epoch and commit payload:
+    /// written before `batch`, on its own.
+    pub(crate) cut_batch: Option<(WalBatch, Option<u64>, Vec<u8>)>,
+    /// After the last write, if it ended in a commit: that epoch and where
+    /// its commit ends.
+    pub(crate) boundary: Option<(u64, WalPosition)>,
+    /// Cuts, and the collector of the changes for the next checkpoint.
+    pub(crate) feed: Feed,
+    pub(crate) cuts: mpsc::UnboundedReceiver<CutRequest>,
     /// Highest epoch whose commit is written / synced.
     pub(crate) written_epoch: u64,
     pub(crate) synced_epoch: u64,
@@ -213,15 +309,18 @@ pub(crate) struct Ring1Handles {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) stats: Arc<Ring1Stats>,
     pub(crate) durable: watch::Receiver<Arc<DurableEpoch>>,
+    /// For the checkpoint task: cuts of the changes the collector gathered.
+    pub(crate) cuts: mpsc::UnboundedSender<CutRequest>,
 }
 
 impl Ring1 {
     /// Ring 1 over `drain` and `wal`, after a recovery that made
-    /// `recovered` durable; it holds `lock` while it runs.
+    /// `recovered` durable; it holds `lock` while it runs, and holds at most
+    /// `feed_limit` bytes of changes for the next checkpoint.
     pub(crate) fn new(
         drain: StateDrain,
         wal: WalWriter,
-        (sync_mode, slow_fsync): (WalSyncMode, Duration),
+        (sync_mode, slow_fsync, feed_limit): (WalSyncMode, Duration, usize),
         lock: Arc<DirLocks>,
         recovered: DurableEpoch,
     ) -> (Self, Ring1Handles) {
@@ -232,6 +331,7 @@ impl Ring1 {
         });
         let (durable_tx, durable_rx) = watch::channel(Arc::new(recovered));
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (cuts_tx, cuts_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Ring1Stats::default());
         let ring1 = Self {
             drain,
@@ -244,6 +344,10 @@ impl Ring1 {
             batch: WalBatch::new(),
             batch_epoch: None,
             spare_batch: None,
+            cut_batch: None,
+            boundary: None,
+            feed: Feed::new(durable_epoch, feed_limit),
+            cuts: cuts_rx,
             written_epoch: durable_epoch,
             synced_epoch: durable_epoch,
             batch_commit: Vec::new(),
@@ -256,6 +360,7 @@ impl Ring1 {
             commands: commands_tx,
             stats,
             durable: durable_rx,
+            cuts: cuts_tx,
         };
         (ring1, handles)
     }
@@ -267,6 +372,7 @@ impl Ring1 {
             spare_ready: None,
             spare_retry_at: None,
             commands_open: true,
+            cuts_open: true,
             stop_after: None,
             // Tokio's clock, like the timer that wakes the loop for a sync:
             // on a paused test clock, `std`'s would never see the interval
@@ -285,6 +391,7 @@ impl Ring1 {
                 if let Some(target) = l.stop_after
                     && self.drain.drained() >= target
                     && self.batch.is_empty()
+                    && self.cut_batch.is_none()
                 {
                     self.close().await;
                     return;
@@ -305,6 +412,7 @@ impl Ring1 {
     /// Drains Ring 0 into the batch (below the batch limit), publishes
     /// Ring 0's counts, and keeps a spare WAL segment on the way.
     fn refill(&mut self, l: &mut Loop) {
+        self.reclaim_batches();
         if self.batch.len_bytes() < MAX_BATCH_BYTES {
             self.drain_into_batch();
         }
@@ -344,6 +452,7 @@ impl Ring1 {
             done = async { l.io.as_mut().expect("guarded").await }, if l.io.is_some() => Event::Io(Box::new(done)),
             made = async { l.spare.as_mut().expect("guarded").await }, if l.spare.is_some() => Event::Spare(made),
             cmd = self.commands.recv(), if l.commands_open => Event::Command(cmd),
+            cut = self.cuts.recv(), if l.cuts_open => Event::Cut(cut),
             () = async { tokio::time::sleep_until(sync_due.expect("guarded")).await }, if sync_due.is_some() => Event::SyncDue,
             () = self.drain.ready() => Event::Doorbell,
         }
@@ -368,6 +477,7 @@ impl Ring1 {
                     self.fail(e);
                     return ControlFlow::Break(());
                 }
+                self.send_cut(l);
             }
             Event::Spare(made) => {
                 l.spare = None;
@@ -388,32 +498,92 @@ impl Ring1 {
                 }
             }
             Event::Command(None) => l.commands_open = false,
+            Event::Cut(Some(request)) => {
+                // One checkpoint runs at a time: an older request is stale.
+                self.feed.request = Some(request);
+                if self.feed.cut() && !self.batch.is_empty() {
+                    // The batch ends in the commit cut at.
+                    self.split_batch();
+                }
+                self.send_cut(l);
+            }
+            Event::Cut(None) => l.cuts_open = false,
             Event::Doorbell | Event::SyncDue => {}
         }
         ControlFlow::Continue(())
     }
 
     fn drain_into_batch(&mut self) {
-        let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
-        let batch_commit = &mut self.batch_commit;
         loop {
             let mut epochs = 0;
-            let n = self.drain.drain(DRAIN_CHUNK, |change| match change {
-                Change::Put { key, value, .. } => batch.append_put(key, value),
-                Change::Delete { key, .. } => batch.append_delete(key),
-                Change::Commit { epoch, payload } => {
-                    batch.append_commit(payload);
-                    *batch_epoch = Some(epoch);
-                    batch_commit.clear();
-                    batch_commit.extend_from_slice(payload);
-                    epochs += 1;
+            let (batch, batch_epoch, stats) = (&mut self.batch, &mut self.batch_epoch, &self.stats);
+            let (batch_commit, feed) = (&mut self.batch_commit, &mut self.feed);
+            let (cut_batch, spare_batch) = (&mut self.cut_batch, &mut self.spare_batch);
+            let n = self.drain.drain(DRAIN_CHUNK, |change| {
+                match change {
+                    Change::Put { key, value, .. } => {
+                        batch.append_put(key, value);
+                        feed.at_commit = false;
+                    }
+                    Change::Delete { key, .. } => {
+                        batch.append_delete(key);
+                        feed.at_commit = false;
+                    }
+                    Change::Commit { epoch, payload } => {
+                        batch.append_commit(payload);
+                        *batch_epoch = Some(epoch);
+                        batch_commit.clear();
+                        batch_commit.extend_from_slice(payload);
+                        epochs += 1;
+                        feed.at_commit = true;
+                        feed.last_epoch = epoch;
+                        feed.last_commit.clear();
+                        feed.last_commit.extend_from_slice(payload);
+                        if feed.request.is_some() && feed.cut() {
+                            // The batch ends in the commit cut at: set it
+                            // aside; what follows goes into a fresh one.
+                            let fresh = spare_batch.take().unwrap_or_default();
+                            let full = std::mem::replace(batch, fresh);
+                            *cut_batch = Some((full, batch_epoch.take(), std::mem::take(batch_commit)));
+                        }
+                    }
                 }
             });
             stats.changes_drained.fetch_add(n as u64, Ordering::Relaxed);
             stats.epochs_drained.fetch_add(epochs, Ordering::Relaxed);
-            if n < DRAIN_CHUNK || batch.len_bytes() >= MAX_BATCH_BYTES {
+            if n < DRAIN_CHUNK || self.batch.len_bytes() >= MAX_BATCH_BYTES {
                 return;
             }
+        }
+    }
+
+    /// Sets the batch, which ends in a cut's commit, aside to be written on
+    /// its own; a fresh one takes its place.
+    fn split_batch(&mut self) {
+        let fresh = self.spare_batch.take().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        let commit = std::mem::take(&mut self.batch_commit);
+        self.cut_batch = Some((batch, self.batch_epoch.take(), commit));
+    }
+
+    /// Passes the cut made to the collector, once its commit is written
+    /// and nothing after it (the writer's position then is where the
+    /// commit ends).
+    fn send_cut(&mut self, l: &Loop) {
+        if self.cut_batch.is_some() || l.io.is_some() {
+            return;
+        }
+        let Some((epoch, commit, reply)) = self.feed.armed.take() else {
+            return;
+        };
+        let position = self
+            .boundary
+            .filter(|(at, _)| *at == epoch && commit.len() <= MAX_CUT_COMMIT)
+            .map(|(_, end)| end);
+        match &self.feed.collector {
+            Some(collector) => collector.cut(epoch, commit, position, reply),
+            // No collector: dropping the reply makes the checkpoint scan.
+            None => drop(reply),
         }
     }
 
@@ -421,6 +591,22 @@ impl Ring1 {
     /// filled batch.
     fn next_io(&mut self, stopping: bool, last_sync: tokio::time::Instant) -> Option<IoJob> {
         self.wal.as_ref()?;
+        self.reclaim_batches();
+        if let Some((batch, epoch, commit)) = self.cut_batch.take() {
+            let sync = match self.sync_mode {
+                WalSyncMode::Always => true,
+                WalSyncMode::Interval(every) => last_sync.elapsed() >= every,
+                _ => false,
+            };
+            return Some(IoJob {
+                wal: self.wal.take()?,
+                batch,
+                epoch,
+                commit,
+                sync,
+                ends_at_commit: true,
+            });
+        }
         let has_commit = self.batch_epoch.is_some();
         let write =
             !self.batch.is_empty() && (has_commit || stopping || self.batch.len_bytes() >= WRITE_AHEAD_BYTES);
@@ -451,7 +637,15 @@ impl Ring1 {
             epoch,
             commit,
             sync,
+            ends_at_commit: write && self.feed.at_commit,
         })
+    }
+
+    /// Takes back the batches the collector has emptied.
+    fn reclaim_batches(&mut self) {
+        if let Some(collector) = self.feed.collector.as_mut() {
+            collector.reclaim(&mut self.spare_batch);
+        }
     }
 
     /// Takes back the writer and batch and publishes what became durable.
@@ -462,12 +656,24 @@ impl Ring1 {
             epoch,
             commit,
             synced,
+            ends_at_commit,
+            end,
             sync_time,
             result,
         } = done;
         self.wal = Some(wal);
-        batch.clear();
-        self.spare_batch = Some(batch);
+        self.reclaim_batches();
+        let kept = match self.feed.collector.as_mut() {
+            // What was written, for the next checkpoint.
+            Some(collector) if result.is_ok() && !batch.is_empty() => collector.written(batch),
+            _ => {
+                batch.clear();
+                Some(batch)
+            }
+        };
+        if self.spare_batch.is_none() {
+            self.spare_batch = kept;
+        }
         if let Some(took) = sync_time
             && took >= self.slow_fsync
         {
@@ -478,6 +684,9 @@ impl Ring1 {
             );
         }
         result?;
+        if let Some(end) = end {
+            self.boundary = epoch.filter(|_| ends_at_commit).map(|e| (e, end));
+        }
         if let Some(epoch) = epoch {
             self.written_epoch = epoch;
             let mut spare = std::mem::replace(&mut self.written_commit, commit);

@@ -8,7 +8,20 @@
 //! frames lie and writes the batch's own buffer, so a value is copied once
 //! on its way from the arena to the page cache (into the batch).
 
-use super::format::{FRAME_HEADER_LEN, RecordType, push_frame_header, push_varint, varint_len};
+use super::format::{
+    FRAME_HEADER_LEN, RecordType, decode_put, frame_payload_len, push_frame_header, push_varint, varint_len,
+};
+
+/// Where a frame's type byte lies, after its CRC and payload length.
+const TYPE_AT: usize = 8;
+
+/// A record of a [`WalBatch`], as [`WalBatch::for_each_record`] hands it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchRecord<'a> {
+    Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
+    Commit { payload: &'a [u8] },
+}
 
 /// An encoder of WAL records into an owned, reusable `Vec<u8>`.
 #[derive(Debug, Default, Clone)]
@@ -116,6 +129,36 @@ impl WalBatch {
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.records = 0;
+    }
+
+    /// Calls `f` with every record, in order: what a replay of these
+    /// frames would hand out, without checking CRCs (the bytes never left
+    /// memory). Returns `false`, having stopped, at a frame that does not
+    /// decode (a bug, not damage: this batch encoded it).
+    pub(crate) fn for_each_record(&self, mut f: impl FnMut(BatchRecord<'_>)) -> bool {
+        let buf = &self.buf;
+        let mut pos = 0;
+        while pos < buf.len() {
+            let Some(len) = frame_payload_len(buf, pos) else {
+                return false;
+            };
+            let start = pos + FRAME_HEADER_LEN;
+            let Some(payload) = start.checked_add(len).and_then(|end| buf.get(start..end)) else {
+                return false;
+            };
+            let record = match buf[pos + TYPE_AT] {
+                t if t == RecordType::Put as u8 => match decode_put(payload) {
+                    Some((key, value)) => BatchRecord::Put { key, value },
+                    None => return false,
+                },
+                t if t == RecordType::Delete as u8 => BatchRecord::Delete { key: payload },
+                t if t == RecordType::Commit as u8 => BatchRecord::Commit { payload },
+                _ => return false,
+            };
+            f(record);
+            pos = start + len;
+        }
+        true
     }
 
     /// The encoded frames (CRC, sync generation and sequence still zero

@@ -53,7 +53,7 @@ mod tests;
 mod corpus_tests;
 
 pub(crate) use crate::error::WalError;
-pub(crate) use batch::WalBatch;
+pub(crate) use batch::{BatchRecord, WalBatch};
 
 pub(crate) use format::segment_file_name;
 pub(crate) use position::{ReplayFrom, ReplayRange, ResumePosition, WalPosition};

@@ -55,6 +55,7 @@ use super::format::{
     encode_segment_header, frame_payload_len, is_temp_file_name, parse_segment_file_name, seal_frame,
     seal_record, segment_file_name, spare_file_name, temp_file_name,
 };
+use super::position::WalPosition;
 use super::reader::ResumePosition;
 use super::{WalError, io_err};
 use crate::io::{FileSystem, FsFile};
@@ -665,6 +666,21 @@ impl WalWriter {
     /// As [`sync`](Self::sync).
     pub(crate) fn close(mut self) -> Result<(), WalError> {
         self.sync()
+    }
+
+    /// Where the log ends now, as a [`WalPosition`]: right after the last
+    /// record written, with the sync generation it was sealed with unless a
+    /// sync ran since. Ring 1 reads it after a batch ending in a commit, so
+    /// a checkpoint of that epoch knows where its commit ends without
+    /// scanning the log. (Only a frame larger than [`MAX_UNSYNCED_BYTES`]
+    /// is synced after being sealed; Ring 1 never asks after one.)
+    pub(crate) fn end_position(&self) -> WalPosition {
+        WalPosition {
+            segment: self.segment,
+            offset: self.offset,
+            next_seq: self.next_seq,
+            sync_gen: self.sync_gen,
+        }
     }
 
     /// Bytes of records (framing and seals included) this writer wrote.
