@@ -48,7 +48,7 @@ use super::durable::DurableEpoch;
 /// Stop draining once a batch holds this much: backpressure to Ring 0.
 pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Write an unfinished epoch's records once this many are waiting.
-pub(crate) const WRITE_AHEAD_BYTES: usize = 1 << 20;
+pub(crate) const WRITE_AHEAD_BYTES: usize = 256 << 10;
 /// Changes drained per call, between checks of the batch size.
 const DRAIN_CHUNK: usize = 4096;
 /// Wait after a failed spare segment before preallocating again: on a full

@@ -90,8 +90,9 @@ impl StateDrain {
     }
 
     /// Waits until the writer signals work: an epoch was committed, a
-    /// quarter of the ring filled since the last signal, an update was
-    /// refused for backpressure, or the writer was dropped. A signal sent
+    /// quarter of the ring (at most 256 entries) filled since the last
+    /// signal, an update was refused for backpressure, or the writer was
+    /// dropped. A signal sent
     /// while nobody waited is kept, so none is lost between a drain that
     /// found nothing and this call.
     ///

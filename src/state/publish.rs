@@ -12,13 +12,22 @@ use crate::changelog::{ChangelogProducer, StateChangelogEntry};
 use crate::error::{IncrementalCheckpointError, Result};
 use crate::status::Ring1Watch;
 
+/// Entries between two rings of the doorbell, at most: an epoch of a
+/// thousand updates wakes Ring 1 about four times before its commit, so
+/// the commit finds most of the epoch already drained and written. A ring
+/// costs the update that crosses the mark a wake-up only when Ring 1 is
+/// idle (otherwise one atomic operation).
+const EAGER_DOORBELL: u64 = 256;
+
 /// The changelog producer with its publication and wake-up state.
 pub(super) struct Publisher {
     producer: ChangelogProducer,
     doorbell: Arc<Notify>,
     /// Ring the doorbell whenever the entries pushed reach a multiple of
-    /// this mask plus one (a power of two: a quarter of the ring), so a long
-    /// epoch does not fill the ring unseen. A mask, not a divisor: a
+    /// this mask plus one (a power of two: a quarter of the ring, at most
+    /// [`EAGER_DOORBELL`]), so a long epoch does not fill the ring unseen,
+    /// and Ring 1 drains and writes an epoch while it is being written
+    /// instead of all of it after its commit. A mask, not a divisor: a
     /// division on every update costs more than the rest of the push.
     doorbell_mask: u64,
     /// Entries pushed when the changelog position was last published.
@@ -31,8 +40,9 @@ pub(super) struct Publisher {
 
 impl Publisher {
     pub(super) fn new(producer: ChangelogProducer, doorbell: Arc<Notify>) -> Self {
-        // The capacity is a power of two, so a quarter of it (at least 1) is.
-        let doorbell_mask = (producer.capacity() as u64 / 4).max(1) - 1;
+        // The capacity is a power of two, so a quarter of it (at least 1)
+        // is, and so is the smaller of it and EAGER_DOORBELL.
+        let doorbell_mask = (producer.capacity() as u64 / 4).clamp(1, EAGER_DOORBELL) - 1;
         Self {
             producer,
             doorbell,
