@@ -334,8 +334,11 @@ fn ingest_until_full(kind: FsKind) {
     };
     let state = mnt.path().join("state");
     // Room for a few bases of the growing state and the WAL, not for all
-    // of it.
-    mnt.fill_leaving(24 << 20);
+    // of it: enough that the scheduler's checkpoints (every 100 ms, each
+    // waiting up to an epoch for a cut at a commit) get to a second base,
+    // which lets the WAL be truncated, before it fills, even when the
+    // ingest runs flat out.
+    mnt.fill_leaving(32 << 20);
     let workload = growing(0xF011);
     let ledger = Arc::new(Ledger::default());
     let rt = runtime();
@@ -370,10 +373,13 @@ fn ingest_until_full(kind: FsKind) {
             .await
             .expect("the scheduler stream ends after Ring 1 failed")
             .unwrap();
+        // The checkpoint task may still be collecting garbage after the
+        // scheduler ended: its counters are final once the manager closed.
+        manager.closed().await;
         let truncated = manager.stats().wal_segments_removed;
         assert!(
             truncated > 0,
-            "the WAL was never truncated before the disk filled"
+            "the WAL was never truncated before the disk filled ({published} checkpoints published, {epochs} epochs)"
         );
         (stopped, epochs, published)
     });

@@ -17,7 +17,9 @@
 //! commit comes within [`COMMIT_WAIT`] (an epoch left open, Ring 1 gone),
 //! or the cut's commit is not written and durable within [`CUT_WAIT`] (a
 //! slow disk), the checkpoint is taken at the durable epoch from a WAL
-//! scan, as it always could be.
+//! scan, as it always could be; if the collector does not hand the changes
+//! over within [`COLLECT_WAIT`] (short of CPU), at the cut's epoch from a
+//! scan.
 //!
 //! The task ends once Ring 1 has stopped (or every manager handle is gone)
 //! and no request is left, so a shutdown waits for a checkpoint in flight
@@ -35,13 +37,17 @@ use crate::error::IncrementalCheckpointError;
 use crate::io::DirLocks;
 use crate::status::{DurableStatus, Ring1State};
 
-use super::ring1::CutRequest;
+use super::ring1::{CutMade, CutRequest};
 
 /// How long a checkpoint waits for Ring 1 to cut at a commit (the writer
 /// may have left an epoch open) before it scans the WAL instead.
 const COMMIT_WAIT: Duration = Duration::from_millis(20);
 /// How long it then waits for the cut's commit to be written and durable.
 const CUT_WAIT: Duration = Duration::from_millis(500);
+/// How long it then waits for the collector to hand the changes over: it
+/// had every batch once its write returned, so only a collector short of
+/// CPU takes longer, and the checkpoint then scans instead.
+const COLLECT_WAIT: Duration = Duration::from_millis(20);
 
 /// A checkpoint's outcome, shared by every request it served.
 pub(crate) type Outcome = Result<IncrementalCheckpointMetadata, Arc<IncrementalCheckpointError>>;
@@ -141,10 +147,7 @@ impl CheckpointTask {
             let outcome = {
                 let (checkpointer, cuts, status) = (&mut self.checkpointer, &self.cuts, self.status.clone());
                 let run = async move {
-                    let (at, fed) = match cut(cuts, status, epoch).await {
-                        Some(fed) => (fed.epoch, Some(fed)),
-                        None => (epoch, None),
-                    };
+                    let (at, fed) = cut(cuts, status, epoch).await;
                     checkpointer.checkpoint_fed(at, fed).await
                 };
                 tokio::pin!(run);
@@ -172,29 +175,46 @@ impl CheckpointTask {
     }
 }
 
-/// Asks Ring 1 for a cut at or after durable `epoch` and waits for it
-/// ([`COMMIT_WAIT`]) and for its epoch to be written and durable
-/// ([`CUT_WAIT`]); `None` if either does not come (the checkpoint then
-/// scans the WAL at `epoch`).
+/// Asks Ring 1 for a cut at or after durable `epoch`; returns the epoch to
+/// take the checkpoint at and, if the collector handed them over in time,
+/// the changes up to it. Waits for the cut to be made ([`COMMIT_WAIT`]),
+/// for its epoch to be durable ([`CUT_WAIT`]), and then for the collector
+/// ([`COLLECT_WAIT`]) if it was keeping up. Without a cut, or without its epoch durable, the
+/// checkpoint scans the WAL at `epoch`; with the cut durable but the
+/// collector behind (a machine short of CPU), it scans at the cut's epoch,
+/// where the collector starts its next changes, so the next checkpoint can
+/// use them.
 async fn cut(
     cuts: &mpsc::UnboundedSender<CutRequest>,
     mut status: watch::Receiver<DurableStatus>,
     epoch: u64,
-) -> Option<FedDelta> {
+) -> (u64, Option<FedDelta>) {
     let (made, made_rx) = oneshot::channel();
     let (reply, rx) = oneshot::channel();
-    cuts.send(CutRequest { made, reply }).ok()?;
-    tokio::time::timeout(COMMIT_WAIT, made_rx).await.ok()?.ok()?;
-    let wait = async {
-        let fed = rx.await.ok()?;
-        if fed.epoch < epoch {
-            // Never: Ring 1 had drained `epoch`'s commit before it was asked.
-            return None;
-        }
-        let s = super::ring1::settle(&mut status, |s| s.durable_epoch >= fed.epoch)
-            .await
-            .ok()?;
-        (s.durable_epoch >= fed.epoch).then_some(fed)
+    if cuts.send(CutRequest { made, reply }).is_err() {
+        return (epoch, None);
+    }
+    let Ok(Ok(CutMade {
+        epoch: at,
+        collecting,
+    })) = tokio::time::timeout(COMMIT_WAIT, made_rx).await
+    else {
+        return (epoch, None);
     };
-    tokio::time::timeout(CUT_WAIT, wait).await.ok().flatten()
+    if at < epoch {
+        // Never: Ring 1 had drained `epoch`'s commit before it was asked.
+        return (epoch, None);
+    }
+    let durable = super::ring1::settle(&mut status, |s| s.durable_epoch >= at);
+    match tokio::time::timeout(CUT_WAIT, durable).await {
+        Ok(Ok(s)) if s.durable_epoch >= at => {}
+        _ => return (epoch, None),
+    }
+    if !collecting {
+        return (at, None);
+    }
+    match tokio::time::timeout(COLLECT_WAIT, rx).await {
+        Ok(Ok(fed)) if fed.epoch == at => (at, Some(fed)),
+        _ => (at, None),
+    }
 }

@@ -32,6 +32,11 @@ use crate::wal::{BatchRecord, WalBatch, WalPosition};
 /// it sends gaps instead.
 pub(crate) const MAX_LAG_BYTES: usize = 64 << 20;
 
+/// At most this many bytes of batches not yet collected when a cut is made
+/// and the collector counts as keeping up: a checkpoint then waits for it
+/// rather than scanning.
+const KEEPING_UP_BYTES: usize = 4 << 20;
+
 /// What Ring 1 tells the collector, in log order.
 #[derive(Debug)]
 pub(crate) enum Collect {
@@ -121,6 +126,12 @@ impl CollectorHandle {
                 _ => None,
             },
         }
+    }
+
+    /// Whether the collector has about caught up with the batches sent (as
+    /// of the last [`reclaim`](Self::reclaim)).
+    pub(crate) fn keeping_up(&self) -> bool {
+        self.lag_bytes <= KEEPING_UP_BYTES
     }
 
     /// Asks for the changes up to the last batch sent, which ends in

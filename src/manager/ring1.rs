@@ -78,12 +78,20 @@ pub(crate) enum Command {
 }
 
 /// The checkpoint task's request for a cut: told when the cut is made (at
-/// a commit), then sent the changes collected up to it once that commit is
+/// the commit of the epoch it is sent), then sent the changes collected up to it once that commit is
 /// written.
 #[derive(Debug)]
 pub(crate) struct CutRequest {
-    pub(crate) made: oneshot::Sender<()>,
+    pub(crate) made: oneshot::Sender<CutMade>,
     pub(crate) reply: oneshot::Sender<FedDelta>,
+}
+
+/// A cut made: at the commit of `epoch`; `collecting` if the collector was
+/// keeping up then (the checkpoint waits for it; otherwise it scans).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CutMade {
+    pub(crate) epoch: u64,
+    pub(crate) collecting: bool,
 }
 
 /// A commit payload larger than this is not a cut's end: the writer may
@@ -142,7 +150,11 @@ impl Feed {
         let Some(CutRequest { made, reply }) = self.request.take() else {
             return false;
         };
-        let _ = made.send(());
+        let collecting = self.collector.as_ref().is_some_and(CollectorHandle::keeping_up);
+        let _ = made.send(CutMade {
+            epoch: self.last_epoch,
+            collecting,
+        });
         self.armed = Some((self.last_epoch, self.last_commit.clone(), reply));
         true
     }
