@@ -24,12 +24,15 @@ const TOMBSTONE: u32 = u32::MAX;
 /// their own.
 const CHUNK: usize = 2 << 20;
 
-/// A key's last write. The key's first 8 bytes ride along (`prefix`), so
-/// sorting reads no key bytes unless two prefixes are equal.
+/// A key's last write. The key's first 16 bytes ride along (`prefix`), so
+/// sorting reads no key bytes unless two prefixes are equal: 16, not 8,
+/// because keys often share their first 8 bytes (zero-padded numbers, a
+/// table or tenant prefix), and a sort by 8 would then compare every key
+/// through the chunks.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     hash: u64,
-    prefix: u64,
+    prefix: u128,
     key_chunk: u32,
     key_at: u32,
     key_len: u32,
@@ -196,23 +199,20 @@ impl DeltaBuilder {
 
     /// The entries in key order (tombstones as `None`).
     ///
-    /// Sorts 16-byte numbers: each key's first 8 bytes as a big-endian
-    /// number (zero-padded) above the slot's index; only runs of equal
-    /// prefixes are then sorted by the keys themselves. Most of the sort
-    /// thus touches no key bytes, which are scattered over the chunks, and
-    /// moves 16 bytes per entry instead of a whole slot.
+    /// Sorts pairs of each key's first 16 bytes as a big-endian number
+    /// (zero-padded) and the slot's index; only runs of equal prefixes are
+    /// then sorted by the keys themselves. Most of the sort thus touches no
+    /// key bytes, which are scattered over the chunks, and moves 32 bytes
+    /// per entry instead of a whole slot.
     pub(crate) fn sorted(&self) -> SortedDelta<'_> {
         let bytes = &self.bytes;
         let slots: Vec<Slot> = self.table.iter().copied().collect();
-        let key = |i: u128| {
-            let s = &slots[i as u32 as usize];
+        let key = |(_, i): (u128, u32)| {
+            let s = &slots[i as usize];
             bytes.get(s.key_chunk, s.key_at, s.key_len)
         };
-        let mut order: Vec<u128> = slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (u128::from(s.prefix) << 64) | i as u128)
-            .collect();
+        // A table of more than 2^32 keys could not have been allocated.
+        let mut order: Vec<(u128, u32)> = slots.iter().zip(0u32..).map(|(s, i)| (s.prefix, i)).collect();
         if order.len() >= PARALLEL_SORT_MIN && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
         {
             // A base's worth of changes: sort the halves on two cores,
@@ -230,14 +230,14 @@ impl DeltaBuilder {
         // Equal prefixes: order by the whole key.
         let mut i = 0;
         while i < order.len() {
-            let prefix = order[i] >> 64;
-            let run = order[i..].iter().take_while(|o| *o >> 64 == prefix).count();
+            let prefix = order[i].0;
+            let run = order[i..].iter().take_while(|o| o.0 == prefix).count();
             if run > 1 {
                 order[i..i + run].sort_unstable_by(|a, b| key(*a).cmp(key(*b)));
             }
             i += run;
         }
-        let sorted: Vec<Slot> = order.iter().map(|o| slots[*o as u32 as usize]).collect();
+        let sorted: Vec<Slot> = order.iter().map(|&(_, i)| slots[i as usize]).collect();
         SortedDelta {
             bytes,
             slots: sorted,
@@ -413,15 +413,15 @@ fn merge_sorted<T: Copy>(a: &[T], b: &[T], cmp: impl Fn(&T, &T) -> std::cmp::Ord
     out
 }
 
-/// The first 8 bytes of `key` as a big-endian number, zero-padded: if two
-/// keys' prefixes differ, they order the keys as the keys' bytes do (a
+/// The first 16 bytes of `key` as a big-endian number, zero-padded: if
+/// two keys' prefixes differ, they order the keys as the keys' bytes do (a
 /// padding zero sorts like the end of the shorter key, which comes first,
 /// or like a zero byte, in which case the prefixes tie).
-fn key_prefix(key: &[u8]) -> u64 {
-    let mut p = [0u8; 8];
-    let n = key.len().min(8);
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut p = [0u8; 16];
+    let n = key.len().min(16);
     p[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(p)
+    u128::from_be_bytes(p)
 }
 
 /// Asks the CPU to bring the cache line holding `bytes[0]` closer: only a
@@ -525,10 +525,12 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Shared 8-byte prefixes for some, so full keys are compared too.
+            // Shared 16-byte prefixes for some, so full keys are compared
+            // too, and keys of 8 to 16 bytes whose padded prefixes tie.
             let key = [
                 &(x % 1000).to_be_bytes()[..],
-                &x.to_le_bytes()[..(i % 9) as usize],
+                &[0u8; 8][..(i % 9) as usize],
+                &x.to_le_bytes()[..(i % 7) as usize],
             ]
             .concat();
             if i % 5 == 0 {
