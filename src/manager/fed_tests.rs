@@ -106,6 +106,7 @@ async fn run(dir: &Path, seed: u64, scan_only: bool) -> (Left, u64) {
         data_files: BTreeMap::new(),
         manifests: BTreeMap::new(),
     };
+    let mut manifests = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
@@ -116,26 +117,52 @@ async fn run(dir: &Path, seed: u64, scan_only: bool) -> (Left, u64) {
         if parse_data_file_name(&name).is_some() {
             left.data_files.insert(name, bytes);
         } else if let Some(id) = parse_manifest_name(&name) {
-            let mut m = Manifest::decode(&bytes).unwrap();
-            // Where its commit ends is where a scan of the whole log finds
-            // it, down to the sync generation.
-            let range = ReplayRange {
-                until_epoch: Some(m.epoch),
-                ..ReplayRange::default()
-            };
-            let wal_dir = config(dir, scan_only).wal_path().to_path_buf();
-            let report =
-                replay_range(&StdFs, &wal_dir, WalRecoveryMode::default(), range, |_| Ok(())).unwrap();
+            manifests.insert(id, Manifest::decode(&bytes).unwrap());
+        }
+    }
+    // Where each commit ends is where a scan of the log finds it, down to
+    // the sync generation: from the log's start, or, once the log has been
+    // truncated, from the oldest retained checkpoint it still reaches.
+    let wal_dir = config(dir, scan_only).wal_path().to_path_buf();
+    let starts: Vec<ReplayRange> = std::iter::once(ReplayRange::default())
+        .chain(manifests.values().map(|p| ReplayRange {
+            from: p.replay_from(),
+            after_epoch: p.epoch,
+            until_epoch: None,
+        }))
+        .collect();
+    let mut checked = Vec::new();
+    for (id, m) in &manifests {
+        let report = starts
+            .iter()
+            .filter(|start| start.after_epoch < m.epoch)
+            .find_map(|start| {
+                let range = ReplayRange {
+                    until_epoch: Some(m.epoch),
+                    ..*start
+                };
+                replay_range(&StdFs, &wal_dir, WalRecoveryMode::default(), range, |_| Ok(())).ok()
+            });
+        if let Some(report) = report {
             assert_eq!(report.last_epoch, Some(m.epoch));
             assert_eq!(report.last_commit_end, m.wal_position, "checkpoint {id}");
-            // The sync generations depend on how Ring 1 grouped the
-            // commits, which differs from run to run; the rest does not.
-            m.timestamp = 0;
-            if let Some(p) = &mut m.wal_position {
-                p.sync_gen = 0;
-            }
-            left.manifests.insert(id, m);
+            checked.push(*id);
         }
+    }
+    // Contract 5 keeps the log from the newest checkpoint's fallback on.
+    assert_eq!(
+        checked.last(),
+        manifests.keys().next_back(),
+        "the newest checkpoint's commit is not in the log (found {checked:?})"
+    );
+    for (id, mut m) in manifests {
+        // The sync generations depend on how Ring 1 grouped the commits,
+        // which differs from run to run; the rest does not.
+        m.timestamp = 0;
+        if let Some(p) = &mut m.wal_position {
+            p.sync_gen = 0;
+        }
+        left.manifests.insert(id, m);
     }
     (left, fed)
 }
