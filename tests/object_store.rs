@@ -14,7 +14,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
 use laminar_storage::{
     CheckpointConfig, CheckpointStore, IncrementalCheckpointError, IncrementalCheckpointManager,
     ObjectStoreCheckpointStore,
@@ -26,9 +25,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 mod churn;
 #[path = "common/moto.rs"]
 mod moto;
+#[path = "common/objects.rs"]
+mod objects;
 
 use churn::{Model, churn, state_of};
 use moto::Moto;
+use objects::object_names;
 
 /// Makes a fresh backend for one scenario.
 type Backend = Arc<dyn ObjectStore>;
@@ -39,17 +41,6 @@ fn node(dir: &Path, backend: &Backend, prefix: &str) -> CheckpointConfig {
     CheckpointConfig::new(dir)
         .with_wal_segment_size(64 << 10)
         .with_checkpoint_store(Arc::new(store))
-}
-
-async fn object_names(backend: &Backend, prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = backend
-        .list(Some(&ObjectPath::from(prefix)))
-        .map_ok(|m| m.location.filename().unwrap_or_default().to_owned())
-        .try_collect()
-        .await
-        .unwrap();
-    names.sort();
-    names
 }
 
 /// Node A checkpoints twice (a base, then a delta) and commits more after;
@@ -150,7 +141,7 @@ async fn retention_and_pins(backend: Backend) {
         "the oldest is gone: {listed_ids:?}"
     );
     assert_eq!(listed.last().unwrap().id, ids[5]);
-    let names = object_names(&backend, prefix).await;
+    let names = object_names(backend.as_ref(), prefix).await;
     let data: Vec<&String> = names.iter().filter(|n| n.starts_with("data_")).collect();
     let referenced: std::collections::BTreeSet<u64> =
         listed.iter().flat_map(|m| m.chain.iter().copied()).collect();
@@ -234,7 +225,7 @@ async fn killed_mid_upload(backend: Backend) {
             .unwrap();
         drop(upload); // the process dies: no complete, no abort
     }
-    assert!(object_names(&backend, prefix).await.contains(&orphan));
+    assert!(object_names(backend.as_ref(), prefix).await.contains(&orphan));
 
     let fresh = tempfile::tempdir().unwrap();
     let (manager, writer) = IncrementalCheckpointManager::open(node(fresh.path(), &backend, prefix))
@@ -242,7 +233,7 @@ async fn killed_mid_upload(backend: Backend) {
         .unwrap();
     assert_eq!(manager.recovery().checkpoint_id, Some(published.id));
     assert_eq!(state_of(writer.iter()), model);
-    let names = object_names(&backend, prefix).await;
+    let names = object_names(backend.as_ref(), prefix).await;
     assert!(
         !names.contains(&orphan),
         "the unpublished upload is collected: {names:?}"
@@ -271,7 +262,7 @@ async fn corrupted_object_falls_back(backend: Backend) {
     drop(writer);
 
     let own = format!("data_{:016x}.", newer.id);
-    let name = object_names(&backend, prefix)
+    let name = object_names(backend.as_ref(), prefix)
         .await
         .into_iter()
         .find(|n| n.starts_with(&own))
@@ -341,7 +332,7 @@ async fn a_writer_is_fenced_out(backend: Backend) {
     let mut model = state_of(new_writer.iter()).into_iter().collect::<Model>();
     churn(&mut new_writer, &mut model, 1000..1100, 2);
     let new_checkpoint = new.checkpoint().await.unwrap();
-    let before = object_names(&backend, prefix).await;
+    let before = object_names(backend.as_ref(), prefix).await;
 
     churn(&mut old_writer, &mut old_model, 0..50, 3);
     let e = old.checkpoint().await.unwrap_err();
@@ -358,7 +349,7 @@ async fn a_writer_is_fenced_out(backend: Backend) {
     assert!(old.checkpoint().await.is_err());
     assert!(old.pin(new_checkpoint.id).await.is_err());
     assert_eq!(
-        object_names(&backend, prefix).await,
+        object_names(backend.as_ref(), prefix).await,
         before,
         "the fenced writer changed the store"
     );

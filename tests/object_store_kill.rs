@@ -37,6 +37,8 @@ mod child;
 mod churn;
 #[path = "common/moto.rs"]
 mod moto;
+#[path = "common/objects.rs"]
+mod objects;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -49,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use laminar_storage::{
     CheckpointConfig, IncrementalCheckpointManager, IncrementalCheckpointMetadata,
     ObjectStoreCheckpointStore, StateWriter,
@@ -122,17 +124,6 @@ fn churn_in_epochs(writer: &mut StateWriter, model: &mut Model, keys: Range<u64>
 fn node(dir: &Path, backend: &Backend) -> CheckpointConfig {
     let store = ObjectStoreCheckpointStore::new(Arc::clone(backend), PREFIX);
     CheckpointConfig::new(dir).with_checkpoint_store(Arc::new(store))
-}
-
-async fn object_names(backend: &Backend) -> Vec<String> {
-    let mut names: Vec<String> = backend
-        .list(Some(&ObjectPath::from(PREFIX)))
-        .map_ok(|m| m.location.filename().unwrap_or_default().to_owned())
-        .try_collect()
-        .await
-        .unwrap();
-    names.sort();
-    names
 }
 
 /// The checkpoint id a data file's name carries (`data_{id:016x}.kind`).
@@ -480,7 +471,10 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     let backend = spec.backend();
     let a = tempfile::tempdir().unwrap();
     let (published, at_published) = node_before_the_child(a.path(), &backend).await;
-    let before: BTreeSet<String> = object_names(&backend).await.into_iter().collect();
+    let before: BTreeSet<String> = objects::object_names(backend.as_ref(), PREFIX)
+        .await
+        .into_iter()
+        .collect();
 
     let kill_on = if kill_at == "part" { "PART 1 " } else { "UPLOADED " };
     let spill = tempfile::tempdir().unwrap();
@@ -493,7 +487,7 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     let killed_id = data_file_id(&killed_name).expect("a data file was being uploaded");
     assert!(killed_id > published.id, "{killed_name}");
 
-    let after = object_names(&backend).await;
+    let after = objects::object_names(backend.as_ref(), PREFIX).await;
     let new: Vec<&String> = after.iter().filter(|n| !before.contains(*n)).collect();
     let killed_manifest = format!("checkpoint_{killed_id:016x}");
     assert!(
@@ -547,7 +541,7 @@ async fn killed_mid_upload(spec: Spec, kill_at: &str, unlisted: impl FnOnce(&[St
     let next = manager.checkpoint().await.unwrap();
     let retained = manager.list_checkpoints().await.unwrap();
     let referenced: BTreeSet<u64> = retained.iter().flat_map(|m| m.chain.iter().copied()).collect();
-    let names = object_names(&backend).await;
+    let names = objects::object_names(backend.as_ref(), PREFIX).await;
     let data_ids: Vec<u64> = names.iter().filter_map(|n| data_file_id(n)).collect();
     assert!(
         data_ids.iter().all(|id| referenced.contains(id)),

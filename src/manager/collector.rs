@@ -226,7 +226,7 @@ impl Collector {
         if !whole {
             debug_assert!(false, "a written WAL batch does not decode");
             self.lose("a written batch did not decode");
-        } else if delta_over(self.delta.as_ref(), self.limit) {
+        } else if self.delta.as_ref().is_some_and(|d| d.memory_bytes() > self.limit) {
             self.lose("the changes since the last checkpoint outgrew their bound");
         }
     }
@@ -236,10 +236,6 @@ impl Collector {
             tracing::debug!(why, "the next checkpoint scans the WAL");
         }
     }
-}
-
-fn delta_over(delta: Option<&DeltaBuilder>, limit: usize) -> bool {
-    delta.is_some_and(|d| d.memory_bytes() > limit)
 }
 
 /// Puts the calling thread in `SCHED_IDLE`: it runs only on a core nothing

@@ -113,16 +113,14 @@ const MAX_CUT_COMMIT: usize = 1 << 20;
 pub(crate) struct Feed {
     /// `None` if its thread could not start (checkpoints then scan).
     collector: Option<CollectorHandle>,
-    /// The last change drained was a commit: of `last_epoch`, whose payload
-    /// is `last_commit` (empty for the epoch recovered).
+    /// The last change drained was a commit, of `last_epoch`.
     at_commit: bool,
     last_epoch: u64,
-    last_commit: Vec<u8>,
     /// A cut asked for and not yet made.
     request: Option<CutRequest>,
-    /// A cut made at the commit of an epoch (with its payload), waiting for
-    /// that commit to be written.
-    armed: Option<(u64, Vec<u8>, oneshot::Sender<FedDelta>)>,
+    /// A cut made at the commit of an epoch, waiting for that commit to be
+    /// written.
+    armed: Option<(u64, oneshot::Sender<FedDelta>)>,
 }
 
 impl Feed {
@@ -131,7 +129,6 @@ impl Feed {
             collector: CollectorHandle::start(recovered_epoch, limit),
             at_commit: true,
             last_epoch: recovered_epoch,
-            last_commit: Vec::new(),
             request: None,
             armed: None,
         }
@@ -155,7 +152,7 @@ impl Feed {
             epoch: self.last_epoch,
             collecting,
         });
-        self.armed = Some((self.last_epoch, self.last_commit.clone(), reply));
+        self.armed = Some((self.last_epoch, reply));
         true
     }
 }
@@ -549,8 +546,6 @@ impl Ring1 {
                         epochs += 1;
                         feed.at_commit = true;
                         feed.last_epoch = epoch;
-                        feed.last_commit.clear();
-                        feed.last_commit.extend_from_slice(payload);
                         if feed.request.is_some() && feed.cut() {
                             // The batch ends in the commit cut at: set it
                             // aside; what follows goes into a fresh one.
@@ -585,13 +580,20 @@ impl Ring1 {
         if self.cut_batch.is_some() || l.io.is_some() {
             return;
         }
-        let Some((epoch, commit, reply)) = self.feed.armed.take() else {
+        let Some((epoch, reply)) = self.feed.armed.take() else {
             return;
         };
+        // The write that ended at the cut's commit also made that commit
+        // the last one written: its payload is `written_commit`.
         let position = self
             .boundary
-            .filter(|(at, _)| *at == epoch && commit.len() <= MAX_CUT_COMMIT)
+            .filter(|(at, _)| *at == epoch && self.written_commit.len() <= MAX_CUT_COMMIT)
             .map(|(_, end)| end);
+        let commit = if position.is_some() {
+            self.written_commit.clone()
+        } else {
+            Vec::new()
+        };
         match &self.feed.collector {
             Some(collector) => collector.cut(epoch, commit, position, reply),
             // No collector: dropping the reply makes the checkpoint scan.
